@@ -1,0 +1,35 @@
+# Two entry points from a fresh clone: `make demo` and `make test`.
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first, pinned to the CPU build on disk; the project then asks only for a range it satisfies.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo-bundle
+TARGET ?= host-cpu
+
+.PHONY: install test demo train-small clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/m3edge eval checkpoints/small
+	$(BIN)/m3edge export --target $(TARGET) --checkpoint checkpoints/small -o $(DEMO) --force
+	$(BIN)/m3edge verify $(DEMO)
+
+# Re-trains the committed reference (about 15 minutes on 2 cores).
+train-small: install
+	$(BIN)/m3edge train --preset small --data calibration_data -o checkpoints/small
+
+clean:
+	rm -rf $(VENV) $(DEMO) build dist *.egg-info

@@ -1,0 +1,1 @@
+"""Host-side export: graph split, ONNX export, validation, calibration, packaging (torch, onnx)."""

@@ -1,0 +1,100 @@
+"""Checkpoints: a directory with config.json (the model-config schema), model.safetensors and
+checkpoint.json (format version, sha256 of the weights, provenance). No pickle anywhere.
+
+Every failure to load is a ``BadInput`` naming the file, so the CLI exits 2 with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from m3edge import __version__
+from m3edge.config import ModelConfig
+from m3edge.errors import BadInput
+
+FORMAT = "m3edge-checkpoint/1"
+CONFIG, WEIGHTS, META = "config.json", "model.safetensors", "checkpoint.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(agent, out_dir: str | Path, info: dict | None = None) -> Path:
+    """Write atomically: a sibling temp dir renamed over ``out_dir`` only once complete."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # Sorted keys and contiguous copies make the file a pure function of the weights.
+    state = {k: v.detach().contiguous().clone() for k, v in sorted(agent.state_dict().items())}
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+    (tmp / CONFIG).write_text(agent.cfg.to_json())
+    meta = {"format": FORMAT, "m3edge_version": __version__, "weights_sha256": sha256_file(tmp / WEIGHTS)}
+    meta.update(info or {})
+    (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)  # a crash between the two renames still leaves a complete checkpoint
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def read_meta(ckpt_dir: str | Path) -> tuple[ModelConfig, dict]:
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        raise BadInput(f"{d}: checkpoint directory not found")
+    for name in (CONFIG, WEIGHTS, META):
+        if not (d / name).is_file():
+            raise BadInput(f"{d / name}: missing checkpoint file")
+    cfg = ModelConfig.load(d / CONFIG)
+    try:
+        meta = json.loads((d / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(f"{d / META}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BadInput(f"{d / META}: not an {FORMAT} checkpoint")
+    return cfg, meta
+
+
+def load(ckpt_dir: str | Path, **agent_kwargs):
+    """Rebuild the agent, refusing weights whose sha256, keys or shapes do not match."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from m3edge.model.agent import MemoryMoEAgent
+
+    d = Path(ckpt_dir)
+    cfg, meta = read_meta(d)
+    if sha256_file(d / WEIGHTS) != meta.get("weights_sha256"):
+        raise BadInput(f"{d / WEIGHTS}: sha256 does not match checkpoint.json (corrupt or replaced)")
+    try:
+        state = load_file(str(d / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BadInput(f"{d / WEIGHTS}: unreadable safetensors file ({e})") from None
+    agent = MemoryMoEAgent(cfg, **agent_kwargs)
+    expected = agent.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
+        raise BadInput(f"{d / WEIGHTS}: does not match config.json ({what})")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise BadInput(f"{d / WEIGHTS}: tensor {k!r} has shape {tuple(v.shape)}, "
+                           f"config.json implies {tuple(expected[k].shape)}")
+    agent.load_state_dict(state)
+    agent.eval()
+    return agent

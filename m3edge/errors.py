@@ -1,0 +1,21 @@
+"""Typed errors shared by the CLI and the libraries.
+
+The CLI maps them to exit codes: ``BadInput`` -> 2 (bad usage or input), ``CheckFailed`` -> 1
+(a checked property such as a parity gate failed). The message is one line for stderr.
+"""
+
+
+class M3EdgeError(Exception):
+    exit_code = 2
+
+
+class BadInput(M3EdgeError):
+    """Bad usage or input: unknown target, malformed file, corrupt or missing checkpoint."""
+
+    exit_code = 2
+
+
+class CheckFailed(M3EdgeError):
+    """A checked property failed: a parity gate, a verification."""
+
+    exit_code = 1

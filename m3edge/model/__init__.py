@@ -1,0 +1,1 @@
+"""The torch reference agent (host side only: importing this package imports torch)."""

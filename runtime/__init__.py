@@ -1,0 +1,1 @@
+"""The on-device runtime: numpy, onnxruntime or LiteRT, the standard library; never torch."""

@@ -1,0 +1,45 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "calibration_data"
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from m3edge.config import preset
+
+    return preset("tiny")
+
+
+@pytest.fixture
+def tiny_agent(tiny_cfg):
+    import torch
+
+    from m3edge.model.agent import MemoryMoEAgent
+
+    torch.manual_seed(0)
+    return MemoryMoEAgent(tiny_cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny agent trained for a few steps: a real checkpoint on disk, shared by the session."""
+    from m3edge import checkpoint
+    from m3edge.config import preset
+    from m3edge.train import TrainConfig, train
+
+    agent, report = train(preset("tiny"), DATA, TrainConfig(steps=30, batch=256, eval_bytes=4096))
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    checkpoint.save(agent, out, {"preset": "tiny"})
+    return out
+
+
+def run_cli(*args, env=None):
+    """Run the installed CLI in a subprocess, as a user would."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "m3edge.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=600)

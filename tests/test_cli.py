@@ -1,0 +1,33 @@
+import json
+
+from conftest import run_cli
+
+
+def test_every_command_has_help():
+    for cmd in ("targets", "train", "eval"):
+        r = run_cli(cmd, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout
+
+
+def test_targets_json_lists_profiles():
+    r = run_cli("targets", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["targets"]
+    names = {t["name"] for t in rows}
+    assert {"jetson-orin-nano", "jetson-agx-orin", "rpi5", "rpi4", "host-cpu"} <= names
+    jetson = next(t for t in rows if t["name"] == "jetson-orin-nano")
+    assert jetson["aliases"] == ["jetson"] and jetson["providers"][0] == "TensorrtExecutionProvider"
+
+
+def test_train_cli_writes_checkpoint_and_report(tmp_path):
+    out = tmp_path / "ck"
+    r = run_cli("train", "--preset", "tiny", "-o", out, "--steps", "3", "--batch", "64", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {"config.json", "model.safetensors", "checkpoint.json", "training_report.json"} <= {
+        p.name for p in out.iterdir()}
+    assert json.loads(r.stdout)["checkpoint"] == str(out)
+
+
+def test_bad_usage_exits_2():
+    r = run_cli("train", "--preset", "huge", "-o", "/tmp/x-never")
+    assert r.returncode == 2 and "unknown preset" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from m3edge.data import bigram_bits_per_byte, load_split, read_bytes, unigram_bits_per_byte, windows
+from m3edge.errors import BadInput
+
+from conftest import DATA
+
+
+def test_windows_are_causal_and_left_padded():
+    data = np.frombuffer(b"abcdef", dtype=np.uint8)
+    w = windows(data, np.array([0, 2, 5]), 3)
+    assert w.dtype == np.int64
+    assert w.tolist() == [[0, 0, 0], [0, ord("a"), ord("b")], [ord("c"), ord("d"), ord("e")]]
+
+
+def test_splits_are_real_disjoint_text():
+    train, cal, ev = (load_split(DATA, s) for s in ("train", "calibration", "eval"))
+    assert len(train) > 1_000_000 and len(cal) > 100_000 and len(ev) > 100_000
+    assert b"def " in ev.tobytes() and ev.tobytes()[:4096] not in train.tobytes()
+
+
+def test_bigram_beats_unigram_on_text():
+    train, ev = load_split(DATA, "train"), load_split(DATA, "eval")
+    uni, bi = unigram_bits_per_byte(train, ev), bigram_bits_per_byte(train, ev)
+    assert 3.0 < bi < uni < 8.0
+
+
+def test_unigram_of_uniform_text_is_eight_bits():
+    data = np.arange(256, dtype=np.uint8).repeat(50)
+    assert unigram_bits_per_byte(data, data) == pytest.approx(8.0, abs=1e-9)
+
+
+def test_bad_text_files(tmp_path):
+    with pytest.raises(BadInput, match="cannot read"):
+        read_bytes(tmp_path / "nope.txt")
+    (tmp_path / "one.txt").write_bytes(b"x")
+    with pytest.raises(BadInput, match="at least 2 bytes"):
+        read_bytes(tmp_path / "one.txt")
+    with pytest.raises(BadInput, match="unknown split"):
+        load_split(DATA, "test")

@@ -1,0 +1,29 @@
+"""The device has no torch: the package and its runtime must import without it."""
+
+import subprocess
+import sys
+
+BLOCK_TORCH = """
+import builtins, sys
+real = builtins.__import__
+def guard(name, *a, **k):
+    if name == "torch" or name.startswith("torch."):
+        raise ImportError("torch is not installed on this device")
+    return real(name, *a, **k)
+builtins.__import__ = guard
+import m3edge, m3edge.runtime, m3edge.targets, m3edge.config, m3edge.data, m3edge.cli
+assert "torch" not in sys.modules
+print("ok")
+"""
+
+
+def test_import_without_torch():
+    r = subprocess.run([sys.executable, "-c", BLOCK_TORCH], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+def test_guard_really_blocks_torch():
+    r = subprocess.run([sys.executable, "-c", BLOCK_TORCH.replace("import m3edge,", "import torch, m3edge,")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "not installed on this device" in r.stderr

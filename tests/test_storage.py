@@ -1,0 +1,80 @@
+"""The seed's SynapticStorage formulas, driven by an injected clock."""
+
+import pytest
+import torch
+
+from m3edge.model import storage as st
+from m3edge.model.storage import SynapticStorage
+
+
+class Clock:
+    def __init__(self, t=1_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def vec(*xs):
+    return torch.tensor(xs, dtype=torch.float32)
+
+
+def test_formulas_match_the_seed():
+    assert st.forgetting_score(0.2, 3, 2.0) == pytest.approx(0.4 * 0.8 + 0.3 / 4 + 0.3 * 2.0)
+    assert st.reconsolidate_strength(0.5) == pytest.approx(0.5 * 1.1 + 0.05)
+    assert st.reconsolidate_strength(0.99) == 1.0
+    assert st.reconsolidate_priority(0.5) == pytest.approx(0.525)
+    assert st.reconsolidate_priority(0.99) == 1.0
+    assert (st.HEBBIAN_INIT, st.FORGETTING_RATE, st.CONSOLIDATION_THRESHOLD) == (0.5, 0.01, 0.7)
+
+
+def test_similar_memories_associate_both_ways_at_half_strength():
+    s = SynapticStorage(clock=Clock())
+    a = s.store(vec(1, 0), vec(1, 1), 0.5)
+    b = s.store(vec(0.9, 0.1), vec(2, 2), 0.5)
+    c = s.store(vec(0, 1), vec(3, 3), 0.5)  # orthogonal to a: no link
+    assert s.memories[a].associations == {b: 0.5}
+    assert s.memories[b].associations[a] == 0.5
+    assert a not in s.memories[c].associations
+
+
+def test_reconsolidation_on_retrieval():
+    clock = Clock()
+    s = SynapticStorage(clock=clock)
+    a = s.store(vec(1, 0), vec(1), 0.5)
+    b = s.store(vec(1, 0.1), vec(2), 0.8)
+    clock.t += 60
+    s.reconsolidate([a, b])
+    ma, mb = s.memories[a], s.memories[b]
+    assert ma.priority == pytest.approx(0.525) and mb.priority == pytest.approx(0.84)
+    assert ma.access_count == 1 and ma.last_access == clock.t
+    assert ma.associations[b] == pytest.approx(0.6) and mb.associations[a] == pytest.approx(0.6)
+
+
+def test_forgetting_at_capacity_removes_the_highest_score():
+    clock = Clock()
+    s = SynapticStorage(capacity=2, clock=clock)
+    keep = s.store(vec(1, 0), vec(1), 0.9)
+    weak = s.store(vec(0, 1), vec(2), 0.1)
+    clock.t += 3 * st.DAY
+    s.reconsolidate([keep])  # recently accessed, high priority
+    new = s.store(vec(-1, 0), vec(3), 0.5)
+    assert set(s.memories) == {keep, new} and weak not in s.memories
+
+
+def test_decay_follows_the_forgetting_rate_per_day():
+    clock = Clock()
+    s = SynapticStorage(clock=clock)
+    a = s.store(vec(1, 0), vec(1), 0.5)
+    b = s.store(vec(1, 0), vec(2), 0.5)
+    s.decay()
+    clock.t += 10 * st.DAY
+    s.decay()
+    assert s.memories[a].associations[b] == pytest.approx(0.5 * 0.99 ** 10)
+
+
+def test_consolidation_candidates_use_the_threshold():
+    s = SynapticStorage(clock=Clock())
+    s.store(vec(1, 0), vec(1), 0.69)
+    hi = s.store(vec(0, 1), vec(1), 0.7)
+    assert [m.id for m in s.consolidation_candidates()] == [hi]
