@@ -98,3 +98,51 @@ def load(ckpt_dir: str | Path, **agent_kwargs):
     agent.load_state_dict(state)
     agent.eval()
     return agent
+
+
+def build_agent(checkpoint_dir=None, preset_name=None, config_file=None, seed: int = 0):
+    """The torch agent for export, and the manifest's record of where it came from.
+
+    A checkpoint is recorded by path and weights sha256; a preset or config by its full config and the
+    seed of its random init, so ``verify`` can rebuild exactly the same agent.
+    """
+    import torch
+
+    from m3edge.config import preset
+    from m3edge.model.agent import MemoryMoEAgent
+
+    if checkpoint_dir:
+        if preset_name or config_file:
+            raise BadInput("pass either --checkpoint or --preset/--config, not both")
+        agent = load(checkpoint_dir)
+        _, meta = read_meta(checkpoint_dir)
+        return agent, {"kind": "checkpoint", "path": str(checkpoint_dir), "weights_sha256": meta["weights_sha256"]}
+    if not (preset_name or config_file):
+        raise BadInput("nothing to export: pass --checkpoint DIR, or --preset NAME / --config FILE.json")
+    cfg = ModelConfig.load(config_file) if config_file else preset(preset_name)
+    torch.manual_seed(seed)
+    agent = MemoryMoEAgent(cfg).eval()
+    return agent, {"kind": "random-init", "config": cfg.to_dict(), "seed": seed,
+                   "preset": None if config_file else preset_name}
+
+
+def agent_from_source(source: dict, checkpoint_dir=None):
+    """Rebuild the agent a manifest records (``checkpoint_dir`` overrides it)."""
+    import torch
+
+    from m3edge.model.agent import MemoryMoEAgent
+
+    if checkpoint_dir:
+        return load(checkpoint_dir)
+    kind = source.get("kind")
+    if kind == "checkpoint":
+        agent = load(source["path"])
+        _, meta = read_meta(source["path"])
+        if meta["weights_sha256"] != source["weights_sha256"]:
+            raise BadInput(f"{source['path']}: checkpoint weights changed since export (sha256 differs); "
+                           f"pass --checkpoint to compare against another")
+        return agent
+    if kind == "random-init":
+        torch.manual_seed(source["seed"])
+        return MemoryMoEAgent(ModelConfig.from_dict(source["config"], "manifest source.config")).eval()
+    raise BadInput(f"manifest source kind {kind!r} unknown; pass --checkpoint")

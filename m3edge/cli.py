@@ -122,6 +122,134 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
     emit(res, as_json, "\n".join(lines))
 
 
+@cli.command()
+@click.option("--target", "target_name", required=True, help="Profile name, alias, or path of a profile JSON.")
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(), help="Checkpoint directory to export.")
+@click.option("--preset", "preset_name", help="Export a seeded random-init preset instead.")
+@click.option("--config", "config_file", type=click.Path(), help="Model config JSON for a seeded random init.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Bundle directory to write.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--precision", default="auto", show_default=True, help="auto (the profile's) | fp32")
+@click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
+@click.option("--parity-tokens", default=2048, show_default=True, type=click.IntRange(1),
+              help="Eval tokens for the end-to-end parity check.")
+@click.option("--json", "as_json", is_flag=True)
+def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, force, precision, data_dir,
+           parity_tokens, as_json):
+    """Export per-expert static-shape ONNX graphs for a target, validated against torch."""
+    import time
+
+    from tqdm import tqdm
+
+    from m3edge import checkpoint, targets
+    from m3edge.data import default_data_dir
+    from m3edge.export.pipeline import ExportFailed, ExportOptions, export_bundle
+    from m3edge.export.validate import format_table
+    from m3edge.export.parity import format_end_to_end
+
+    t0 = time.time()
+    target = targets.load(target_name)
+    agent, source = checkpoint.build_agent(checkpoint_dir, preset_name, config_file, seed)
+    data = Path(data_dir) if data_dir else default_data_dir()
+    n_graphs = 3 + agent.cfg.n_layers * (1 + agent.cfg.n_experts)
+    bar = tqdm(total=n_graphs, desc=f"export {target.name}", unit="module", file=sys.stderr, disable=None)
+    try:
+        report = export_bundle(agent, source, target, output, data, force,
+                               ExportOptions(precision=precision, parity_tokens=parity_tokens),
+                               lambda label: bar.update(1))
+        ok = True
+    except ExportFailed as e:
+        report, ok, err = e.report, False, e
+    finally:
+        bar.close()
+    seconds = round(time.time() - t0, 1)
+    text = "\n".join([format_table(report["summary"]), format_end_to_end(report["end_to_end"])])
+    if ok:
+        text += f"\nwrote {output} for {target.name} in {seconds} s"
+    emit({"bundle": str(output) if ok else None, "passed": report["passed"], "seconds": seconds,
+          "summary": report["summary"], "end_to_end": report["end_to_end"]}, as_json, text)
+    if not ok:
+        raise err
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def inspect(bundle_dir, as_json):
+    """Summarise a bundle: target, routing, graphs by role, sizes, precisions, parity."""
+    from m3edge.bundle import open_bundle
+
+    b = open_bundle(bundle_dir)
+    m = b.manifest
+    graphs = [{k: g[k] for k in ("role", "layer", "expert", "bucket", "path", "sha256", "bytes", "precision")}
+              for g in m["graphs"]]
+    total = sum(f["bytes"] for f in m["files"])
+    parity = b.report("parity")
+    summary = None if parity is None else {
+        "passed": parity["passed"], "logits_max_abs_diff": parity["end_to_end"]["logits_max_abs_diff"],
+        "routing_agreement": parity["end_to_end"]["routing_agreement"],
+        "graph_max_abs_diff": max((r["max_abs_diff"] or 0) for r in parity["summary"])}
+    roles = {}
+    for g in m["graphs"]:
+        r = roles.setdefault(g["role"], {"graphs": 0, "bytes": 0, "precision": set()})
+        r["graphs"] += 1
+        r["bytes"] += g["bytes"]
+        r["precision"].add(g["precision"])
+    weights = sum(f["bytes"] for f in m["files"] if f["path"].endswith(".weights"))
+    out = {"schema_version": m["schema_version"], "target": m["target"]["name"], "routing": m["routing"],
+           "total_bytes": total, "weights_bytes": weights, "versions": m["versions"], "source": m["source"],
+           "precision": m["precision"], "graphs": graphs, "parity": summary,
+           "roles": {k: {**v, "precision": sorted(v["precision"])} for k, v in roles.items()}}
+    cfg = m["model_config"]
+    lines = [f"bundle     {bundle_dir}  (schema {m['schema_version']}, sha256 verified)",
+             f"target     {m['target']['name']} ({m['target']['arch']}, {m['target']['backend']})",
+             f"model      d_model {cfg['d_model']}, {cfg['n_layers']} layers x {cfg['n_experts']} experts, top-{cfg['top_k']}",
+             f"routing    {m['routing']['mode']}, token buckets {m['routing']['token_buckets']}, "
+             f"capacity buckets {m['routing']['capacity_buckets']}",
+             f"size       {total / 1e6:.2f} MB ({weights / 1e6:.2f} MB weights, shared across buckets)"]
+    for role, r in out["roles"].items():
+        lines.append(f"  {role:<10} {r['graphs']:>5} graphs  {r['bytes'] / 1e3:>9.1f} kB graph files  "
+                     f"{'/'.join(r['precision'])}")
+    for note in m["precision"]["notes"]:
+        lines.append(f"  note: {note}")
+    if summary:
+        lines.append(f"parity     {'PASS' if summary['passed'] else 'FAIL'}: per-graph max |diff| "
+                     f"{summary['graph_max_abs_diff']:.2e}, logits {summary['logits_max_abs_diff']:.2e}, "
+                     f"routing agreement {summary['routing_agreement']:.4%}")
+    emit(out, as_json, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path())
+@click.option("--data", "text_file", type=click.Path(), help="Any text file instead of the eval split.")
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(), help="Compare against this checkpoint.")
+@click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
+@click.option("--tokens", default=2048, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True)
+def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, as_json):
+    """Re-run end-to-end parity of a bundle against torch; exit 1 when a gate fails."""
+    from m3edge import checkpoint
+    from m3edge.bundle import open_bundle
+    from m3edge.data import default_data_dir, load_split, read_bytes
+    from m3edge.errors import CheckFailed
+    from m3edge.export.parity import Gates, end_to_end, format_end_to_end
+    from m3edge.runtime.executor import BundleExecutor
+
+    b = open_bundle(bundle_dir)
+    agent = checkpoint.agent_from_source(b.manifest["source"], checkpoint_dir)
+    if agent.cfg.to_dict() != b.manifest["model_config"]:
+        raise CheckFailed("the torch agent's config differs from the bundle's model_config")
+    text = read_bytes(text_file) if text_file else load_split(Path(data_dir) if data_dir else default_data_dir(), "eval")
+    gates = Gates(**(b.report("parity") or {}).get("gates", {}))
+    r = end_to_end(agent, BundleExecutor(b), text, tokens, gates)
+    out = {k: r[k] for k in ("passed", "logits_max_abs_diff", "routing_agreement", "top1_agreement", "bits_per_byte",
+                             "tokens", "passes", "gates")}
+    emit(out, as_json, format_end_to_end(r))
+    if not r["passed"]:
+        raise CheckFailed("parity gates failed")
+
+
 def main():
     cli(prog_name="m3edge")
 

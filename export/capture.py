@@ -1,0 +1,75 @@
+"""Real inputs for every graph: the calibration text run through the torch agent, recorded per graph.
+
+Experts see the rows the router really sends them (token order); where an expert got fewer rows than a
+bucket holds, the rest is filled with other tokens' real activations of the same layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from m3edge.data import windows
+
+MEMORY_BANK = 256
+
+
+def sample_positions(n_text: int, n: int) -> np.ndarray:
+    """n positions spread evenly over the text (deterministic)."""
+    return np.linspace(1, n_text - 1, num=min(n, n_text - 1)).astype(np.int64)
+
+
+@torch.no_grad()
+def memory_context(agent, enc, next_bytes: torch.Tensor, bank: int = MEMORY_BANK) -> torch.Tensor:
+    """Context retrieved from a bank of the first ``bank`` experiences, as in training: real memory
+    vectors through the agent's associator, without the stateful store."""
+    m = min(bank, enc.x.shape[0])
+    values = agent.memory.encode_experience(enc.x[:m], next_bytes[:m])
+    ctx, _, _ = agent.memory.retrieve_from(enc.key, enc.key[:m], values, torch.zeros(m))
+    return ctx
+
+
+@dataclass
+class Captured:
+    inputs: dict = field(default_factory=dict)  # (role, layer, expert) -> tuple of numpy arrays
+    routed: dict = field(default_factory=dict)  # (layer, expert) -> rows routed there
+    expert_usage: list = field(default_factory=list)  # per layer, per expert: routed pairs
+
+    def for_bucket(self, role: str, layer, expert, bucket: int) -> tuple[np.ndarray, ...]:
+        arrays = self.inputs[(role, layer, expert)]
+        if role == "expert":
+            routed = self.routed[(layer, expert)]
+            filler = arrays[0]
+            rows = np.concatenate([routed, filler])[:bucket] if len(routed) < bucket else routed[:bucket]
+            return (np.ascontiguousarray(rows),)
+        return tuple(np.ascontiguousarray(a[:bucket]) for a in arrays)
+
+
+@torch.no_grad()
+def capture(agent, text: np.ndarray, n_tokens: int) -> Captured:
+    cfg = agent.cfg
+    pos = sample_positions(len(text), n_tokens)
+    w = torch.from_numpy(windows(text, pos, cfg.context))
+    enc = agent.encode(w)
+    mem = memory_context(agent, enc, torch.from_numpy(text[pos].astype(np.int64)))
+    cap = Captured()
+    cap.inputs[("encoder", None, None)] = (w.numpy(),)
+    cap.inputs[("alignment", None, None)] = (enc.x.numpy(), mem.numpy())
+    x = enc.x
+    bias = agent.alignment(x, mem)
+    for layer, (norm, moe) in enumerate(zip(agent.norms, agent.layers)):
+        cap.inputs[("router", layer, None)] = (x.numpy(), bias.numpy())
+        h = norm(x)
+        r = moe.route(h, bias)
+        usage = []
+        for e in range(cfg.n_experts):
+            tokens = torch.nonzero((r.index == e) & r.keep)[:, 0]
+            cap.routed[(layer, e)] = h[tokens].numpy()
+            cap.inputs[("expert", layer, e)] = (h.numpy(),)
+            usage.append(int(tokens.numel()))
+        cap.expert_usage.append(usage)
+        x = x + moe.dispatch(h, r)
+    cap.inputs[("head", None, None)] = (x.numpy(),)
+    return cap

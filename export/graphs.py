@@ -1,0 +1,117 @@
+"""The graph split: which torch module becomes which bundle graph, with its static I/O per bucket.
+
+  encoder    windows [T, K] int64           -> x [T, d], key [T, m], complexity [T, 1]
+  alignment  x [T, d], memory [T, d]        -> bias [T, E]
+  router L   x [T, d], bias [T, E]          -> h [T, d] (the layer's pre-norm), logits [T, E]
+  expert L,e h [C, d]                       -> y [C, d]      one graph per expert, exported on its own
+  head       x [T, d]                       -> logits [T, 256]
+T runs over the profile's token buckets, C over its capacity buckets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, agent):
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, windows):
+        e = self.agent.encode(windows)
+        return e.x, e.key, e.complexity
+
+
+class AlignmentGraph(nn.Module):
+    def __init__(self, agent):
+        super().__init__()
+        self.alignment = agent.alignment
+
+    def forward(self, x, memory):
+        return self.alignment(x, memory)
+
+
+class RouterGraph(nn.Module):
+    def __init__(self, agent, layer: int):
+        super().__init__()
+        self.norm = agent.norms[layer]
+        self.gate = agent.layers[layer].gate
+
+    def forward(self, x, bias):
+        h = self.norm(x)
+        return h, self.gate(h) + bias
+
+
+class HeadGraph(nn.Module):
+    def __init__(self, agent):
+        super().__init__()
+        self.norm, self.head = agent.final_norm, agent.head
+
+    def forward(self, x):
+        return self.head(self.norm(x))
+
+
+@dataclass
+class Port:
+    name: str
+    width: int | None  # trailing dim; None for the encoder's [T, K] int64 windows
+    dtype: str = "float32"
+
+
+@dataclass
+class GraphSpec:
+    role: str
+    module: nn.Module
+    inputs: list[Port]
+    outputs: list[Port]
+    buckets: tuple[int, ...]
+    layer: int | None = None
+    expert: int | None = None
+    memory_type: str | None = None
+
+    @property
+    def stem(self) -> str:
+        if self.role == "expert":
+            return f"layer{self.layer}/expert_{self.expert:02d}"
+        if self.role == "router":
+            return f"layer{self.layer}/router"
+        return self.role
+
+    @property
+    def label(self) -> str:
+        return self.stem.replace("/", ".")
+
+    def shape(self, port: Port, bucket: int) -> list[int]:
+        return [bucket, port.width]
+
+    def example(self, bucket: int) -> tuple[torch.Tensor, ...]:
+        out = []
+        for p in self.inputs:
+            if p.dtype == "int64":
+                out.append(torch.zeros(bucket, p.width, dtype=torch.long))
+            else:
+                out.append(torch.zeros(bucket, p.width))
+        return tuple(out)
+
+
+def split(agent, token_buckets, capacity_buckets) -> list[GraphSpec]:
+    cfg = agent.cfg
+    d, e, m = cfg.d_model, cfg.n_experts, cfg.memory_dim
+    tb, cb = tuple(token_buckets), tuple(capacity_buckets)
+    specs = [
+        GraphSpec("encoder", EncoderGraph(agent), [Port("windows", cfg.context, "int64")],
+                  [Port("x", d), Port("key", m), Port("complexity", 1)], tb),
+        GraphSpec("alignment", AlignmentGraph(agent), [Port("x", d), Port("memory", d)], [Port("bias", e)], tb),
+    ]
+    for layer in range(cfg.n_layers):
+        specs.append(GraphSpec("router", RouterGraph(agent, layer), [Port("x", d), Port("bias", e)],
+                               [Port("h", d), Port("logits", e)], tb, layer))
+        for ex in range(e):
+            specs.append(GraphSpec("expert", agent.layers[layer].experts[ex], [Port("h", d)], [Port("y", d)], cb,
+                                   layer, ex, cfg.expert_type(ex)))
+    specs.append(GraphSpec("head", HeadGraph(agent), [Port("x", d)], [Port("logits", cfg.vocab)], tb))
+    return specs

@@ -1,0 +1,96 @@
+"""End-to-end parity: the bundle's graphs composed by the runtime's executor against the torch agent.
+
+Two passes over the same tokens: with an empty long-term memory (context zero) and with a real memory
+context (see capture.memory_context), fed identically to both sides.
+Routing agreement is DESIGN.md's: mean over tokens and layers of |top-k(bundle) & top-k(torch)| / k.
+A token whose selection differs is excused only when torch's k-th and (k+1)-th logits are within
+``tie_eps`` (a near tie that float rounding may flip).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from m3edge.data import windows
+from m3edge.export.capture import memory_context
+
+
+@dataclass(frozen=True)
+class Gates:
+    graph_atol: float = 1e-5  # optimum's default
+    logits_atol: float = 1e-4
+    tie_eps: float = 1e-5
+
+
+def routing_agreement(index_a: np.ndarray, index_b: np.ndarray) -> np.ndarray:
+    """Per token: |A & B| / k for two [N, k] selections."""
+    k = index_a.shape[1]
+    same = (index_a[:, :, None] == index_b[:, None, :]).any(-1)
+    return same.sum(-1) / k
+
+
+def near_ties(logits: np.ndarray, k: int, eps: float) -> np.ndarray:
+    if k >= logits.shape[1]:
+        return np.zeros(logits.shape[0], dtype=bool)
+    s = -np.sort(-logits, axis=-1)
+    return (s[:, k - 1] - s[:, k]) <= eps
+
+
+def bits_per_byte(logits: np.ndarray, target: np.ndarray) -> float:
+    z = logits.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-logp[np.arange(len(target)), target].mean() / math.log(2))
+
+
+@torch.no_grad()
+def end_to_end(agent, executor, text: np.ndarray, n_tokens: int, gates: Gates = Gates()) -> dict:
+    cfg = agent.cfg
+    pos = np.arange(min(n_tokens, len(text)))
+    target = text[pos].astype(np.int64)
+    w = torch.from_numpy(windows(text, pos, cfg.context))
+    enc = agent.encode(w)
+    passes = {"no_memory": torch.zeros_like(enc.x),
+              "memory": memory_context(agent, enc, torch.from_numpy(target))}
+    result = {"tokens": int(len(pos)), "passes": {}}
+    for name, mem in passes.items():
+        ref = agent.decode(enc, mem)
+        got = executor.forward(w.numpy(), mem.numpy())
+        ref_logits = ref.logits.numpy()
+        agree, unexplained = [], 0
+        for r_t, r_b in zip(ref.routed, got.routing):
+            t_logits = r_t.logits.numpy()
+            a = routing_agreement(r_t.index.numpy(), r_b.index)
+            agree.append(a)
+            unexplained += int(((a < 1) & ~near_ties(t_logits, cfg.top_k, gates.tie_eps)).sum())
+        result["passes"][name] = {
+            "logits_max_abs_diff": float(np.abs(got.logits - ref_logits).max()),
+            "routing_agreement": float(np.mean(agree)),
+            "routing_mismatches_not_near_ties": unexplained,
+            "top1_agreement": float((got.logits.argmax(-1) == ref_logits.argmax(-1)).mean()),
+            "bits_per_byte": {"torch": bits_per_byte(ref_logits, target), "bundle": bits_per_byte(got.logits, target)},
+        }
+    p = result["passes"]
+    result["logits_max_abs_diff"] = max(v["logits_max_abs_diff"] for v in p.values())
+    result["routing_agreement"] = min(v["routing_agreement"] for v in p.values())
+    result["top1_agreement"] = min(v["top1_agreement"] for v in p.values())
+    result["bits_per_byte"] = p["no_memory"]["bits_per_byte"]
+    mismatches = sum(v["routing_mismatches_not_near_ties"] for v in p.values())
+    result["gates"] = asdict(gates)
+    result["passed"] = result["logits_max_abs_diff"] <= gates.logits_atol and mismatches == 0
+    return result
+
+
+def format_end_to_end(r: dict) -> str:
+    lines = [f"end to end over {r['tokens']} eval tokens:"]
+    for name, v in r["passes"].items():
+        lines.append(f"  {name:<10} logits max |diff| {v['logits_max_abs_diff']:.2e}  routing agreement "
+                     f"{v['routing_agreement']:.4%}  top-1 agreement {v['top1_agreement']:.4%}  "
+                     f"bits/byte torch {v['bits_per_byte']['torch']:.4f} bundle {v['bits_per_byte']['bundle']:.4f}")
+    lines.append(f"  gates: logits <= {r['gates']['logits_atol']:.0e}, routing exact except near ties "
+                 f"-> {'PASS' if r['passed'] else 'FAIL'}")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""``m3edge export``: split -> export every graph at every bucket -> validate -> compose end to end ->
+write the bundle atomically. Stages run in that order; the bundle appears only when all passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import onnxruntime
+import torch
+
+import m3edge
+from m3edge import bundle as bfmt
+from m3edge.data import load_split
+from m3edge.errors import BadInput, CheckFailed
+from m3edge.export.capture import capture
+from m3edge.export.graphs import split
+from m3edge.export.onnx_export import export_module, write_shared
+from m3edge.export.parity import Gates, end_to_end
+from m3edge.export.validate import GraphCheck, ValidationError, check_structure, max_abs_diff, summarise
+from m3edge.runtime.executor import BundleExecutor
+from m3edge.runtime.graph import OrtGraph, SessionConfig
+
+PRECISIONS = ("auto", "fp32")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "auto"
+    calibration_tokens: int = 512
+    parity_tokens: int = 2048
+    gates: Gates = field(default_factory=Gates)
+
+
+class ExportFailed(CheckFailed):
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+def resolve_precision(target, requested: str) -> tuple[dict, list[str]]:
+    """Per-role precision for this export, and notes on what the profile asked for that differs.
+
+    This build writes fp32 graphs; the profile's fp16 / int8 requests are recorded in the manifest so
+    the bundle says what it is and what its target wanted.
+    """
+    if requested not in PRECISIONS:
+        raise BadInput(f"--precision {requested!r} is not supported by this build (choose from {', '.join(PRECISIONS)})")
+    chosen = {role: "fp32" for role in bfmt.ROLES}
+    notes = [f"{role}: profile asks for {p}, exported as fp32" for role, p in sorted(target.precision.items())
+             if p != "fp32" and requested == "auto"]
+    return chosen, notes
+
+
+def versions() -> dict:
+    return {"m3edge": m3edge.__version__, "torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def _io(spec, ports, bucket):
+    return [{"name": p.name, "shape": spec.shape(p, bucket), "dtype": p.dtype, "scale": None, "zero_point": None}
+            for p in ports]
+
+
+def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, force: bool = False,
+                  opts: ExportOptions = ExportOptions(), progress: Callable[[str], None] | None = None) -> dict:
+    """Write a validated bundle to ``out``; returns the parity report. Raises ExportFailed on a gate."""
+    agent.eval()
+    cfg = agent.cfg
+    precision, notes = resolve_precision(target, opts.precision)
+    specs = split(agent, target.token_buckets, target.capacity_buckets)
+    n_cal = max(opts.calibration_tokens, max(target.token_buckets), max(target.capacity_buckets))
+    cal = capture(agent, load_split(data_dir, "calibration"), n_cal)
+    eval_text = load_split(data_dir, "eval")
+    session = SessionConfig(threads=1)
+    with bfmt.staging(Path(out), force) as tmp:
+        checks, entries, files = [], [], []
+        for spec in specs:
+            in_names = [p.name for p in spec.inputs]
+            out_names = [p.name for p in spec.outputs]
+            models = {b: export_module(spec.module, spec.example(b), in_names, out_names, target.opset)
+                      for b in spec.buckets}
+            weights_rel, paths = write_shared(models, tmp, spec.stem)
+            files.append(bfmt.file_entry(tmp, weights_rel))
+            for bucket, rel in paths.items():
+                check = GraphCheck(spec.label, spec.role, spec.layer, spec.expert, bucket, rel, None,
+                                   opts.gates.graph_atol, "ok")
+                try:
+                    check_structure(tmp / rel, {p.name: spec.shape(p, bucket) for p in spec.inputs},
+                                    {p.name: spec.shape(p, bucket) for p in spec.outputs})
+                    graph = OrtGraph(tmp / rel, session)
+                    inputs = cal.for_bucket(spec.role, spec.layer, spec.expert, bucket)
+                    check.max_abs_diff = max_abs_diff(graph, spec.module, inputs)
+                    if check.max_abs_diff > opts.gates.graph_atol:
+                        check.status, check.message = "ValueMismatchError", f"max |diff| {check.max_abs_diff:.2e}"
+                except ValidationError as e:
+                    check.status, check.message = type(e).__name__, str(e)
+                checks.append(check)
+                files.append(bfmt.file_entry(tmp, rel))
+                entries.append({
+                    "role": spec.role, "layer": spec.layer, "expert": spec.expert, "memory_type": spec.memory_type,
+                    "bucket": bucket, "path": rel, "weights": weights_rel, "sha256": files[-1]["sha256"],
+                    "bytes": files[-1]["bytes"], "precision": precision[spec.role], "backend": "onnxruntime",
+                    "inputs": _io(spec, spec.inputs, bucket), "outputs": _io(spec, spec.outputs, bucket)})
+            if progress:
+                progress(spec.label)
+        manifest = {
+            "schema_version": bfmt.SCHEMA_VERSION, "format": bfmt.FORMAT, "versions": versions(),
+            "opset": target.opset, "model_config": cfg.to_dict(), "source": source, "target": target.to_dict(),
+            "precision": {"requested": opts.precision, "graphs": precision, "notes": notes},
+            "routing": {"mode": cfg.routing, "top_k": cfg.top_k, "n_experts": cfg.n_experts,
+                        "capacity": cfg.expert_capacity, "token_buckets": list(target.token_buckets),
+                        "capacity_buckets": list(target.capacity_buckets), "tie_break": "lower expert index"},
+            "expert_usage": {"split": "calibration", "tokens": n_cal, "pairs": cal.expert_usage},
+            "graphs": entries, "files": sorted(files, key=lambda f: f["path"]),
+        }
+        (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
+        executor = BundleExecutor(bfmt.open_bundle(tmp, verify=False), session)
+        e2e = end_to_end(agent, executor, eval_text, opts.parity_tokens, opts.gates)
+        failed = [c for c in checks if not c.passed]
+        report = {"passed": not failed and e2e["passed"], "gates": {"graph_atol": opts.gates.graph_atol,
+                  "logits_atol": opts.gates.logits_atol, "tie_eps": opts.gates.tie_eps},
+                  "summary": summarise(checks), "end_to_end": e2e, "graphs": [c.to_dict() for c in checks]}
+        (tmp / "reports").mkdir()
+        (tmp / "reports" / "parity.json").write_text(bfmt.dumps(report))
+        manifest["files"] = sorted(files + [bfmt.file_entry(tmp, "reports/parity.json")], key=lambda f: f["path"])
+        (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
+        if failed:
+            raise ExportFailed(f"{len(failed)} graph(s) failed validation, first: {failed[0].path}: "
+                               f"{failed[0].status} {failed[0].message}", report)
+        if not e2e["passed"]:
+            raise ExportFailed(f"end-to-end parity outside the gates (logits max |diff| "
+                               f"{e2e['logits_max_abs_diff']:.2e})", report)
+    return report

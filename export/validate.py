@@ -1,0 +1,113 @@
+"""Validation after export, in the manner of optimum's exporters: structural checks, then values.
+
+Each graph file: the onnx checker with full shape inference, static input/output shapes equal to the
+spec, then onnxruntime against the torch module on real inputs with a max-abs-diff tolerance. Failures
+are typed, and every result goes into the parity report whether it passed or not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from m3edge.errors import CheckFailed
+
+
+class ValidationError(CheckFailed):
+    """A graph failed validation."""
+
+
+class GraphCheckError(ValidationError):
+    """The onnx checker or shape inference rejected the graph."""
+
+
+class ShapeMismatchError(ValidationError):
+    """A graph's inputs or outputs are not the static shapes the spec requires."""
+
+
+class ValueMismatchError(ValidationError):
+    """onnxruntime and torch disagree by more than the tolerance."""
+
+
+@dataclass
+class GraphCheck:
+    graph: str
+    role: str
+    layer: int | None
+    expert: int | None
+    bucket: int
+    path: str
+    max_abs_diff: float | None
+    atol: float
+    status: str  # "ok" or the ValidationError subclass name
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def static_shape(value_info) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+def check_structure(path: Path, expected_in: dict[str, list[int]], expected_out: dict[str, list[int]]) -> None:
+    try:
+        model = onnx.load(str(path))  # external weights load from beside the graph
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception as e:  # the checker raises several exception types; keep its message
+        raise GraphCheckError(f"{path.name}: {str(e).splitlines()[0]}") from None
+    for kind, values, expected in (("input", inferred.graph.input, expected_in),
+                                   ("output", inferred.graph.output, expected_out)):
+        got = {v.name: static_shape(v) for v in values if v.name in expected or kind == "output"}
+        for name, shape in expected.items():
+            if got.get(name) != shape:
+                raise ShapeMismatchError(f"{path.name}: {kind} {name!r} has shape {got.get(name)}, expected {shape}")
+
+
+@torch.no_grad()
+def max_abs_diff(graph, module, inputs: tuple[np.ndarray, ...]) -> float:
+    got = graph.run(*inputs)
+    ref = module(*(torch.from_numpy(a) for a in inputs))
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    if len(got) != len(ref):
+        raise ShapeMismatchError(f"graph returned {len(got)} outputs, torch {len(ref)}")
+    worst = 0.0
+    for g, r in zip(got, ref):
+        r = r.numpy()
+        if g.shape != r.shape:
+            raise ShapeMismatchError(f"output shape {list(g.shape)} != torch {list(r.shape)}")
+        worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))))
+    return worst
+
+
+def summarise(checks: list[GraphCheck]) -> list[dict]:
+    """One row per role: graphs, failures, the worst diff and where it is."""
+    rows = []
+    for role in ("encoder", "alignment", "router", "expert", "head"):
+        mine = [c for c in checks if c.role == role]
+        if not mine:
+            continue
+        worst = max(mine, key=lambda c: -1 if c.max_abs_diff is None else c.max_abs_diff)
+        rows.append({"role": role, "graphs": len(mine), "failed": sum(not c.passed for c in mine),
+                     "max_abs_diff": worst.max_abs_diff, "worst": f"{worst.graph}.b{worst.bucket}",
+                     "atol": worst.atol})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'role':<10} {'graphs':>6} {'failed':>6} {'max |diff|':>11} {'atol':>7}  worst"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        diff = "n/a" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}"
+        lines.append(f"{r['role']:<10} {r['graphs']:>6} {r['failed']:>6} {diff:>11} {r['atol']:>7.0e}  {r['worst']}")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The bundle: what export writes and the runtime reads. Stdlib only.
+
+    bundle/manifest.json   schema, versions, model config, resolved target, routing, graphs, files
+    bundle/graphs/...      one ONNX file per (graph, bucket); weights shared by a module's buckets
+    bundle/reports/...     parity.json (and, later, calibration.json, accuracy.json)
+
+Paths are relative and must stay inside the bundle. ``open_bundle`` checks every file's sha256 before
+anything is loaded and refuses the bundle on the first mismatch, naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from m3edge.errors import BadInput
+
+SCHEMA_VERSION = 1
+FORMAT = "m3edge-bundle"
+MANIFEST = "manifest.json"
+ROLES = ("encoder", "alignment", "router", "expert", "head")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entry(root: Path, rel: str) -> dict:
+    p = root / rel
+    return {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+def dumps(obj) -> str:
+    """The one JSON encoding for bundle files: sorted keys, so equal inputs give equal bytes."""
+    return json.dumps(obj, indent=1, sort_keys=True) + "\n"
+
+
+def safe_path(root: Path, rel: str) -> Path:
+    """Resolve a manifest path, refusing absolute paths and anything that escapes the bundle."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or not rel:
+        raise BadInput(f"{root / MANIFEST}: path {rel!r} leaves the bundle")
+    p = (root / pure).resolve()
+    if root.resolve() not in p.parents:
+        raise BadInput(f"{root / MANIFEST}: path {rel!r} leaves the bundle")
+    return p
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict
+
+    @property
+    def graphs(self) -> list[dict]:
+        return self.manifest["graphs"]
+
+    def path(self, rel: str) -> Path:
+        return safe_path(self.root, rel)
+
+    def find(self, role: str, bucket: int, layer: int | None = None, expert: int | None = None) -> dict:
+        for g in self.graphs:
+            if (g["role"], g["bucket"], g["layer"], g["expert"]) == (role, bucket, layer, expert):
+                return g
+        raise KeyError((role, bucket, layer, expert))
+
+    def report(self, name: str) -> dict | None:
+        p = self.root / "reports" / f"{name}.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
+
+def read_manifest(root: str | Path) -> dict:
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInput(f"{root}: bundle directory not found")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BadInput(f"{mpath}: missing (not an m3edge bundle)")
+    try:
+        m = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise BadInput(f"{mpath}: not an {FORMAT} manifest")
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise BadInput(f"{mpath}: schema_version {m.get('schema_version')!r}, this m3edge reads {SCHEMA_VERSION}")
+    for key in ("graphs", "files", "model_config", "target", "routing"):
+        if key not in m:
+            raise BadInput(f"{mpath}: missing key {key!r}")
+    return m
+
+
+def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
+    """Read the manifest and (by default) check every listed file's size and sha256."""
+    root = Path(root)
+    m = read_manifest(root)
+    if verify:
+        for f in m["files"]:
+            p = safe_path(root, f["path"])
+            if not p.is_file():
+                raise BadInput(f"{p}: listed in the manifest but missing")
+            if p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
+                raise BadInput(f"{p}: sha256 does not match the manifest (corrupt or modified)")
+        listed = {f["path"] for f in m["files"]}
+        for g in m["graphs"]:
+            for rel in (g["path"], g.get("weights")):
+                if rel and rel not in listed:
+                    raise BadInput(f"{root / MANIFEST}: {rel!r} is used by a graph but has no sha256 entry")
+    return Bundle(root, m)
+
+
+@contextmanager
+def staging(out: Path, force: bool):
+    """Yield a temporary folder beside ``out``; on success rename it into place, else remove it.
+
+    The rename is the commit point: a crash or an error leaves either the old bundle or none, never a
+    half-written one.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise BadInput(f"{out}: already exists (pass --force to replace it)")
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise BadInput(f"{out}: exists and is not an m3edge bundle; refusing to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise BadInput(f"{out}: cannot write here ({e.strerror})") from None
+    try:
+        yield tmp
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
