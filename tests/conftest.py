@@ -37,6 +37,20 @@ def tiny_checkpoint(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_target(tmp_path_factory):
+    """host-cpu with small buckets, written as a user's own profile file."""
+    import json
+
+    from m3edge import targets
+
+    d = targets.load("host-cpu").to_dict() | {"name": "tiny-test", "aliases": [], "token_buckets": [1, 8],
+                                               "capacity_buckets": [2, 8]}
+    p = tmp_path_factory.mktemp("target") / "tiny-test.json"
+    p.write_text(json.dumps(d))
+    return p
+
+
 def run_cli(*args, env=None):
     """Run the installed CLI in a subprocess, as a user would."""
     import subprocess
