@@ -161,3 +161,16 @@ def test_tampered_bundle_is_refused(tmp_path, tiny_target):
     for cmd in ("inspect", "verify"):
         r = run_cli(cmd, out)
         assert r.returncode == 2 and "expert_03.weights" in r.stderr and "sha256" in r.stderr
+
+
+def test_committed_reference_exports_for_a_real_profile(tmp_path):
+    out = tmp_path / "rpi5"
+    r = run_cli("export", "--target", "rpi", "--checkpoint", "checkpoints/small", "-o", out,
+                "--parity-tokens", "512", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["passed"] and all(row["failed"] == 0 for row in res["summary"])
+    assert res["end_to_end"]["logits_max_abs_diff"] <= 1e-4 and res["end_to_end"]["routing_agreement"] == 1.0
+    m = bundle.open_bundle(out).manifest
+    assert sum(g["role"] == "expert" for g in m["graphs"]) == 64 * 2 * 5
+    assert m["source"]["kind"] == "checkpoint" and m["target"]["name"] == "rpi5"

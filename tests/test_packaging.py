@@ -1,0 +1,41 @@
+"""A wheel install, not only the editable one, carries and imports all four packages."""
+
+import subprocess
+import sys
+import zipfile
+
+from conftest import ROOT
+
+CHECK = """
+import m3edge, m3edge.export, m3edge.runtime, m3edge.targets, sys
+assert m3edge.__file__.startswith(sys.argv[1]), m3edge.__file__
+assert m3edge.runtime.__file__.startswith(sys.argv[1])
+print(m3edge.targets.load("rpi").name, len(m3edge.targets.names()))
+"""
+
+
+def test_wheel_contains_and_imports_every_package(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", tmp_path / "dist", ROOT], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    wheel = next((tmp_path / "dist").glob("m3edge-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for member in ("m3edge/cli.py", "m3edge/model/agent.py", "m3edge/export/pipeline.py",
+                   "m3edge/runtime/executor.py", "m3edge/targets/__init__.py", "m3edge/targets/rpi5.json"):
+        assert member in names, member
+    assert not any(n.startswith(("tests/", "export/", "runtime/", "targets/")) for n in names)
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); "
+                        + "import site; site.addsitedir(" + repr(_venv_site()) + ")\n" + CHECK, str(site)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["rpi5", "5"]
+
+
+def _venv_site():
+    import numpy
+
+    return str(__import__("pathlib").Path(numpy.__file__).parents[1])
