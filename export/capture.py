@@ -36,6 +36,7 @@ class Captured:
     inputs: dict = field(default_factory=dict)  # (role, layer, expert) -> tuple of numpy arrays
     routed: dict = field(default_factory=dict)  # (layer, expert) -> rows routed there
     expert_usage: list = field(default_factory=list)  # per layer, per expert: routed pairs
+    transitions: list = field(default_factory=list)  # per layer pair: [E, E] counts of (expert at L, at L+1)
 
     def for_bucket(self, role: str, layer, expert, bucket: int) -> tuple[np.ndarray, ...]:
         arrays = self.inputs[(role, layer, expert)]
@@ -53,12 +54,15 @@ def capture(agent, text: np.ndarray, n_tokens: int) -> Captured:
     pos = sample_positions(len(text), n_tokens)
     w = torch.from_numpy(windows(text, pos, cfg.context))
     enc = agent.encode(w)
-    mem = memory_context(agent, enc, torch.from_numpy(text[pos].astype(np.int64)))
+    next_bytes = torch.from_numpy(text[pos].astype(np.int64))
+    mem = memory_context(agent, enc, next_bytes)
     cap = Captured()
     cap.inputs[("encoder", None, None)] = (w.numpy(),)
+    cap.inputs[("memory", None, None)] = (enc.x.numpy(), next_bytes.numpy())
     cap.inputs[("alignment", None, None)] = (enc.x.numpy(), mem.numpy())
     x = enc.x
     bias = agent.alignment(x, mem)
+    previous = None
     for layer, (norm, moe) in enumerate(zip(agent.norms, agent.layers)):
         cap.inputs[("router", layer, None)] = (x.numpy(), bias.numpy())
         h = norm(x)
@@ -70,6 +74,11 @@ def capture(agent, text: np.ndarray, n_tokens: int) -> Captured:
             cap.inputs[("expert", layer, e)] = (h.numpy(),)
             usage.append(int(tokens.numel()))
         cap.expert_usage.append(usage)
+        if previous is not None:
+            pairs = (previous[:, :, None] * cfg.n_experts + r.index[:, None, :]).reshape(-1)
+            cap.transitions.append(np.bincount(pairs.numpy(), minlength=cfg.n_experts ** 2)
+                                   .reshape(cfg.n_experts, cfg.n_experts).tolist())
+        previous = r.index
         x = x + moe.dispatch(h, r)
     cap.inputs[("head", None, None)] = (x.numpy(),)
     return cap

@@ -1,6 +1,8 @@
 """The graph split: which torch module becomes which bundle graph, with its static I/O per bucket.
 
-  encoder    windows [T, K] int64           -> x [T, d], key [T, m], complexity [T, 1]
+  encoder    windows [T, K] int64           -> x [T, d], key [T, m], complexity [T, 1],
+                                               context_key [T, m] (unit-length context-encoder view of key)
+  memory     x [T, d], next_byte [T] int64  -> value [T, d] (the experience the long-term store keeps)
   alignment  x [T, d], memory [T, d]        -> bias [T, E]
   router L   x [T, d], bias [T, E]          -> h [T, d] (the layer's pre-norm), logits [T, E]
   expert L,e h [C, d]                       -> y [C, d]      one graph per expert, exported on its own
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -23,7 +26,19 @@ class EncoderGraph(nn.Module):
 
     def forward(self, windows):
         e = self.agent.encode(windows)
-        return e.x, e.key, e.complexity
+        ctx = F.normalize(self.agent.memory.associator.context_encoder(e.key), dim=-1)
+        return e.x, e.key, e.complexity, ctx
+
+
+class MemoryGraph(nn.Module):
+    """The memory encoder: what an observed (state, byte) experience is stored as."""
+
+    def __init__(self, agent):
+        super().__init__()
+        self.memory = agent.memory
+
+    def forward(self, x, next_byte):
+        return self.memory.encode_experience(x, next_byte)
 
 
 class AlignmentGraph(nn.Module):
@@ -58,7 +73,7 @@ class HeadGraph(nn.Module):
 @dataclass
 class Port:
     name: str
-    width: int | None  # trailing dim; None for the encoder's [T, K] int64 windows
+    dims: tuple[int, ...]  # after the leading bucket dim
     dtype: str = "float32"
 
 
@@ -86,16 +101,11 @@ class GraphSpec:
         return self.stem.replace("/", ".")
 
     def shape(self, port: Port, bucket: int) -> list[int]:
-        return [bucket, port.width]
+        return [bucket, *port.dims]
 
     def example(self, bucket: int) -> tuple[torch.Tensor, ...]:
-        out = []
-        for p in self.inputs:
-            if p.dtype == "int64":
-                out.append(torch.zeros(bucket, p.width, dtype=torch.long))
-            else:
-                out.append(torch.zeros(bucket, p.width))
-        return tuple(out)
+        dtypes = {"int64": torch.long, "float32": torch.float32}
+        return tuple(torch.zeros(self.shape(p, bucket), dtype=dtypes[p.dtype]) for p in self.inputs)
 
 
 def split(agent, token_buckets, capacity_buckets) -> list[GraphSpec]:
@@ -103,15 +113,17 @@ def split(agent, token_buckets, capacity_buckets) -> list[GraphSpec]:
     d, e, m = cfg.d_model, cfg.n_experts, cfg.memory_dim
     tb, cb = tuple(token_buckets), tuple(capacity_buckets)
     specs = [
-        GraphSpec("encoder", EncoderGraph(agent), [Port("windows", cfg.context, "int64")],
-                  [Port("x", d), Port("key", m), Port("complexity", 1)], tb),
-        GraphSpec("alignment", AlignmentGraph(agent), [Port("x", d), Port("memory", d)], [Port("bias", e)], tb),
+        GraphSpec("encoder", EncoderGraph(agent), [Port("windows", (cfg.context,), "int64")],
+                  [Port("x", (d,)), Port("key", (m,)), Port("complexity", (1,)), Port("context_key", (m,))], tb),
+        GraphSpec("memory", MemoryGraph(agent), [Port("x", (d,)), Port("next_byte", (), "int64")],
+                  [Port("value", (d,))], tb),
+        GraphSpec("alignment", AlignmentGraph(agent), [Port("x", (d,)), Port("memory", (d,))], [Port("bias", (e,))], tb),
     ]
     for layer in range(cfg.n_layers):
-        specs.append(GraphSpec("router", RouterGraph(agent, layer), [Port("x", d), Port("bias", e)],
-                               [Port("h", d), Port("logits", e)], tb, layer))
+        specs.append(GraphSpec("router", RouterGraph(agent, layer), [Port("x", (d,)), Port("bias", (e,))],
+                               [Port("h", (d,)), Port("logits", (e,))], tb, layer))
         for ex in range(e):
-            specs.append(GraphSpec("expert", agent.layers[layer].experts[ex], [Port("h", d)], [Port("y", d)], cb,
-                                   layer, ex, cfg.expert_type(ex)))
-    specs.append(GraphSpec("head", HeadGraph(agent), [Port("x", d)], [Port("logits", cfg.vocab)], tb))
+            specs.append(GraphSpec("expert", agent.layers[layer].experts[ex], [Port("h", (d,))], [Port("y", (d,))],
+                                   cb, layer, ex, cfg.expert_type(ex)))
+    specs.append(GraphSpec("head", HeadGraph(agent), [Port("x", (d,))], [Port("logits", (cfg.vocab,))], tb))
     return specs

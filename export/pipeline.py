@@ -114,7 +114,8 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
             "routing": {"mode": cfg.routing, "top_k": cfg.top_k, "n_experts": cfg.n_experts,
                         "capacity": cfg.expert_capacity, "token_buckets": list(target.token_buckets),
                         "capacity_buckets": list(target.capacity_buckets), "tie_break": "lower expert index"},
-            "expert_usage": {"split": "calibration", "tokens": n_cal, "pairs": cal.expert_usage},
+            "expert_usage": {"split": "calibration", "tokens": n_cal, "pairs": cal.expert_usage,
+                             "transitions": cal.transitions},
             "graphs": entries, "files": sorted(files, key=lambda f: f["path"]),
         }
         (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))

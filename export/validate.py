@@ -93,7 +93,7 @@ def max_abs_diff(graph, module, inputs: tuple[np.ndarray, ...]) -> float:
 def summarise(checks: list[GraphCheck]) -> list[dict]:
     """One row per role: graphs, failures, the worst diff and where it is."""
     rows = []
-    for role in ("encoder", "alignment", "router", "expert", "head"):
+    for role in ("encoder", "memory", "alignment", "router", "expert", "head"):
         mine = [c for c in checks if c.role == role]
         if not mine:
             continue

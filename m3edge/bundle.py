@@ -24,7 +24,7 @@ from m3edge.errors import BadInput
 SCHEMA_VERSION = 1
 FORMAT = "m3edge-bundle"
 MANIFEST = "manifest.json"
-ROLES = ("encoder", "alignment", "router", "expert", "head")
+ROLES = ("encoder", "memory", "alignment", "router", "expert", "head")
 
 
 def sha256_file(path: Path) -> str:

@@ -152,7 +152,7 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
     target = targets.load(target_name)
     agent, source = checkpoint.build_agent(checkpoint_dir, preset_name, config_file, seed)
     data = Path(data_dir) if data_dir else default_data_dir()
-    n_graphs = 3 + agent.cfg.n_layers * (1 + agent.cfg.n_experts)
+    n_graphs = 4 + agent.cfg.n_layers * (1 + agent.cfg.n_experts)
     bar = tqdm(total=n_graphs, desc=f"export {target.name}", unit="module", file=sys.stderr, disable=None)
     try:
         report = export_bundle(agent, source, target, output, data, force,

@@ -8,6 +8,7 @@ never over tokens.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from m3edge.bundle import Bundle
 from m3edge.config import ModelConfig
 from m3edge.runtime import routing
+from m3edge.runtime.cache import ExpertCache
 from m3edge.runtime.graph import OrtGraph, SessionConfig
 
 
@@ -32,6 +34,7 @@ class Forward:
     x: np.ndarray
     key: np.ndarray
     complexity: np.ndarray
+    context_key: np.ndarray
     routing: list[LayerRouting]
 
 
@@ -43,8 +46,37 @@ def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
+class ExpertGraphs:
+    """One expert: the unit the cache holds. Sessions are created per capacity bucket when first needed
+    (batch-1 decoding only ever uses the smallest), ``warm`` buckets at load time."""
+
+    def __init__(self, executor: "BundleExecutor", layer: int, expert: int, warm=()):
+        self.executor = executor
+        self.entries = {b: executor.bundle.find("expert", b, layer, expert) for b in executor.capacity_buckets}
+        self.graphs: dict[int, OrtGraph] = {}
+        self._lock = threading.Lock()
+        weights = {e["weights"] for e in self.entries.values()}
+        sizes = executor.file_sizes
+        self.bytes = sum(e["bytes"] for e in self.entries.values()) + sum(sizes[w] for w in weights)
+        for b in warm:
+            self.session(b)
+
+    def session(self, bucket: int) -> OrtGraph:
+        g = self.graphs.get(bucket)
+        if g is None:
+            with self._lock:
+                g = self.graphs.get(bucket)
+                if g is None:
+                    g = self.graphs[bucket] = self.executor.load(self.entries[bucket])
+        return g
+
+    def run(self, bucket: int, rows: np.ndarray) -> np.ndarray:
+        return self.session(bucket).run(rows)[0]
+
+
 class BundleExecutor:
-    def __init__(self, bundle: Bundle, session: SessionConfig | None = None):
+    def __init__(self, bundle: Bundle, session: SessionConfig | None = None, cache: ExpertCache | None = None,
+                 prefetch: bool = False):
         self.bundle = bundle
         self.cfg = ModelConfig.from_dict(bundle.manifest["model_config"])
         r = bundle.manifest["routing"]
@@ -54,15 +86,39 @@ class BundleExecutor:
         self.capacity_buckets = tuple(r["capacity_buckets"])
         self.session = session or SessionConfig()
         self._graphs: dict[tuple, OrtGraph] = {}
+        self.cache = cache if cache is not None else ExpertCache(self._load_expert)
+        if cache is not None and cache.loader is None:
+            cache.loader = self._load_expert
+        self.prefetch = prefetch
+        usage = bundle.manifest.get("expert_usage", {})
+        self.transitions = [np.asarray(t, dtype=np.float64) for t in usage.get("transitions", [])]
+        self.file_sizes = {f["path"]: f["bytes"] for f in bundle.manifest["files"]}
+        self.warm_buckets: tuple[int, ...] = (self.capacity_buckets[0],)
         self.expert_calls = 0
 
-    def graph(self, role: str, bucket: int, layer: int | None = None, expert: int | None = None) -> OrtGraph:
-        key = (role, bucket, layer, expert)
+    def load(self, entry: dict) -> OrtGraph:
+        shapes = {i["name"]: i["shape"] for i in entry["inputs"]}
+        return OrtGraph(self.bundle.path(entry["path"]), self.session, shapes)
+
+    def _load_expert(self, key):
+        g = ExpertGraphs(self, *key, warm=self.warm_buckets)
+        return g, g.bytes
+
+    def graph(self, role: str, bucket: int, layer: int | None = None) -> OrtGraph:
+        """A per-token graph; these stay resident (they are small and every step needs them)."""
+        key = (role, bucket, layer)
         g = self._graphs.get(key)
         if g is None:
-            entry = self.bundle.find(role, bucket, layer, expert)
-            g = self._graphs[key] = OrtGraph(self.bundle.path(entry["path"]), self.session)
+            g = self._graphs[key] = self.load(self.bundle.find(role, bucket, layer))
         return g
+
+    def predict_next(self, layer: int, index: np.ndarray, n: int) -> list[tuple[int, int]]:
+        """Experts layer+1 will likely need: export-time transition counts from this layer's choices."""
+        if layer >= len(self.transitions):
+            return []
+        scores = self.transitions[layer][index.reshape(-1)].sum(0)
+        best = np.argsort(-scores, kind="stable")[:n]
+        return [(layer + 1, int(e)) for e in best if scores[e] > 0]
 
     def run_tokens(self, role: str, inputs: list[np.ndarray], layer: int | None = None) -> list[np.ndarray]:
         """Run a per-token graph over N rows in token-bucket chunks."""
@@ -75,7 +131,11 @@ class BundleExecutor:
         return [np.concatenate(parts) for parts in zip(*outs)]
 
     def encode(self, windows: np.ndarray):
+        """-> x, key, complexity, context_key"""
         return self.run_tokens("encoder", [windows.astype(np.int64)])
+
+    def experience(self, x: np.ndarray, next_bytes: np.ndarray) -> np.ndarray:
+        return self.run_tokens("memory", [x, next_bytes.astype(np.int64)])[0]
 
     def align(self, x: np.ndarray, memory: np.ndarray) -> np.ndarray:
         return self.run_tokens("alignment", [x, memory.astype(np.float32)])[0]
@@ -103,9 +163,10 @@ class BundleExecutor:
                 continue
             tokens = pairs // k  # unique within one expert: a token picks an expert at most once
             rows = h[tokens]
+            expert = self.cache.get((layer, int(e)))
             ys, start = [], 0
             for n, bucket in routing.plan_chunks(len(tokens), self.capacity_buckets):
-                ys.append(self.graph("expert", bucket, layer, int(e)).run(pad_rows(rows[start:start + n], bucket))[0][:n])
+                ys.append(expert.run(bucket, pad_rows(rows[start:start + n], bucket))[:n])
                 start += n
                 self.expert_calls += 1
             out[tokens] += np.concatenate(ys) * flat_w[pairs, None]
@@ -114,14 +175,23 @@ class BundleExecutor:
     def head(self, x: np.ndarray) -> np.ndarray:
         return self.run_tokens("head", [x])[0]
 
-    def forward(self, windows: np.ndarray, memory: np.ndarray | None = None) -> Forward:
-        x, key, complexity = self.encode(windows)
+    def decode(self, x: np.ndarray, memory: np.ndarray | None = None) -> tuple[np.ndarray, list[LayerRouting]]:
+        """Alignment, every MoE layer and the head for encoded tokens x; returns (logits, routing)."""
         if memory is None:
             memory = np.zeros_like(x)
         bias = self.align(x, memory)
         routed = []
+        # What a cache miss or a prefetch loads: the buckets this batch size will use.
+        self.warm_buckets = tuple(sorted({b for _, b in routing.plan_chunks(x.shape[0], self.capacity_buckets)}))
         for layer in range(self.cfg.n_layers):
             h, r = self.route(layer, x, bias)
+            if self.prefetch:
+                self.cache.prefetch(self.predict_next(layer, r.index[r.keep], 2 * self.cfg.top_k))
             x = x + self.experts(layer, h, r)
             routed.append(r)
-        return Forward(self.head(x), x, key, complexity, routed)
+        return self.head(x), routed
+
+    def forward(self, windows: np.ndarray, memory: np.ndarray | None = None) -> Forward:
+        x, key, complexity, context_key = self.encode(windows)
+        logits, routed = self.decode(x, memory)
+        return Forward(logits, x, key, complexity, context_key, routed)

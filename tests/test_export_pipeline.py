@@ -30,6 +30,7 @@ def test_tiny_preset_bundle_is_complete_static_and_within_gates(tmp_path, tiny_t
     m = b.manifest
     roles = [g["role"] for g in m["graphs"]]
     assert roles.count("expert") == 8 * 2 and roles.count("router") == 2 and roles.count("encoder") == 2
+    assert roles.count("memory") == 2
     assert {g["memory_type"] for g in m["graphs"] if g["role"] == "expert"} == {
         "episodic", "semantic", "procedural", "emotional", "working", "associative"}
     for g in m["graphs"]:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from m3edge.model.associator import FUSION, ContextualAssociator, fuse_scores
-from m3edge.model.memory import IMPORTANCE_WEIGHTS, M3MemorySystem, experience_importance
+from m3edge.model.memory import M3MemorySystem
+from m3edge.synaptic import IMPORTANCE_WEIGHTS, experience_importance
 from m3edge.model.sensory import SensoryBuffer
 
 

@@ -24,7 +24,7 @@ from m3edge.model.alignment import MemoryExpertAlignment
 from m3edge.model.frontend import ByteFrontEnd
 from m3edge.model.memory import M3MemorySystem
 from m3edge.model.moe import MemoryMoELayer, Routed
-from m3edge.model.storage import Clock
+from m3edge.synaptic import Clock
 
 
 @dataclass

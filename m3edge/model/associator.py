@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3edge.model.routing import select_topk
+from m3edge.synaptic import RECENCY_TAU, RETRIEVAL_TEMPERATURE
 
 FUSION = (0.4, 0.4, 0.2)  # temporal, spatial, context
 
@@ -24,10 +25,10 @@ def fuse_scores(temporal: torch.Tensor, spatial: torch.Tensor, context: torch.Te
 
 
 class ContextualAssociator(nn.Module):
-    def __init__(self, mem_dim: int, top_k: int = 5, tau: float = 86_400.0, temperature: float = 0.1):
+    def __init__(self, mem_dim: int, top_k: int = 5, tau: float = RECENCY_TAU, temperature: float = RETRIEVAL_TEMPERATURE):
         super().__init__()
         self.top_k = top_k
-        self.tau = tau  # seconds: a day-old memory keeps e^-1 of its recency score
+        self.tau = tau  # seconds
         self.temperature = temperature
         self.context_encoder = nn.Sequential(nn.Linear(mem_dim, mem_dim), nn.GELU(), nn.Linear(mem_dim, mem_dim))
 

@@ -44,8 +44,14 @@ class ResistiveArraySimulator:
             g = g + torch.randn(g.shape, generator=self.gen) * dev.program_noise * dev.g_max
         return g.clamp(dev.g_min, dev.g_max)
 
+    @property
+    def exact(self) -> bool:
+        d = self.device
+        return not (d.levels or d.program_noise or d.read_noise)
+
     def program(self, weights: torch.Tensor) -> None:
         """Write a [M, m] matrix (one stored vector per row) into the array."""
+        self.weights = weights
         self.scale = float(weights.abs().max().clamp(min=1e-12))
         w = weights / self.scale
         self.g_pos = self._to_conductance(w.clamp(min=0))
@@ -53,6 +59,8 @@ class ResistiveArraySimulator:
 
     def read(self, x: torch.Tensor) -> torch.Tensor:
         """Column currents for inputs x [N, m], mapped back to the weight scale: ~ x @ weights.T."""
+        if self.exact:
+            return x @ self.weights.T  # ideal: exact float, what parity with the runtime relies on
         dev = self.device
         g = self.g_pos - self.g_neg
         if dev.read_noise:

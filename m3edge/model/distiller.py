@@ -38,7 +38,7 @@ class MemoryDistiller(nn.Module):
         for m in memories:
             if m.id in self._node_of:
                 continue
-            v = self.distill(m.value.unsqueeze(0)).squeeze(0)
+            v = self.distill(torch.as_tensor(m.value).unsqueeze(0)).squeeze(0)
             node = self._nearest(v, self.merge_similarity)
             if node is None:
                 self.nodes.append(KnowledgeNode(v.clone(), 1, {m.id}))

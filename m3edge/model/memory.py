@@ -23,15 +23,8 @@ from m3edge.model.associator import ContextualAssociator
 from m3edge.model.crossbar import ResistiveArraySimulator
 from m3edge.model.distiller import MemoryDistiller
 from m3edge.model.sensory import SensoryBuffer
-from m3edge.model.storage import Clock, SynapticStorage
-
-IMPORTANCE_WEIGHTS = (0.4, 0.4, 0.2)  # complexity, surprise, novelty
-
-
-def experience_importance(complexity: torch.Tensor, surprise: torch.Tensor, novelty: torch.Tensor) -> torch.Tensor:
-    """The seed's 0.4 / 0.4 / 0.2 mix; each input in [0, 1]."""
-    a, b, c = IMPORTANCE_WEIGHTS
-    return a * complexity + b * surprise + c * novelty
+from m3edge.synaptic import IMPORTANCE_WEIGHTS, Clock, SynapticStorage, experience_importance  # noqa: F401
+from m3edge.synaptic import store_experiences
 
 
 class M3MemorySystem(nn.Module):
@@ -59,7 +52,7 @@ class M3MemorySystem(nn.Module):
         """Context [N, d] from long-term memory for sensory keys [N, m]; zeros when empty."""
         if len(self.storage) == 0:
             return query.new_zeros(query.shape[0], self.cfg.d_model)
-        ids, keys, values, ages = self.storage.tensors()
+        ids, keys, values, ages = (x if i == 0 else torch.from_numpy(x) for i, x in enumerate(self.storage.arrays()))
         unit = F.normalize(keys, dim=-1)
         self.crossbar.program(unit)  # the array holds unit keys so a read is a cosine
         spatial = self.crossbar.read(F.normalize(query, dim=-1))
@@ -73,13 +66,6 @@ class M3MemorySystem(nn.Module):
     def store(self, state, key, next_byte, complexity, surprise) -> list[int]:
         """Store experiences whose importance reaches the consolidation path; returns new ids."""
         value = self.encode_experience(state, next_byte)
-        if len(self.storage):
-            _, keys, _, _ = self.storage.tensors()
-            novelty = 1 - (F.normalize(key, dim=-1) @ F.normalize(keys, dim=-1).T).max(-1).values.clamp(0, 1)
-        else:
-            novelty = torch.ones(key.shape[0])
-        importance = experience_importance(complexity.reshape(-1), surprise.reshape(-1), novelty)
-        ids = [self.storage.store(k, v, float(p)) for k, v, p in zip(key, value, importance)]
-        self.storage.decay()
+        ids = store_experiences(self.storage, key.numpy(), value.numpy(), complexity.numpy(), surprise.numpy())
         self.distiller.consolidate(self.storage.consolidation_candidates())
         return ids

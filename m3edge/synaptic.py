@@ -1,5 +1,8 @@
 """SynapticStorage: the third memory level, the seed's long-term store, with an injected clock.
 
+numpy and the standard library only, so the torch agent and the device runtime share one
+implementation of the seed's semantics.
+
 The seed's numbers, each a named constant so tests can check the formulas:
   Hebbian strength of a new association: 0.5, both ways
   reconsolidation on retrieval: strength <- min(1, 1.1 s + 0.05); priority <- min(1, 1.05 p)
@@ -15,8 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 HEBBIAN_INIT = 0.5
 RECONSOLIDATE_GAIN, RECONSOLIDATE_STEP = 1.1, 0.05
@@ -26,8 +28,24 @@ FORGETTING_RATE = 0.01
 CONSOLIDATION_THRESHOLD = 0.7
 ASSOCIATE_SIMILARITY = 0.5  # a new memory is associated with stored ones at least this similar
 DAY = 86_400.0
+DECAY_INTERVAL = 3_600.0  # seconds between applications of the forgetting rate
+IMPORTANCE_WEIGHTS = (0.4, 0.4, 0.2)  # complexity, surprise, novelty
+# Retrieval (the ContextualAssociator): recency time constant, softmax temperature over the top scores.
+RECENCY_TAU = DAY
+RETRIEVAL_TEMPERATURE = 0.1
 
 Clock = Callable[[], float]
+
+
+def unit(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length (torch's F.normalize: divide by max(norm, eps))."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def experience_importance(complexity, surprise, novelty):
+    """The seed's 0.4 / 0.4 / 0.2 mix; each input in [0, 1] (numbers, arrays or tensors)."""
+    a, b, c = IMPORTANCE_WEIGHTS
+    return a * complexity + b * surprise + c * novelty
 
 
 def forgetting_score(priority: float, access_count: int, days_since_access: float) -> float:
@@ -46,14 +64,15 @@ def reconsolidate_priority(p: float) -> float:
 @dataclass
 class Memory:
     id: int
-    key: torch.Tensor  # [memory_dim] sensory code, what queries match
-    value: torch.Tensor  # [d] encoded experience, what retrieval returns
+    key: np.ndarray  # [memory_dim] sensory code, what queries match
+    value: np.ndarray  # [d] encoded experience, what retrieval returns
     priority: float
     created: float
     last_access: float
     access_count: int = 0
     memory_type: str = "episodic"
     associations: dict[int, float] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
 
 class SynapticStorage:
@@ -63,16 +82,18 @@ class SynapticStorage:
         self.memories: dict[int, Memory] = {}
         self._next_id = 0
         self._last_decay = clock()
+        self._stacked = None  # (membership, ids, keys, values, created): rebuilt when memories change
 
     def __len__(self) -> int:
         return len(self.memories)
 
-    def store(self, key: torch.Tensor, value: torch.Tensor, priority: float, memory_type: str = "episodic") -> int:
+    def store(self, key, value, priority: float, memory_type: str = "episodic", extra: dict | None = None) -> int:
+        """``extra`` holds per-memory arrays a caller keeps alongside (the runtime's context keys)."""
         now = self.clock()
         mid = self._next_id
         self._next_id += 1
-        mem = Memory(mid, key.detach().clone(), value.detach().clone(), float(min(1.0, max(0.0, priority))),
-                     now, now, memory_type=memory_type)
+        mem = Memory(mid, np.array(key, dtype=np.float32), np.array(value, dtype=np.float32),
+                     float(min(1.0, max(0.0, priority))), now, now, memory_type=memory_type, extra=dict(extra or {}))
         for other in self._similar(mem.key):
             mem.associations[other] = HEBBIAN_INIT
             self.memories[other].associations[mid] = HEBBIAN_INIT
@@ -81,21 +102,22 @@ class SynapticStorage:
             self.forget_one()
         return mid
 
-    def _similar(self, key: torch.Tensor) -> list[int]:
+    def _similar(self, key: np.ndarray) -> list[int]:
         if not self.memories:
             return []
-        ids, keys, _, _ = self.tensors()
-        sim = F.normalize(keys, dim=-1) @ F.normalize(key, dim=0)
+        ids, keys, _, _ = self.arrays()
+        sim = unit(keys) @ unit(key)
         return [i for i, s in zip(ids, sim.tolist()) if s >= ASSOCIATE_SIMILARITY]
 
-    def tensors(self) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+    def arrays(self) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
         """(ids, keys [M, m], values [M, d], ages in seconds [M]) in id order."""
-        ids = sorted(self.memories)
-        now = self.clock()
-        keys = torch.stack([self.memories[i].key for i in ids])
-        values = torch.stack([self.memories[i].value for i in ids])
-        ages = torch.tensor([now - self.memories[i].created for i in ids], dtype=torch.float32)
-        return ids, keys, values, ages
+        if self._stacked is None or self._stacked[0] != list(self.memories):
+            ids = sorted(self.memories)
+            mems = [self.memories[i] for i in ids]
+            self._stacked = (list(self.memories), ids, np.stack([m.key for m in mems]),
+                             np.stack([m.value for m in mems]), np.array([m.created for m in mems], dtype=np.float64))
+        _, ids, keys, values, created = self._stacked
+        return ids, keys, values, (self.clock() - created).astype(np.float32)
 
     def reconsolidate(self, ids: list[int]) -> None:
         """A retrieval strengthens what it touched: priorities, access counts and co-retrieved links."""
@@ -120,9 +142,15 @@ class SynapticStorage:
         return victim
 
     def decay(self) -> None:
-        """Apply the forgetting rate to association strengths for the days since the last decay."""
+        """Apply the forgetting rate to association strengths for the days since the last decay.
+
+        (1 - r)^a (1 - r)^b = (1 - r)^(a + b), so decaying once an interval has passed is the same as
+        decaying at every store, without touching every association on every step.
+        """
         now = self.clock()
         days = max(0.0, (now - self._last_decay) / DAY)
+        if days * DAY < DECAY_INTERVAL:
+            return
         self._last_decay = now
         factor = (1.0 - FORGETTING_RATE) ** days
         for m in self.memories.values():
@@ -130,3 +158,19 @@ class SynapticStorage:
 
     def consolidation_candidates(self) -> list[Memory]:
         return [m for m in self.memories.values() if m.priority >= CONSOLIDATION_THRESHOLD]
+
+
+def store_experiences(storage: SynapticStorage, keys: np.ndarray, values: np.ndarray, complexity: np.ndarray,
+                      surprise: np.ndarray, extras: list[dict] | None = None) -> list[int]:
+    """Store a batch of experiences the way the agent does: novelty against what was stored before the
+    batch, importance from the seed's mix, one store per row in order, then the forgetting-rate decay."""
+    keys = np.asarray(keys, dtype=np.float32)
+    if len(storage):
+        novelty = 1 - np.clip((unit(keys) @ unit(storage.arrays()[1]).T).max(-1), 0, 1)
+    else:
+        novelty = np.ones(len(keys), dtype=np.float32)
+    importance = experience_importance(np.reshape(complexity, -1), np.reshape(surprise, -1), novelty)
+    extras = extras or [None] * len(keys)
+    ids = [storage.store(k, v, float(p), extra=x) for k, v, p, x in zip(keys, values, importance.tolist(), extras)]
+    storage.decay()
+    return ids

@@ -1,10 +1,10 @@
 """The seed's SynapticStorage formulas, driven by an injected clock."""
 
+import numpy as np
 import pytest
-import torch
 
-from m3edge.model import storage as st
-from m3edge.model.storage import SynapticStorage
+from m3edge import synaptic as st
+from m3edge.synaptic import SynapticStorage
 
 
 class Clock:
@@ -16,7 +16,7 @@ class Clock:
 
 
 def vec(*xs):
-    return torch.tensor(xs, dtype=torch.float32)
+    return np.array(xs, dtype=np.float32)
 
 
 def test_formulas_match_the_seed():

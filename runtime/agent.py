@@ -1,0 +1,141 @@
+"""EdgeAgent: the torch-free agent on the device.
+
+    agent = EdgeAgent.open("bundle/", memory_dir="mem/", cache_experts=32)
+    logits = agent.step(b"def main(")           # next-byte logits [256]
+    text = agent.generate(b"import ", 64)        # bytes
+
+``generate`` follows the torch agent's ``generate``: the prompt's experiences are stored, every step
+reads long-term memory, and every produced byte is stored as an experience. Greedy output matches the
+torch agent byte for byte on fp32 bundles (tests/test_runtime_agent.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from m3edge.bundle import open_bundle
+from m3edge.data import windows as make_windows
+from m3edge.runtime.cache import ExpertCache
+from m3edge.runtime.executor import BundleExecutor
+from m3edge.runtime.graph import SessionConfig
+from m3edge.runtime.memory import LongTermMemory
+
+MAX_PROMPT = 1 << 20
+MAX_GENERATE = 1 << 20
+
+
+def as_bytes(value, what: str = "prompt") -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise ValueError(f"{what} must be bytes or str, got {type(value).__name__}")
+
+
+class EdgeAgent:
+    def __init__(self, executor: BundleExecutor, memory: LongTermMemory, memory_dir: Path | None = None):
+        self.executor = executor
+        self.cfg = executor.cfg
+        self.memory = memory
+        self.memory_dir = memory_dir
+        self.experts_used: list[set[int]] = [set() for _ in range(self.cfg.n_layers)]
+
+    @classmethod
+    def open(cls, bundle_dir, memory_dir=None, cache_experts: int | None = None, policy: str = "lru",
+             prefetch: bool = True, strict: bool = False, threads: int | None = None, clock=None,
+             cache_bytes: int | None = None) -> "EdgeAgent":
+        """Verify every file of the bundle, then set up sessions, the expert cache and the memory."""
+        from m3edge.targets import Target
+
+        bundle = open_bundle(bundle_dir)
+        target = Target.from_dict(bundle.manifest["target"], f"{bundle_dir}/manifest.json target")
+        session = SessionConfig(threads=threads or target.threads, strict=strict, target=target,
+                                cache_dir=str(Path(bundle_dir).resolve()))
+        if cache_experts is None and cache_bytes is None:
+            cache_experts = target.expert_cache_size
+            cache_bytes = int(target.expert_memory_budget_mb * 2 ** 20)
+        cache = ExpertCache(None, max_items=cache_experts, max_bytes=cache_bytes, policy=policy)
+        executor = BundleExecutor(bundle, session, cache, prefetch=prefetch)
+        cfg = executor.cfg
+        memory = LongTermMemory(cfg.d_model, cfg.memory_top_k, clock=clock)
+        if memory_dir is not None:
+            memory.load(memory_dir)
+        return cls(executor, memory, Path(memory_dir) if memory_dir is not None else None)
+
+    def _windows(self, data: bytes, positions: np.ndarray) -> np.ndarray:
+        return make_windows(np.frombuffer(data, dtype=np.uint8), positions, self.cfg.context)
+
+    def _forward(self, windows: np.ndarray, use_memory: bool):
+        ex = self.executor
+        x, key, complexity, context_key = ex.encode(windows)
+        memory = self.memory.retrieve(key, context_key) if use_memory else None
+        logits, routed = ex.decode(x, memory)
+        for layer, r in enumerate(routed):
+            self.experts_used[layer].update(np.unique(r.index[r.keep]).tolist())
+        return logits, (x, key, complexity, context_key)
+
+    def _remember(self, logits: np.ndarray, enc, next_bytes: np.ndarray) -> None:
+        x, key, complexity, context_key = enc
+        z = logits.astype(np.float64)
+        z = z - z.max(-1, keepdims=True)
+        logp = z[np.arange(len(next_bytes)), next_bytes] - np.log(np.exp(z).sum(-1))
+        surprise = np.clip(-logp / math.log(self.cfg.vocab), 0, 1).astype(np.float32)
+        value = self.executor.experience(x, next_bytes)
+        self.memory.store(key, context_key, value, complexity, surprise)
+
+    def step(self, context, use_memory: bool = True) -> np.ndarray:
+        """Next-byte logits [256] after ``context`` (reads memory, stores nothing)."""
+        data = as_bytes(context, "context")
+        if len(data) > MAX_PROMPT:
+            raise ValueError(f"context is {len(data)} bytes; the limit is {MAX_PROMPT}")
+        logits, _ = self._forward(self._windows(data, np.array([len(data)])), use_memory)
+        return logits[0]
+
+    def generate(self, prompt, max_bytes: int, temperature: float = 0.0, seed: int | None = None,
+                 use_memory: bool = True) -> bytes:
+        text = bytearray(as_bytes(prompt))
+        if len(text) > MAX_PROMPT:
+            raise ValueError(f"prompt is {len(text)} bytes; the limit is {MAX_PROMPT}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 <= max_bytes <= MAX_GENERATE:
+            raise ValueError(f"max_bytes must be an integer in [0, {MAX_GENERATE}], got {max_bytes!r}")
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        rng = np.random.default_rng(seed)
+        start = len(text)
+        if use_memory and len(text) > 1:
+            data = bytes(text)
+            logits, enc = self._forward(self._windows(data, np.arange(1, len(data))), use_memory)
+            self._remember(logits, enc, np.frombuffer(data, dtype=np.uint8)[1:].astype(np.int64))
+        for _ in range(max_bytes):
+            logits, enc = self._forward(self._windows(bytes(text), np.array([len(text)])), use_memory)
+            row = logits[0].astype(np.float64)
+            if temperature > 0:
+                p = np.exp((row - row.max()) / temperature)
+                nxt = int(rng.choice(len(p), p=p / p.sum()))
+            else:
+                nxt = int(np.argmax(row))
+            if use_memory:
+                self._remember(logits, enc, np.array([nxt]))
+            text.append(nxt)
+        if self.memory_dir is not None:
+            self.memory.save(self.memory_dir)
+        return bytes(text[start:])
+
+    def stats(self) -> dict:
+        return {"cache": self.executor.cache.stats.to_dict(), "cached_experts": len(self.executor.cache),
+                "experts_used": [len(s) for s in self.experts_used], "memories": len(self.memory)}
+
+    def close(self) -> None:
+        self.executor.cache.close()
+        if self.memory_dir is not None:
+            self.memory.save(self.memory_dir)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

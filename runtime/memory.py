@@ -1,0 +1,103 @@
+"""Long-term memory on the device: the seed's SynapticStorage plus retrieval in numpy.
+
+Retrieval is the reference ContextualAssociator's arithmetic; its learned context encoder ran in the
+encoder graph, which hands over unit-length context keys. The store keeps each memory's context key
+next to it, so nothing learned runs here.
+
+``save``/``load`` snapshot the store to ``memory_dir`` (JSON + npz, written to a temporary file and
+renamed), so a restart loses nothing that was saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from m3edge.errors import BadInput
+from m3edge.runtime.routing import select_topk
+from m3edge.synaptic import (RECENCY_TAU, RETRIEVAL_TEMPERATURE, Clock, Memory, SynapticStorage,
+                             store_experiences, unit)
+
+FUSION = (0.4, 0.4, 0.2)  # temporal, spatial, context: the seed's ContextualAssociator
+SNAPSHOT = "memory.json"
+
+
+def retrieval_scores(query, query_ctx, keys, key_ctx, ages) -> np.ndarray:
+    a, b, c = FUSION
+    temporal = np.exp(-np.maximum(ages, 0) / RECENCY_TAU)[None, :]
+    spatial = unit(query) @ unit(keys).T
+    return a * temporal + b * spatial + c * (query_ctx @ key_ctx.T)
+
+
+class LongTermMemory:
+    def __init__(self, d_model: int, top_k: int = 5, capacity: int = 10_000, clock: Clock | None = None):
+        import time
+
+        self.d_model = d_model
+        self.top_k = top_k
+        self.storage = SynapticStorage(capacity, clock or time.time)
+
+    def __len__(self) -> int:
+        return len(self.storage)
+
+    def retrieve(self, query: np.ndarray, query_ctx: np.ndarray, reconsolidate: bool = True) -> np.ndarray:
+        """Context [N, d] for sensory keys [N, m]; zeros when nothing is stored."""
+        n = query.shape[0]
+        if not len(self.storage):
+            return np.zeros((n, self.d_model), dtype=np.float32)
+        ids, keys, values, ages = self.storage.arrays()
+        key_ctx = np.stack([self.storage.memories[i].extra["context_key"] for i in ids])
+        fused = retrieval_scores(query, query_ctx, keys, key_ctx, ages).astype(np.float32)
+        top, idx = select_topk(fused, min(self.top_k, len(ids)))
+        z = top / RETRIEVAL_TEMPERATURE
+        w = np.exp(z - z.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        context = np.einsum("nk,nkd->nd", w, values[idx]).astype(np.float32)
+        if reconsolidate:
+            for row in idx.tolist():
+                self.storage.reconsolidate([ids[i] for i in row])
+        return context
+
+    def store(self, key, context_key, value, complexity, surprise) -> list[int]:
+        extras = [{"context_key": np.asarray(c, dtype=np.float32)} for c in context_key]
+        return store_experiences(self.storage, key, value, complexity, surprise, extras)
+
+    def save(self, memory_dir: str | Path) -> None:
+        d = Path(memory_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        mems = [self.storage.memories[i] for i in sorted(self.storage.memories)]
+        meta = {"next_id": self.storage._next_id, "last_decay": self.storage._last_decay,
+                "memories": [{"id": m.id, "priority": m.priority, "created": m.created, "last_access": m.last_access,
+                              "access_count": m.access_count, "memory_type": m.memory_type,
+                              "associations": {str(k): v for k, v in m.associations.items()}} for m in mems]}
+        arrays = {"keys": np.stack([m.key for m in mems]) if mems else np.zeros((0, 0), np.float32),
+                  "values": np.stack([m.value for m in mems]) if mems else np.zeros((0, 0), np.float32),
+                  "context_keys": np.stack([m.extra["context_key"] for m in mems]) if mems else np.zeros((0, 0), np.float32)}
+        tmp = d / ".memory.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        tmp_meta = d / f".{SNAPSHOT}.tmp"
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp, d / "memory.npz")
+        os.replace(tmp_meta, d / SNAPSHOT)  # last: the snapshot counts only once its index is in place
+
+    def load(self, memory_dir: str | Path) -> None:
+        d = Path(memory_dir)
+        if not (d / SNAPSHOT).is_file():
+            return
+        try:
+            meta = json.loads((d / SNAPSHOT).read_text())
+            with np.load(d / "memory.npz", allow_pickle=False) as z:
+                keys, values, ctx = z["keys"], z["values"], z["context_keys"]
+        except (OSError, ValueError, KeyError) as e:
+            raise BadInput(f"{d}: unreadable memory snapshot ({e})") from None
+        s = self.storage
+        s.memories.clear()
+        for row, m in enumerate(meta["memories"]):
+            s.memories[m["id"]] = Memory(m["id"], keys[row], values[row], m["priority"], m["created"], m["last_access"],
+                                         m["access_count"], m["memory_type"],
+                                         {int(k): v for k, v in m["associations"].items()}, {"context_key": ctx[row]})
+        s._next_id, s._last_decay = meta["next_id"], meta["last_decay"]
