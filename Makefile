@@ -22,10 +22,12 @@ install: $(STAMP)
 test: install
 	$(BIN)/python -m pytest
 
+PROMPT ?= class Parser:\n    def __init__(self, 
 demo: install
-	$(BIN)/m3edge eval checkpoints/small
+	$(BIN)/m3edge eval checkpoints/small --max-bytes 20000
 	$(BIN)/m3edge export --target $(TARGET) --checkpoint checkpoints/small -o $(DEMO) --force
-	$(BIN)/m3edge verify $(DEMO)
+	$(BIN)/m3edge inspect $(DEMO)
+	$(BIN)/m3edge run $(DEMO) --prompt "$$(printf '$(PROMPT)')" --max-bytes 160
 
 # Re-trains the committed reference (about 15 minutes on 2 cores).
 train-small: install

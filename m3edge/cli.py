@@ -250,6 +250,47 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, as_json):
         raise CheckFailed("parity gates failed")
 
 
+@cli.command()
+@click.argument("bundle_dir", type=click.Path())
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--max-bytes", default=64, show_default=True, type=click.IntRange(0, 1 << 20))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--seed", type=int, help="Seed for sampling (temperature > 0).")
+@click.option("--memory-dir", type=click.Path(), help="Keep long-term memory here across runs.")
+@click.option("--cache-experts", type=click.IntRange(1), help="Experts kept loaded (default: the profile's).")
+@click.option("--policy", default="lru", show_default=True, type=click.Choice(["lru", "lfu"]))
+@click.option("--no-prefetch", is_flag=True, help="Do not load predicted experts in the background.")
+@click.option("--strict", is_flag=True, help="Fail when a profile's execution provider is missing.")
+@click.option("--json", "as_json", is_flag=True)
+def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_experts, policy, no_prefetch, strict,
+        as_json):
+    """Continue a prompt with a bundle on this device (no torch needed)."""
+    import time
+
+    from m3edge.runtime.agent import EdgeAgent
+
+    t0 = time.perf_counter()
+    with EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts, policy=policy,
+                        prefetch=not no_prefetch, strict=strict) as agent:
+        t1 = time.perf_counter()
+        out = agent.generate(prompt, max_bytes, temperature, seed)
+        t2 = time.perf_counter()
+        stats = agent.stats()
+    text = out.decode("utf-8", errors="replace")
+    res = {"text": text, "bytes": len(out), "bytes_per_s": len(out) / (t2 - t1) if t2 > t1 else 0.0,
+           "open_s": t1 - t0, "cache": {k: stats["cache"][k] for k in ("hits", "misses", "evictions", "load_ms",
+                                                                        "prefetched", "prefetch_hits", "hit_rate")},
+           "experts_used": stats["experts_used"], "memories": stats["memories"]}
+    if as_json:
+        emit(res, True, "")
+    else:
+        click.echo(prompt + text)
+        c = res["cache"]
+        click.echo(f"-- {len(out)} bytes at {res['bytes_per_s']:.1f} bytes/s; cache {c['hits']} hits, "
+                   f"{c['misses']} misses, {c['evictions']} evictions; experts used per layer "
+                   f"{res['experts_used']}", err=True)
+
+
 def main():
     cli(prog_name="m3edge")
 

@@ -51,6 +51,18 @@ def tiny_target(tmp_path_factory):
     return p
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint, tiny_target):
+    """The trained tiny checkpoint exported for the tiny target: a real bundle for runtime tests."""
+    from m3edge import checkpoint, targets
+    from m3edge.export.pipeline import ExportOptions, export_bundle
+
+    agent, source = checkpoint.build_agent(tiny_checkpoint)
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(agent, source, targets.load(str(tiny_target)), out, DATA, opts=ExportOptions(parity_tokens=256))
+    return out
+
+
 def run_cli(*args, env=None):
     """Run the installed CLI in a subprocess, as a user would."""
     import subprocess

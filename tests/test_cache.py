@@ -1,0 +1,74 @@
+import threading
+import time
+
+import pytest
+
+from m3edge.runtime.cache import ExpertCache
+
+
+class Loader:
+    def __init__(self, delay=0.0, size=10):
+        self.calls = []
+        self.delay, self.size = delay, size
+        self.lock = threading.Lock()
+
+    def __call__(self, key):
+        time.sleep(self.delay)
+        with self.lock:
+            self.calls.append(key)
+        return f"graph{key}", self.size
+
+
+def test_lru_evicts_least_recently_used():
+    c = ExpertCache(Loader(), max_items=2, policy="lru")
+    c.get(1), c.get(2), c.get(1), c.get(3)
+    assert 2 not in c and 1 in c and 3 in c
+    assert (c.stats.hits, c.stats.misses, c.stats.evictions) == (1, 3, 1)
+
+
+def test_lfu_keeps_the_frequent_expert():
+    c = ExpertCache(Loader(), max_items=2, policy="lfu")
+    for _ in range(3):
+        c.get(1)
+    c.get(2), c.get(3), c.get(4)
+    assert 1 in c and c.stats.evictions == 2
+
+
+def test_byte_capacity_and_pinning():
+    c = ExpertCache(Loader(size=40), max_bytes=100)
+    c.pin([7])
+    for k in range(5):
+        c.get(k)
+    assert 7 in c and c.bytes <= 100 and len(c) == 2
+    assert c.get(7) == "graph7"
+
+
+def test_prefetch_loads_in_background_and_counts_its_hits():
+    loader = Loader(delay=0.01)
+    c = ExpertCache(loader, max_items=10)
+    c.prefetch([1, 2, 2])
+    c.wait()
+    assert sorted(loader.calls) == [1, 2] and c.stats.prefetched == 2
+    c.get(1)
+    assert c.stats.prefetch_hits == 1 and c.stats.misses == 0
+    c.close()
+
+
+def test_a_key_loads_once_under_concurrency():
+    loader = Loader(delay=0.02)
+    c = ExpertCache(loader, max_items=10)
+    c.prefetch([5])
+    threads = [threading.Thread(target=c.get, args=(5,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loader.calls == [5]
+    c.close()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown cache policy"):
+        ExpertCache(Loader(), policy="fifo")
+    with pytest.raises(ValueError, match="at least one"):
+        ExpertCache(Loader(), max_items=0)

@@ -1,0 +1,138 @@
+"""EdgeAgent against the torch agent: parity, cache-size independence, faults, bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from m3edge import checkpoint
+from m3edge.data import load_split, windows
+from m3edge.errors import BadInput
+from m3edge.runtime.agent import EdgeAgent
+
+from conftest import DATA, run_cli
+
+PROMPT = b"def parse(self, text):\n    "
+
+
+def clock():
+    return 5000.0
+
+
+@pytest.fixture(scope="module")
+def torch_greedy(tiny_checkpoint):
+    agent = checkpoint.load(tiny_checkpoint, clock=clock)
+    return agent.generate(PROMPT, 256)
+
+
+@pytest.mark.parametrize("cache_experts, prefetch, policy", [
+    (1, False, "lru"), (1, True, "lru"), (3, True, "lfu"), (7, False, "lfu"), (16, True, "lru"), (None, False, "lru")])
+def test_greedy_generation_matches_torch_for_every_cache_size(tiny_bundle, torch_greedy, cache_experts, prefetch,
+                                                              policy):
+    with EdgeAgent.open(tiny_bundle, cache_experts=cache_experts or 16, prefetch=prefetch, policy=policy,
+                        clock=clock) as agent:
+        assert agent.generate(PROMPT, 256) == torch_greedy
+        stats = agent.stats()
+    assert stats["cached_experts"] <= (cache_experts or 16)
+    if cache_experts == 1:
+        assert stats["cache"]["evictions"] > 0
+
+
+def test_step_logits_match_torch_on_eval_text(tiny_bundle, tiny_checkpoint):
+    ref = checkpoint.load(tiny_checkpoint, clock=clock)
+    text = load_split(DATA, "eval")[:3000]
+    with EdgeAgent.open(tiny_bundle, clock=clock) as agent:
+        for n in (0, 1, 17, 2999):
+            got = agent.step(text[:n].tobytes(), use_memory=False)
+            w = torch.from_numpy(windows(text, np.array([n]), ref.cfg.context))
+            assert np.abs(got - ref(w).logits[0].detach().numpy()).max() <= 1e-4
+
+
+def test_sampling_is_seeded(tiny_bundle):
+    with EdgeAgent.open(tiny_bundle, clock=clock) as a, EdgeAgent.open(tiny_bundle, clock=clock) as b:
+        x = a.generate("x = ", 40, temperature=0.8, seed=3)
+        assert x == b.generate("x = ", 40, temperature=0.8, seed=3)
+
+
+def test_bad_input_raises_value_error(tiny_bundle):
+    with EdgeAgent.open(tiny_bundle) as agent:
+        for call, word in [(lambda: agent.step(123), "bytes or str"),
+                           (lambda: agent.generate(b"x", -1), "max_bytes"),
+                           (lambda: agent.generate(b"x", 2.5), "max_bytes"),
+                           (lambda: agent.generate(b"x", 3, temperature=float("nan")), "temperature"),
+                           (lambda: agent.generate(b"x" * (1 << 21), 1), "limit")]:
+            with pytest.raises(ValueError, match=word):
+                call()
+
+
+def test_memory_dir_survives_a_restart(tiny_bundle, tmp_path):
+    mem = tmp_path / "mem"
+    with EdgeAgent.open(tiny_bundle, memory_dir=mem, clock=clock) as a:
+        a.generate(PROMPT, 10)
+        n = len(a.memory)
+    assert n == len(PROMPT) - 1 + 10
+    with EdgeAgent.open(tiny_bundle, memory_dir=mem, clock=clock) as b:
+        assert len(b.memory) == n
+
+
+def corrupt(bundle, tmp_path, how):
+    import shutil
+
+    dst = tmp_path / f"b-{how}"
+    shutil.copytree(bundle, dst)
+    g = next((dst / "graphs" / "layer0").glob("expert_01.b2.onnx"))
+    m = json.loads((dst / "manifest.json").read_text())
+    if how == "tampered":
+        g.write_bytes(g.read_bytes().replace(b"m3edge", b"m3edgf", 1))
+    elif how == "truncated":
+        g.write_bytes(g.read_bytes()[:50])
+    elif how == "missing":
+        g.unlink()
+    elif how == "schema":
+        m["schema_version"] = 7
+    elif how == "escape":
+        m["files"][0]["path"] = "../../etc/passwd"
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.mark.parametrize("how, word", [("tampered", "expert_01.b2.onnx"), ("truncated", "expert_01.b2.onnx"),
+                                       ("missing", "expert_01.b2.onnx"), ("schema", "schema_version"),
+                                       ("escape", "leaves the bundle")])
+def test_untrusted_bundles_are_refused_before_anything_runs(tiny_bundle, tmp_path, how, word):
+    bad = corrupt(tiny_bundle, tmp_path, how)
+    with pytest.raises(BadInput, match=word):
+        EdgeAgent.open(bad)
+    r = run_cli("run", bad, "--prompt", "x")
+    assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_cli_json(tiny_bundle):
+    r = run_cli("run", tiny_bundle, "--prompt", "import ", "--max-bytes", "20", "--json", "--cache-experts", "4")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert len(res["text"].encode("utf-8", errors="surrogateescape")) >= 1 and res["bytes"] == 20
+    assert res["bytes_per_s"] > 0 and {"hits", "misses", "evictions"} <= set(res["cache"])
+    assert len(res["experts_used"]) == 1
+
+
+def test_runtime_runs_a_bundle_without_torch(tiny_bundle):
+    code = f"""
+import builtins, sys
+real = builtins.__import__
+def guard(name, *a, **k):
+    if name == "torch" or name.startswith("torch."):
+        raise ImportError("no torch on this device")
+    return real(name, *a, **k)
+builtins.__import__ = guard
+from m3edge.runtime.agent import EdgeAgent
+with EdgeAgent.open({str(tiny_bundle)!r}) as a:
+    out = a.generate(b"import ", 8)
+assert "torch" not in sys.modules and len(out) == 8
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -1,0 +1,44 @@
+"""The device's long-term memory reproduces the torch memory system on the ideal device."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from m3edge.model.memory import M3MemorySystem
+from m3edge.runtime.memory import LongTermMemory
+
+
+def test_retrieval_and_storage_match_the_torch_memory(tiny_cfg, tmp_path):
+    torch.manual_seed(0)
+    t = [1000.0]
+    clock = lambda: t[0]  # noqa: E731
+    ref = M3MemorySystem(tiny_cfg, clock=clock).eval()
+    dev = LongTermMemory(tiny_cfg.d_model, tiny_cfg.memory_top_k, clock=clock)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for step in range(6):
+            state = torch.from_numpy(rng.normal(size=(5, tiny_cfg.d_model)).astype(np.float32))
+            key, complexity = ref.sensory(state)
+            ctx_key = F.normalize(ref.associator.context_encoder(key), dim=-1)
+            a = ref.retrieve(key)
+            b = dev.retrieve(key.numpy(), ctx_key.numpy())
+            assert np.allclose(a.numpy(), b, atol=1e-5), step
+            nxt = torch.from_numpy(rng.integers(0, 256, 5))
+            surprise = torch.rand(5)
+            ref.store(state, key, nxt, complexity, surprise)
+            dev.store(key.numpy(), ctx_key.numpy(), ref.encode_experience(state, nxt).numpy(), complexity.numpy(),
+                      surprise.numpy())
+            t[0] += 7200.0  # two hours: the forgetting rate applies
+    for i, m in ref.storage.memories.items():
+        d = dev.storage.memories[i]
+        assert d.priority == m.priority and d.access_count == m.access_count
+        assert d.associations.keys() == m.associations.keys()
+        assert all(abs(d.associations[j] - s) < 1e-12 for j, s in m.associations.items())
+
+    dev.save(tmp_path / "mem")
+    again = LongTermMemory(tiny_cfg.d_model, tiny_cfg.memory_top_k, clock=clock)
+    again.load(tmp_path / "mem")
+    q = rng.normal(size=(3, tiny_cfg.memory_dim)).astype(np.float32)
+    qc = q / np.linalg.norm(q, axis=1, keepdims=True)
+    assert np.array_equal(again.retrieve(q, qc, reconsolidate=False), dev.retrieve(q, qc, reconsolidate=False))
+    assert len(again) == len(dev) == 30
