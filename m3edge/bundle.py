@@ -61,6 +61,9 @@ class Bundle:
     root: Path
     manifest: dict
 
+    def __post_init__(self):
+        self._index = {(g["role"], g["bucket"], g["layer"], g["expert"]): g for g in self.manifest["graphs"]}
+
     @property
     def graphs(self) -> list[dict]:
         return self.manifest["graphs"]
@@ -69,10 +72,7 @@ class Bundle:
         return safe_path(self.root, rel)
 
     def find(self, role: str, bucket: int, layer: int | None = None, expert: int | None = None) -> dict:
-        for g in self.graphs:
-            if (g["role"], g["bucket"], g["layer"], g["expert"]) == (role, bucket, layer, expert):
-                return g
-        raise KeyError((role, bucket, layer, expert))
+        return self._index[(role, bucket, layer, expert)]
 
     def report(self, name: str) -> dict | None:
         p = self.root / "reports" / f"{name}.json"

@@ -257,12 +257,15 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, as_json):
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0))
 @click.option("--seed", type=int, help="Seed for sampling (temperature > 0).")
 @click.option("--memory-dir", type=click.Path(), help="Keep long-term memory here across runs.")
-@click.option("--cache-experts", type=click.IntRange(1), help="Experts kept loaded (default: the profile's).")
-@click.option("--policy", default="lru", show_default=True, type=click.Choice(["lru", "lfu"]))
-@click.option("--no-prefetch", is_flag=True, help="Do not load predicted experts in the background.")
+@click.option("--cache-experts", type=click.IntRange(1),
+              help="Experts kept loaded per layer (default: the profile's expert_cache_size).")
+@click.option("--policy", default="lfu", show_default=True, type=click.Choice(["lru", "lfu"]),
+              help="Expert-cache eviction policy (LFU measured best on the reference).")
+@click.option("--prefetch/--no-prefetch", default=False, show_default=True,
+              help="Load the experts the next layer will likely need in a background thread.")
 @click.option("--strict", is_flag=True, help="Fail when a profile's execution provider is missing.")
 @click.option("--json", "as_json", is_flag=True)
-def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_experts, policy, no_prefetch, strict,
+def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_experts, policy, prefetch, strict,
         as_json):
     """Continue a prompt with a bundle on this device (no torch needed)."""
     import time
@@ -271,7 +274,7 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
 
     t0 = time.perf_counter()
     with EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts, policy=policy,
-                        prefetch=not no_prefetch, strict=strict) as agent:
+                        prefetch=prefetch, strict=strict) as agent:
         t1 = time.perf_counter()
         out = agent.generate(prompt, max_bytes, temperature, seed)
         t2 = time.perf_counter()
@@ -289,6 +292,32 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
         click.echo(f"-- {len(out)} bytes at {res['bytes_per_s']:.1f} bytes/s; cache {c['hits']} hits, "
                    f"{c['misses']} misses, {c['evictions']} evictions; experts used per layer "
                    f"{res['experts_used']}", err=True)
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path())
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--prompts", "n_prompts", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--bytes", "n_bytes", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--cache-sizes", default="1,8,16,32,64", show_default=True, help="Experts per layer to sweep; '' for none.")
+@click.option("--no-torch", is_flag=True, help="Skip the torch eager baseline (a device without torch).")
+@click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
+@click.option("-o", "--output", type=click.Path(), help="Also write the JSON report here.")
+@click.option("--json", "as_json", is_flag=True)
+def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, data_dir, output, as_json):
+    """Torch eager vs the runtime, and the expert-cache sweep, side by side on this machine."""
+    from m3edge.bench import format_report, run_bench
+    from m3edge.bundle import open_bundle
+    from m3edge.data import default_data_dir
+
+    open_bundle(bundle_dir)  # refuse an untrusted bundle before spawning workers
+    sizes = tuple(int(s) for s in cache_sizes.split(",") if s.strip())
+    report = run_bench(bundle_dir, Path(data_dir) if data_dir else default_data_dir(), threads, n_prompts, n_bytes,
+                       sizes, with_torch=not no_torch,
+                       progress=None if as_json else (lambda msg: click.echo(msg, err=True)))
+    if output:
+        Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    emit(report, as_json, format_report(report))
 
 
 def main():

@@ -1,8 +1,8 @@
 """ExpertCache: (layer, expert) -> the expert's loaded graphs, bounded in experts or in bytes.
 
-Eviction policies are a registry (``POLICIES``): LRU (the default) and LFU. Published MoE-offloading work
-found that expert access often lacks temporal locality, so the choice is measured, not assumed
-(``m3edge bench``). Pinned experts are never evicted. ``prefetch`` loads experts in a background thread;
+Eviction policies are a registry (``POLICIES``): LRU and LFU. Published MoE-offloading work found that
+expert access often lacks temporal locality, so the choice is measured, not assumed: on the small
+reference LFU wins (``m3edge bench``, README), and ``EdgeAgent`` defaults to it. Pinned experts are never evicted. ``prefetch`` loads experts in a background thread;
 a key being loaded is loaded once, whoever asks first.
 """
 
@@ -85,7 +85,7 @@ class ExpertCache:
     """``loader(key) -> (value, bytes)``. Capacity: ``max_items`` experts and/or ``max_bytes``."""
 
     def __init__(self, loader: Callable[[Hashable], tuple[object, int]], max_items: int | None = None,
-                 max_bytes: int | None = None, policy: str = "lru"):
+                 max_bytes: int | None = None, policy: str = "lfu"):
         if policy not in POLICIES:
             raise ValueError(f"unknown cache policy {policy!r}; choose from {', '.join(POLICIES)}")
         if max_items is not None and max_items < 1:

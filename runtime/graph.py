@@ -16,12 +16,20 @@ import numpy as np
 from m3edge.errors import BadInput
 
 _warned: set[str] = set()
+_available: set[str] | None = None
+
+
+def available_providers() -> set[str]:
+    global _available
+    if _available is None:
+        import onnxruntime as ort
+
+        _available = set(ort.get_available_providers())
+    return _available
 
 
 def resolve_providers(wanted: list[tuple[str, dict]], strict: bool = False) -> list[tuple[str, dict]]:
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
+    available = available_providers()
     chosen = [(name, opts) for name, opts in wanted if name in available]
     missing = [name for name, _ in wanted if name not in available]
     if missing and strict:

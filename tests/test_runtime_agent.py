@@ -36,7 +36,7 @@ def test_greedy_generation_matches_torch_for_every_cache_size(tiny_bundle, torch
                         clock=clock) as agent:
         assert agent.generate(PROMPT, 256) == torch_greedy
         stats = agent.stats()
-    assert stats["cached_experts"] <= (cache_experts or 16)
+    assert stats["cached_experts"] <= (cache_experts or 16) * 1  # per layer; the tiny agent has one layer
     if cache_experts == 1:
         assert stats["cache"]["evictions"] > 0
 
