@@ -6,7 +6,6 @@ Every failure to load is a ``BadInput`` naming the file, so the CLI exits 2 with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,19 +13,12 @@ import tempfile
 from pathlib import Path
 
 from m3edge import __version__
+from m3edge.bundle import sha256_file
 from m3edge.config import ModelConfig
 from m3edge.errors import BadInput
 
 FORMAT = "m3edge-checkpoint/1"
 CONFIG, WEIGHTS, META = "config.json", "model.safetensors", "checkpoint.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save(agent, out_dir: str | Path, info: dict | None = None) -> Path:

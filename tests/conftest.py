@@ -63,6 +63,18 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint, tiny_target):
     return out
 
 
+# Prepended to a subprocess's code: importing torch fails there, as on a device without it.
+BLOCK_TORCH = """
+import builtins, sys
+real = builtins.__import__
+def guard(name, *a, **k):
+    if name == "torch" or name.startswith("torch."):
+        raise ImportError("torch is not installed on this device")
+    return real(name, *a, **k)
+builtins.__import__ = guard
+"""
+
+
 def run_cli(*args, env=None):
     """Run the installed CLI in a subprocess, as a user would."""
     import subprocess

@@ -3,14 +3,9 @@
 import subprocess
 import sys
 
-BLOCK_TORCH = """
-import builtins, sys
-real = builtins.__import__
-def guard(name, *a, **k):
-    if name == "torch" or name.startswith("torch."):
-        raise ImportError("torch is not installed on this device")
-    return real(name, *a, **k)
-builtins.__import__ = guard
+from conftest import BLOCK_TORCH as GUARD
+
+BLOCK_TORCH = GUARD + """
 import m3edge, m3edge.runtime, m3edge.targets, m3edge.config, m3edge.data, m3edge.cli
 assert "torch" not in sys.modules
 print("ok")
