@@ -143,3 +143,81 @@ def format_report(r: dict) -> str:
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":
     print(json.dumps(worker(json.loads(sys.argv[2]))))
+
+
+def batching_bench(bundle: str | Path, data_dir: Path, callers=(1, 4, 16, 32), steps_per_caller: int = 40,
+                   threads: int = 2, max_queue_delay_ms: float = 2.0, progress=None) -> dict:
+    """Concurrent callers each issue single-window ``step`` calls; batching off vs on, in one process.
+
+    Reports throughput (steps/s) and p50/p99 latency per step, and the compute time of one batch of each
+    size so the p99 goal (max_queue_delay + 2 x single-batch compute) can be checked.
+    """
+    import threading
+
+    from m3edge.data import load_split
+    from m3edge.runtime.agent import EdgeAgent
+    from m3edge.runtime.batcher import BatcherConfig
+
+    text = load_split(data_dir, "eval").tobytes()
+    rows = []
+    for batching in (False, True):
+        agent = EdgeAgent.open(bundle, cache_experts=None, cache_bytes=None, threads=threads, clock=lambda: 0.0)
+        agent.executor.cache.max_items = None  # every expert resident: measure batching, not the cache
+        if batching:
+            buckets = tuple(agent.executor.token_buckets)
+            agent.enable_batching(BatcherConfig(max_batch_size=max(buckets), preferred_batch_sizes=buckets,
+                                                max_queue_delay_ms=max_queue_delay_ms, max_queue_size=4096))
+        for pos in range(0, 4000, 97):  # warm-up: load every expert the workload touches
+            agent._forward(agent._windows(text, np.arange(pos, pos + 64)), False)
+        for n in callers:
+            lat, lock = [], threading.Lock()
+
+            def caller(c):
+                mine = []
+                for s in range(steps_per_caller):
+                    at = (c * 7919 + s * 131) % (len(text) - 64)
+                    t = time.perf_counter()
+                    agent.step(text[at:at + 32], use_memory=False)
+                    mine.append(time.perf_counter() - t)
+                with lock:
+                    lat.extend(mine)
+
+            ts = [threading.Thread(target=caller, args=(c,)) for c in range(n)]
+            t0 = time.perf_counter()
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            wall = time.perf_counter() - t0
+            row = {"batching": batching, "callers": n, "steps_per_s": len(lat) / wall,
+                   "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+            if batching:
+                m = agent.batcher.metrics()
+                row["avg_batch_size"] = m["avg_batch_size"]
+            rows.append(row)
+            if progress:
+                progress(f"batching {'on' if batching else 'off'}, {n} callers: {row['steps_per_s']:.1f} steps/s, "
+                         f"p99 {row['p99_ms']:.1f} ms")
+        compute = {}
+        if not batching:
+            for b in (1, 16, 32):
+                w = agent._windows(text, np.arange(1000, 1000 + b))
+                agent._forward(w, False)
+                t = time.perf_counter()
+                for _ in range(5):
+                    agent._forward(w, False)
+                compute[str(b)] = (time.perf_counter() - t) / 5 * 1e3
+            compute_ms = compute
+        agent.close()
+    return {"threads": threads, "max_queue_delay_ms": max_queue_delay_ms, "steps_per_caller": steps_per_caller,
+            "single_batch_compute_ms": compute_ms, "rows": rows}
+
+
+def format_batching(r: dict) -> str:
+    lines = [f"{'callers':>7} {'batching':<8} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'avg batch':>9}"]
+    for row in r["rows"]:
+        lines.append(f"{row['callers']:>7} {('on' if row['batching'] else 'off'):<8} {row['steps_per_s']:>9.1f} "
+                     f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row.get('avg_batch_size', 1):>9.2f}")
+    c = r["single_batch_compute_ms"]
+    lines.append("single-batch compute: " + ", ".join(f"batch {k}: {v:.2f} ms" for k, v in c.items()))
+    return "\n".join(lines)

@@ -301,23 +301,66 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
 @click.option("--bytes", "n_bytes", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--cache-sizes", default="1,8,16,32,64", show_default=True, help="Experts per layer to sweep; '' for none.")
 @click.option("--no-torch", is_flag=True, help="Skip the torch eager baseline (a device without torch).")
+@click.option("--suite", default="all", show_default=True, type=click.Choice(["all", "engines", "batching"]),
+              help="engines: torch vs runtime and the cache sweep; batching: concurrent callers off/on.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("-o", "--output", type=click.Path(), help="Also write the JSON report here.")
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, data_dir, output, as_json):
-    """Torch eager vs the runtime, and the expert-cache sweep, side by side on this machine."""
-    from m3edge.bench import format_report, run_bench
+def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, data_dir, output, as_json):
+    """Torch eager vs the runtime, the expert-cache sweep and batching, side by side on this machine."""
+    from m3edge.bench import batching_bench, format_batching, format_report, run_bench
     from m3edge.bundle import open_bundle
     from m3edge.data import default_data_dir
 
     open_bundle(bundle_dir)  # refuse an untrusted bundle before spawning workers
     sizes = tuple(int(s) for s in cache_sizes.split(",") if s.strip())
-    report = run_bench(bundle_dir, Path(data_dir) if data_dir else default_data_dir(), threads, n_prompts, n_bytes,
-                       sizes, with_torch=not no_torch,
-                       progress=None if as_json else (lambda msg: click.echo(msg, err=True)))
+    data = Path(data_dir) if data_dir else default_data_dir()
+    say = None if as_json else (lambda msg: click.echo(msg, err=True))
+    report, text = {"threads": threads, "rows": []}, []
+    if suite in ("all", "engines"):
+        report = run_bench(bundle_dir, data, threads, n_prompts, n_bytes, sizes, with_torch=not no_torch, progress=say)
+        text.append(format_report(report))
+    if suite in ("all", "batching"):
+        report["batching"] = batching_bench(bundle_dir, data, threads=threads, progress=say)
+        text.append(format_batching(report["batching"]))
     if output:
         Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    emit(report, as_json, format_report(report))
+    emit(report, as_json, "\n".join(text))
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--memory-dir", type=click.Path(), help="Keep long-term memory here across restarts.")
+@click.option("--cache-experts", type=click.IntRange(1), help="Experts kept loaded per layer.")
+@click.option("--batching/--no-batching", default=True, show_default=True, help="Merge concurrent steps into batches.")
+@click.option("--max-batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--max-queue-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0))
+@click.option("--max-queue-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--timeout-ms", type=click.FloatRange(0), help="Reject a step still queued after this long.")
+def serve(bundle_dir, host, port, memory_dir, cache_experts, batching, max_batch_size, max_queue_delay_ms,
+          max_queue_size, timeout_ms):
+    """Serve a bundle over HTTP (JSON API, Prometheus metrics); needs the `serve` extra."""
+    from m3edge.errors import BadInput
+
+    try:
+        import uvicorn
+
+        from m3edge.runtime.server import create_app
+    except ImportError:
+        raise BadInput("m3edge serve needs the serve extra: pip install 'm3edge[serve]'") from None
+    from m3edge.runtime.agent import EdgeAgent
+    from m3edge.runtime.batcher import BatcherConfig
+
+    agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts)
+    if batching:
+        buckets = tuple(b for b in agent.executor.token_buckets if b <= max_batch_size) or (max_batch_size,)
+        agent.enable_batching(BatcherConfig(max_batch_size=max_batch_size, preferred_batch_sizes=buckets,
+                                            max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
+                                            timeout_ms=timeout_ms))
+    click.echo(f"serving {bundle_dir} on http://{host}:{port} (batching {'on' if batching else 'off'})", err=True)
+    uvicorn.run(create_app(agent), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 
 def main():

@@ -12,6 +12,7 @@ torch agent byte for byte on fp32 bundles (tests/test_runtime_agent.py).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,35 @@ class EdgeAgent:
         self.memory = memory
         self.memory_dir = memory_dir
         self.experts_used: list[set[int]] = [set() for _ in range(self.cfg.n_layers)]
+        # One lock for the executor and the memory: concurrent callers (threads, the batcher's worker,
+        # the server) see each request's reads and writes whole.
+        self._lock = threading.RLock()
+        self.batcher = None
+
+    def enable_batching(self, config=None):
+        """Merge concurrent single-window steps (``step`` and each ``generate`` step) into batches."""
+        from m3edge.runtime.batcher import BatcherConfig, DynamicBatcher
+
+        if self.batcher is None:
+            self.batcher = DynamicBatcher(self._run_batch, config or BatcherConfig(), name="m3edge-batcher")
+        return self.batcher
+
+    def _run_batch(self, items: list[tuple[np.ndarray, bool]]) -> list[tuple]:
+        """The batcher's function: one forward over every queued window, split back per request."""
+        results: list = [None] * len(items)
+        for use_memory in (True, False):
+            rows = [i for i, (_, m) in enumerate(items) if m == use_memory]
+            if not rows:
+                continue
+            logits, enc = self._forward(np.stack([items[i][0] for i in rows]), use_memory)
+            for j, i in enumerate(rows):
+                results[i] = (logits[j:j + 1], tuple(a[j:j + 1] for a in enc))
+        return results
+
+    def _forward_one(self, window: np.ndarray, use_memory: bool):
+        if self.batcher is not None:
+            return self.batcher((window[0], use_memory))
+        return self._forward(window, use_memory)
 
     @classmethod
     def open(cls, bundle_dir, memory_dir=None, cache_experts: int | None = None, policy: str = "lfu",
@@ -80,12 +110,13 @@ class EdgeAgent:
         return make_windows(np.frombuffer(data, dtype=np.uint8), positions, self.cfg.context)
 
     def _forward(self, windows: np.ndarray, use_memory: bool):
-        ex = self.executor
-        x, key, complexity, context_key = ex.encode(windows)
-        memory = self.memory.retrieve(key, context_key) if use_memory else None
-        logits, routed = ex.decode(x, memory)
-        for layer, r in enumerate(routed):
-            self.experts_used[layer].update(np.unique(r.index[r.keep]).tolist())
+        with self._lock:
+            ex = self.executor
+            x, key, complexity, context_key = ex.encode(windows)
+            memory = self.memory.retrieve(key, context_key) if use_memory else None
+            logits, routed = ex.decode(x, memory)
+            for layer, r in enumerate(routed):
+                self.experts_used[layer].update(np.unique(r.index[r.keep]).tolist())
         return logits, (x, key, complexity, context_key)
 
     def _remember(self, logits: np.ndarray, enc, next_bytes: np.ndarray) -> None:
@@ -94,15 +125,16 @@ class EdgeAgent:
         z = z - z.max(-1, keepdims=True)
         logp = z[np.arange(len(next_bytes)), next_bytes] - np.log(np.exp(z).sum(-1))
         surprise = np.clip(-logp / math.log(self.cfg.vocab), 0, 1).astype(np.float32)
-        value = self.executor.experience(x, next_bytes)
-        self.memory.store(key, context_key, value, complexity, surprise)
+        with self._lock:
+            value = self.executor.experience(x, next_bytes)
+            self.memory.store(key, context_key, value, complexity, surprise)
 
     def step(self, context, use_memory: bool = True) -> np.ndarray:
         """Next-byte logits [256] after ``context`` (reads memory, stores nothing)."""
         data = as_bytes(context, "context")
         if len(data) > MAX_PROMPT:
             raise ValueError(f"context is {len(data)} bytes; the limit is {MAX_PROMPT}")
-        logits, _ = self._forward(self._windows(data, np.array([len(data)])), use_memory)
+        logits, _ = self._forward_one(self._windows(data, np.array([len(data)])), use_memory)
         return logits[0]
 
     def generate(self, prompt, max_bytes: int, temperature: float = 0.0, seed: int | None = None,
@@ -121,7 +153,7 @@ class EdgeAgent:
             logits, enc = self._forward(self._windows(data, np.arange(1, len(data))), use_memory)
             self._remember(logits, enc, np.frombuffer(data, dtype=np.uint8)[1:].astype(np.int64))
         for _ in range(max_bytes):
-            logits, enc = self._forward(self._windows(bytes(text), np.array([len(text)])), use_memory)
+            logits, enc = self._forward_one(self._windows(bytes(text), np.array([len(text)])), use_memory)
             row = logits[0].astype(np.float64)
             if temperature > 0:
                 p = np.exp((row - row.max()) / temperature)
@@ -131,18 +163,31 @@ class EdgeAgent:
             if use_memory:
                 self._remember(logits, enc, np.array([nxt]))
             text.append(nxt)
-        if self.memory_dir is not None:
-            self.memory.save(self.memory_dir)
+        self.save_memory()
         return bytes(text[start:])
+
+    def save_memory(self) -> None:
+        """Snapshot the long-term memory to ``memory_dir`` (a no-op without one)."""
+        if self.memory_dir is not None:
+            with self._lock:
+                self.memory.save(self.memory_dir)
+
+    def search_memory(self, query, k: int = 5) -> list[dict]:
+        """The k stored memories that best match the last window of ``query`` (no reconsolidation)."""
+        data = as_bytes(query, "query")
+        with self._lock:
+            _, key, _, ctx = self.executor.encode(self._windows(data, np.array([len(data)])))
+            return self.memory.search(key[0], ctx[0], k)
 
     def stats(self) -> dict:
         return {"cache": self.executor.cache.stats.to_dict(), "cached_experts": len(self.executor.cache),
                 "experts_used": [len(s) for s in self.experts_used], "memories": len(self.memory)}
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close(drain=True)
         self.executor.cache.close()
-        if self.memory_dir is not None:
-            self.memory.save(self.memory_dir)
+        self.save_memory()
 
     def __enter__(self):
         return self

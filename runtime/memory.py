@@ -61,6 +61,21 @@ class LongTermMemory:
                 self.storage.reconsolidate([ids[i] for i in row])
         return context
 
+    def search(self, query: np.ndarray, query_ctx: np.ndarray, k: int) -> list[dict]:
+        """Top-k memories by the fused retrieval score, without touching them."""
+        if not len(self.storage):
+            return []
+        ids, keys, _, ages = self.storage.arrays()
+        key_ctx = np.stack([self.storage.memories[i].extra["context_key"] for i in ids])
+        fused = retrieval_scores(query[None], query_ctx[None], keys, key_ctx, ages).astype(np.float32)
+        top, idx = select_topk(fused, min(k, len(ids)))
+        out = []
+        for score, i in zip(top[0].tolist(), idx[0].tolist()):
+            m = self.storage.memories[ids[i]]
+            out.append({"id": m.id, "score": score, "priority": m.priority, "access_count": m.access_count,
+                        "created": m.created, "associations": len(m.associations)})
+        return out
+
     def store(self, key, context_key, value, complexity, surprise) -> list[int]:
         extras = [{"context_key": np.asarray(c, dtype=np.float32)} for c in context_key]
         return store_experiences(self.storage, key, value, complexity, surprise, extras)
