@@ -24,6 +24,7 @@ from m3edge.errors import BadInput
 SCHEMA_VERSION = 1
 FORMAT = "m3edge-bundle"
 MANIFEST = "manifest.json"
+ENGINE_CACHE = "trt_engines"  # TensorRT writes its engines here on the device; not part of the bundle
 ROLES = ("encoder", "memory", "alignment", "router", "expert", "head")
 
 
@@ -63,6 +64,22 @@ class Bundle:
 
     def __post_init__(self):
         self._index = {(g["role"], g["bucket"], g["layer"], g["expert"]): g for g in self.manifest["graphs"]}
+        self._files = {f["path"]: f for f in self.manifest["files"]}
+
+    def verified(self, rel: str) -> Path:
+        """The path of a listed file, its sha256 checked now: files are read long after open (cache
+        misses), and what is on disk then is what runs."""
+        p = self.path(rel)
+        f = self._files.get(rel)
+        if f is None:
+            raise BadInput(f"{p}: not listed in the manifest")
+        try:
+            ok = p.stat().st_size == f["bytes"] and sha256_file(p) == f["sha256"]
+        except OSError:
+            ok = False
+        if not ok:
+            raise BadInput(f"{p}: sha256 does not match the manifest (changed since the bundle was opened)")
+        return p
 
     @property
     def graphs(self) -> list[dict]:
@@ -77,6 +94,38 @@ class Bundle:
     def report(self, name: str) -> dict | None:
         p = self.root / "reports" / f"{name}.json"
         return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _check_entries(m: dict, mpath: Path) -> None:
+    """Types of every file and graph entry, and every graph the model and buckets imply."""
+    from m3edge.config import ModelConfig
+
+    def bad(msg):
+        raise BadInput(f"{mpath}: {msg}")
+
+    for f in m["files"]:
+        if not (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("bytes"), int)
+                and isinstance(f.get("sha256"), str) and len(f["sha256"]) == 64):
+            bad(f"malformed files entry {json.dumps(f)[:80]}")
+        safe_path(mpath.parent, f["path"])
+    listed = {f["path"] for f in m["files"]}
+    have = set()
+    for g in m["graphs"]:
+        if not (isinstance(g, dict) and g.get("role") in ROLES and isinstance(g.get("bucket"), int)
+                and isinstance(g.get("path"), str) and g["path"] in listed and g.get("weights") in listed
+                and all(isinstance(g.get(k), (int, type(None))) for k in ("layer", "expert"))):
+            bad(f"malformed or unlisted graph entry {json.dumps(g)[:80]}")
+        have.add((g["role"], g["bucket"], g["layer"], g["expert"]))
+    cfg = ModelConfig.from_dict(m["model_config"], f"{mpath} model_config")
+    r = m["routing"]
+    need = {(role, b, None, None) for role in ("encoder", "memory", "alignment", "head") for b in r["token_buckets"]}
+    need |= {("router", b, layer, None) for layer in range(cfg.n_layers) for b in r["token_buckets"]}
+    need |= {("expert", b, layer, e) for layer in range(cfg.n_layers) for e in range(cfg.n_experts)
+             for b in r["capacity_buckets"]}
+    missing = sorted(need - have, key=str)
+    if missing:
+        role, bucket, layer, expert = missing[0]
+        bad(f"incomplete bundle: no {role} graph for layer {layer}, expert {expert}, bucket {bucket}")
 
 
 def read_manifest(root: str | Path) -> dict:
@@ -97,6 +146,10 @@ def read_manifest(root: str | Path) -> dict:
     for key in ("graphs", "files", "model_config", "target", "routing"):
         if key not in m:
             raise BadInput(f"{mpath}: missing key {key!r}")
+    try:
+        _check_entries(m, mpath)
+    except (KeyError, TypeError) as e:
+        raise BadInput(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
     return m
 
 
@@ -111,12 +164,20 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
                 raise BadInput(f"{p}: listed in the manifest but missing")
             if p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
                 raise BadInput(f"{p}: sha256 does not match the manifest (corrupt or modified)")
-        listed = {f["path"] for f in m["files"]}
-        for g in m["graphs"]:
-            for rel in (g["path"], g.get("weights")):
-                if rel and rel not in listed:
-                    raise BadInput(f"{root / MANIFEST}: {rel!r} is used by a graph but has no sha256 entry")
+        # A file nobody listed could still be read (an ONNX file names its external data itself): refuse it.
+        listed = {f["path"] for f in m["files"]} | {MANIFEST}
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root).as_posix()
+            if p.is_file() and rel not in listed and not rel.startswith(ENGINE_CACHE + "/"):
+                raise BadInput(f"{p}: not listed in the manifest (an m3edge bundle holds only listed files)")
     return Bundle(root, m)
+
+
+def is_bundle(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @contextmanager
@@ -126,11 +187,14 @@ def staging(out: Path, force: bool):
     The rename is the commit point: a crash or an error leaves either the old bundle or none, never a
     half-written one.
     """
-    out = Path(out)
+    out = Path(out).resolve()
     if out.exists() and not force:
         raise BadInput(f"{out}: already exists (pass --force to replace it)")
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise BadInput(f"{out}: exists and is not an m3edge bundle; refusing to replace it")
+    if out.exists():
+        if not out.is_dir():
+            raise BadInput(f"{out}: exists and is not a directory; refusing to replace it")
+        if any(out.iterdir()) and not is_bundle(out):
+            raise BadInput(f"{out}: exists and is not an m3edge bundle; refusing to replace it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

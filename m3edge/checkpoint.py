@@ -21,20 +21,27 @@ FORMAT = "m3edge-checkpoint/1"
 CONFIG, WEIGHTS, META = "config.json", "model.safetensors", "checkpoint.json"
 
 
-def save(agent, out_dir: str | Path, info: dict | None = None) -> Path:
-    """Write atomically: a sibling temp dir renamed over ``out_dir`` only once complete."""
-    from safetensors.torch import save_file
+def save(agent, out_dir: str | Path, info: dict | None = None, force: bool = True) -> Path:
+    """Write atomically: a sibling temp dir renamed over ``out_dir`` only once complete.
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    # Sorted keys and contiguous copies make the file a pure function of the weights.
-    state = {k: v.detach().contiguous().clone() for k, v in sorted(agent.state_dict().items())}
-    save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-    (tmp / CONFIG).write_text(agent.cfg.to_json())
-    meta = {"format": FORMAT, "m3edge_version": __version__, "weights_sha256": sha256_file(tmp / WEIGHTS)}
-    meta.update(info or {})
-    (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    An existing ``out_dir`` is replaced only when it is an m3edge checkpoint (or empty) and ``force``.
+    """
+    out = Path(out_dir).resolve()
+    if out.exists():
+        if not force:
+            raise BadInput(f"{out}: already exists (pass --force to replace it)")
+        if not out.is_dir() or (any(out.iterdir()) and not _is_checkpoint(out)):
+            raise BadInput(f"{out}: exists and is not an m3edge checkpoint; refusing to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise BadInput(f"{out}: cannot write here ({e.strerror})") from None
+    try:
+        _write(agent, tmp, info)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -42,6 +49,25 @@ def save(agent, out_dir: str | Path, info: dict | None = None) -> Path:
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _is_checkpoint(path: Path) -> bool:
+    try:
+        return json.loads((path / META).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write(agent, tmp: Path, info: dict | None) -> None:
+    from safetensors.torch import save_file
+
+    # Sorted keys and contiguous copies make the file a pure function of the weights.
+    state = {k: v.detach().contiguous().clone() for k, v in sorted(agent.state_dict().items())}
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+    (tmp / CONFIG).write_text(agent.cfg.to_json())
+    meta = {"format": FORMAT, "m3edge_version": __version__, "weights_sha256": sha256_file(tmp / WEIGHTS)}
+    meta.update(info or {})
+    (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def read_meta(ckpt_dir: str | Path) -> tuple[ModelConfig, dict]:
@@ -108,7 +134,9 @@ def build_agent(checkpoint_dir=None, preset_name=None, config_file=None, seed: i
             raise BadInput("pass either --checkpoint or --preset/--config, not both")
         agent = load(checkpoint_dir)
         _, meta = read_meta(checkpoint_dir)
-        return agent, {"kind": "checkpoint", "path": str(checkpoint_dir), "weights_sha256": meta["weights_sha256"]}
+        # Absolute, so verify works from any directory; the sha256 says which weights these were.
+        return agent, {"kind": "checkpoint", "path": str(Path(checkpoint_dir).resolve()),
+                       "weights_sha256": meta["weights_sha256"]}
     if not (preset_name or config_file):
         raise BadInput("nothing to export: pass --checkpoint DIR, or --preset NAME / --config FILE.json")
     cfg = ModelConfig.load(config_file) if config_file else preset(preset_name)

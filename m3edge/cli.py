@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from m3edge.errors import M3EdgeError
+from m3edge.errors import BadInput, M3EdgeError
 
 
 class Group(click.Group):
@@ -24,6 +24,15 @@ class Group(click.Group):
         except M3EdgeError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] in ("torch", "onnx", "safetensors", "tqdm", "onnxscript"):
+                click.echo(f"error: this command needs the host-side extra ({e.name} is missing): "
+                           f"pip install 'm3edge[export]'", err=True)
+                ctx.exit(2)
+            raise
+        except OSError as e:
+            click.echo(f"error: {e.filename or ''}: {e.strerror or e}", err=True)
+            ctx.exit(2)
 
 
 def emit(obj: dict, as_json: bool, text: str) -> None:
@@ -57,8 +66,9 @@ def targets(as_json):
 @click.option("--steps", default=3000, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=1024, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 @click.option("--json", "as_json", is_flag=True)
-def train(preset_name, config_file, data_dir, output, steps, batch, seed, as_json):
+def train(preset_name, config_file, data_dir, output, steps, batch, seed, force, as_json):
     """Train the reference agent on bytes of real text; writes a checkpoint and training_report.json."""
     import torch
     from tqdm import tqdm
@@ -70,6 +80,9 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, as_jso
 
     cfg = ModelConfig.load(config_file) if config_file else preset(preset_name)
     data = Path(data_dir) if data_dir else default_data_dir()
+    out_dir = Path(output)
+    if out_dir.exists() and not force:  # before training, not after
+        raise BadInput(f"{out_dir}: already exists (pass --force to replace it)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tc = TrainConfig(steps=steps, batch=batch, seed=seed)
     bar = tqdm(total=steps, desc="train", unit="step", file=sys.stderr, disable=None)
@@ -81,7 +94,7 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, as_jso
     agent, report = run(cfg, data, tc, progress)
     bar.close()
     out = checkpoint.save(agent, output, {"preset": None if config_file else preset_name, "seed": seed,
-                                          "data": "calibration_data/train.txt"})
+                                          "data": "calibration_data/train.txt"}, force=force)
     (out / "training_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     ev = report["eval"]
     emit({"checkpoint": str(out), **ev, "baselines": report["baselines"]}, as_json,
@@ -98,15 +111,25 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, as_jso
 @click.option("--max-bytes", type=click.IntRange(2), help="Evaluate only the first N bytes.")
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
-    """Bits per byte, top-1 accuracy and expert usage of a checkpoint, with byte n-gram baselines."""
-    from m3edge import checkpoint
+    """Bits per byte, top-1 accuracy and expert usage of a checkpoint or a bundle, with n-gram baselines."""
+    from m3edge.bundle import MANIFEST
     from m3edge.data import default_data_dir, load_split, read_bytes
-    from m3edge.evaluate import baselines, evaluate
+    from m3edge.evaluate import baselines, bundle_forward, evaluate_with, torch_forward
 
-    agent = checkpoint.load(path)
+    if (Path(path) / MANIFEST).is_file():  # a bundle: evaluated through the runtime, no torch needed
+        from m3edge.bundle import open_bundle
+        from m3edge.runtime.executor import BundleExecutor
+
+        executor = BundleExecutor(open_bundle(path))
+        forward, cfg = bundle_forward(executor), executor.cfg
+    else:
+        from m3edge import checkpoint
+
+        agent = checkpoint.load(path)
+        forward, cfg = torch_forward(agent), agent.cfg
     data = Path(data_dir) if data_dir else default_data_dir()
     text = read_bytes(text_file) if text_file else load_split(data, split)
-    res = evaluate(agent, text, max_bytes=max_bytes)
+    res = evaluate_with(forward, cfg, text, max_bytes=max_bytes)
     scored = text[: res["bytes"]]
     res["baselines"] = baselines(load_split(data, "train"), scored)
     res["data"] = str(text_file) if text_file else f"{data}/{split}.txt"
@@ -116,7 +139,7 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
              f"bigram {b['bigram_bits_per_byte']:.4f})",
              f"top-1 accuracy  {res['top1_accuracy']:.4f}"]
     for layer, (used, ent) in enumerate(zip(res["experts_used"], res["expert_usage_entropy"])):
-        lines.append(f"layer {layer}         {used}/{agent.cfg.n_experts} experts used, "
+        lines.append(f"layer {layer}         {used}/{cfg.n_experts} experts used, "
                      f"usage entropy {ent:.3f} of {res['max_usage_entropy']:.3f} bits")
     res.pop("expert_usage")
     emit(res, as_json, "\n".join(lines))
@@ -226,8 +249,10 @@ def inspect(bundle_dir, as_json):
 @click.option("--checkpoint", "checkpoint_dir", type=click.Path(), help="Compare against this checkpoint.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("--tokens", default=2048, show_default=True, type=click.IntRange(1))
+@click.option("--logits-atol", default=1e-4, show_default=True, type=click.FloatRange(0),
+              help="End-to-end logits gate (DESIGN.md's default).")
 @click.option("--json", "as_json", is_flag=True)
-def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, as_json):
+def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol, as_json):
     """Re-run end-to-end parity of a bundle against torch; exit 1 when a gate fails."""
     from m3edge import checkpoint
     from m3edge.bundle import open_bundle
@@ -241,7 +266,7 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, as_json):
     if agent.cfg.to_dict() != b.manifest["model_config"]:
         raise CheckFailed("the torch agent's config differs from the bundle's model_config")
     text = read_bytes(text_file) if text_file else load_split(Path(data_dir) if data_dir else default_data_dir(), "eval")
-    gates = Gates(**(b.report("parity") or {}).get("gates", {}))
+    gates = Gates(logits_atol=logits_atol)  # the user's gates, never the ones a bundle carries
     r = end_to_end(agent, BundleExecutor(b), text, tokens, gates)
     out = {k: r[k] for k in ("passed", "logits_max_abs_diff", "routing_agreement", "top1_agreement", "bits_per_byte",
                              "tokens", "passes", "gates")}
@@ -313,7 +338,10 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
     from m3edge.data import default_data_dir
 
     open_bundle(bundle_dir)  # refuse an untrusted bundle before spawning workers
-    sizes = tuple(int(s) for s in cache_sizes.split(",") if s.strip())
+    try:
+        sizes = tuple(int(s) for s in cache_sizes.split(",") if s.strip())
+    except ValueError:
+        raise BadInput(f"--cache-sizes must be comma-separated integers, got {cache_sizes!r}") from None
     data = Path(data_dir) if data_dir else default_data_dir()
     say = None if as_json else (lambda msg: click.echo(msg, err=True))
     report, text = {"threads": threads, "rows": []}, []

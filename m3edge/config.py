@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,8 @@ class ModelConfig:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise BadInput(f"{path}: no such file") from None
+        except OSError as e:
+            raise BadInput(f"{path}: cannot read ({e.strerror})") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadInput(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(data, source=str(path))
@@ -112,8 +115,8 @@ class ModelConfig:
             bad(f"'vocab' must be {VOCAB} (the task is byte-level)")
         for name in ("expert_hidden_ratio", "balance_loss"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                bad(f"{name!r} must be a non-negative number, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                bad(f"{name!r} must be a finite non-negative number, got {v!r}")
         if self.expert_hidden < 2:
             bad("'expert_hidden_ratio' gives an expert hidden size below 2")
 

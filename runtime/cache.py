@@ -123,15 +123,23 @@ class ExpertCache:
                 return self._items[key]
             self.stats.misses += 1
             fut = self._loading.get(key)
-        if fut is not None:  # a prefetch is already loading it: wait for that instead of loading twice
-            fut.result()
-            with self._lock:
-                if key in self._items:
-                    self._from_prefetch.discard(key)
-                    self.policy.touch(key)
-                    return self._items[key]
-        value = self._load(key)
+            mine = fut is None
+            if mine:  # we load it; anyone else asking meanwhile waits on this future
+                fut = self._loading[key] = Future()
+        if mine:
+            try:
+                value = self._load(key)
+                fut.set_result(value)
+            except BaseException as e:
+                fut.set_exception(e)
+                raise
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+        else:
+            value = fut.result()
         with self._lock:
+            self._from_prefetch.discard(key)
             self.policy.touch(key)
         return value
 
@@ -189,7 +197,7 @@ class ExpertCache:
 
     def _prefetch_one(self, key):
         try:
-            self._load(key, prefetched=True)
+            return self._load(key, prefetched=True)
         finally:
             with self._lock:
                 self._loading.pop(key, None)

@@ -98,7 +98,8 @@ class BundleExecutor:
 
     def load(self, entry: dict) -> OrtGraph:
         shapes = {i["name"]: i["shape"] for i in entry["inputs"]}
-        return OrtGraph(self.bundle.path(entry["path"]), self.session, shapes)
+        self.bundle.verified(entry["weights"])
+        return OrtGraph(self.bundle.verified(entry["path"]), self.session, shapes)
 
     def _load_expert(self, key):
         g = ExpertGraphs(self, *key, warm=self.warm_buckets)

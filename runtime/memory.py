@@ -4,8 +4,8 @@ Retrieval is the reference ContextualAssociator's arithmetic; its learned contex
 encoder graph, which hands over unit-length context keys. The store keeps each memory's context key
 next to it, so nothing learned runs here.
 
-``save``/``load`` snapshot the store to ``memory_dir`` (JSON + npz, written to a temporary file and
-renamed), so a restart loses nothing that was saved.
+``save``/``load`` snapshot the store to ``memory_dir/memory.npz``: arrays plus a JSON index in one file,
+written to a temporary file, fsynced and renamed, so a crash leaves the old snapshot or the new one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from m3edge.synaptic import (RECENCY_TAU, RETRIEVAL_TEMPERATURE, Clock, Memory, 
                              store_experiences, unit)
 
 FUSION = (0.4, 0.4, 0.2)  # temporal, spatial, context: the seed's ContextualAssociator
-SNAPSHOT = "memory.json"
+SNAPSHOT = "memory.npz"
+SNAPSHOT_VERSION = 1
 
 
 def retrieval_scores(query, query_ctx, keys, key_ctx, ages) -> np.ndarray:
@@ -82,33 +83,46 @@ class LongTermMemory:
 
     def save(self, memory_dir: str | Path) -> None:
         d = Path(memory_dir)
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"{d}: cannot keep memory here ({e.strerror})") from None
         mems = [self.storage.memories[i] for i in sorted(self.storage.memories)]
-        meta = {"next_id": self.storage._next_id, "last_decay": self.storage._last_decay,
+        meta = {"version": SNAPSHOT_VERSION, "d_model": self.d_model, "count": len(mems),
+                "next_id": self.storage._next_id, "last_decay": self.storage._last_decay,
                 "memories": [{"id": m.id, "priority": m.priority, "created": m.created, "last_access": m.last_access,
                               "access_count": m.access_count, "memory_type": m.memory_type,
                               "associations": {str(k): v for k, v in m.associations.items()}} for m in mems]}
         arrays = {"keys": np.stack([m.key for m in mems]) if mems else np.zeros((0, 0), np.float32),
                   "values": np.stack([m.value for m in mems]) if mems else np.zeros((0, 0), np.float32),
                   "context_keys": np.stack([m.extra["context_key"] for m in mems]) if mems else np.zeros((0, 0), np.float32)}
-        tmp = d / ".memory.npz.tmp"
+        arrays["index"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        tmp = d / f".{SNAPSHOT}.tmp"
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        tmp_meta = d / f".{SNAPSHOT}.tmp"
-        tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp, d / "memory.npz")
-        os.replace(tmp_meta, d / SNAPSHOT)  # last: the snapshot counts only once its index is in place
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, d / SNAPSHOT)
 
     def load(self, memory_dir: str | Path) -> None:
         d = Path(memory_dir)
+        if d.exists() and not d.is_dir():
+            raise BadInput(f"{d}: --memory-dir must be a directory")
         if not (d / SNAPSHOT).is_file():
             return
         try:
-            meta = json.loads((d / SNAPSHOT).read_text())
-            with np.load(d / "memory.npz", allow_pickle=False) as z:
+            with np.load(d / SNAPSHOT, allow_pickle=False) as z:
+                meta = json.loads(z["index"].tobytes())
                 keys, values, ctx = z["keys"], z["values"], z["context_keys"]
-        except (OSError, ValueError, KeyError) as e:
-            raise BadInput(f"{d}: unreadable memory snapshot ({e})") from None
+            if meta.get("version") != SNAPSHOT_VERSION:
+                raise ValueError(f"snapshot version {meta.get('version')!r}, this m3edge reads {SNAPSHOT_VERSION}")
+            if meta["count"] != len(meta["memories"]) or (meta["count"] and len(keys) != meta["count"]):
+                raise ValueError("index and arrays disagree")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BadInput(f"{d / SNAPSHOT}: unreadable memory snapshot ({e})") from None
+        if meta["d_model"] != self.d_model or (meta["count"] and values.shape[1] != self.d_model):
+            raise BadInput(f"{d / SNAPSHOT}: memories of a d_model {meta['d_model']} agent; this bundle has "
+                           f"{self.d_model}")
         s = self.storage
         s.memories.clear()
         for row, m in enumerate(meta["memories"]):

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -6,41 +7,68 @@ from m3edge import bundle
 from m3edge.errors import BadInput
 
 
-def make(root, files):
-    root.mkdir()
-    entries = []
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-        entries.append(bundle.file_entry(root, rel))
-    m = {"schema_version": bundle.SCHEMA_VERSION, "format": bundle.FORMAT, "graphs": [], "files": entries,
-         "model_config": {}, "target": {}, "routing": {}}
-    (root / "manifest.json").write_text(bundle.dumps(m))
-    return m
+def copy(bundle, tmp_path, name="b"):
+    dst = tmp_path / name
+    shutil.copytree(bundle, dst)
+    return dst
 
 
-def test_open_verifies_every_file(tmp_path):
-    make(tmp_path / "b", {"graphs/a.onnx": b"abc", "reports/parity.json": b"{}"})
-    assert bundle.open_bundle(tmp_path / "b").manifest["files"][0]["bytes"] == 3
-    (tmp_path / "b" / "graphs" / "a.onnx").write_bytes(b"abd")
-    with pytest.raises(BadInput, match="a.onnx: sha256 does not match"):
-        bundle.open_bundle(tmp_path / "b")
-    (tmp_path / "b" / "graphs" / "a.onnx").unlink()
+def rewrite(root, change):
+    m = json.loads((root / "manifest.json").read_text())
+    change(m)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def test_open_verifies_every_file(tiny_bundle, tmp_path):
+    b = copy(tiny_bundle, tmp_path)
+    assert bundle.open_bundle(b).manifest["files"][0]["bytes"] > 0
+    victim = b / "graphs" / "head.b1.onnx"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 1
+    victim.write_bytes(bytes(data))
+    with pytest.raises(BadInput, match="head.b1.onnx: sha256 does not match"):
+        bundle.open_bundle(b)
+    victim.unlink()
     with pytest.raises(BadInput, match="missing"):
-        bundle.open_bundle(tmp_path / "b")
+        bundle.open_bundle(b)
+
+
+def test_files_changed_after_open_are_caught_at_load(tiny_bundle, tmp_path):
+    b = bundle.open_bundle(copy(tiny_bundle, tmp_path))
+    rel = b.find("expert", 2, 0, 1)["path"]
+    assert b.verified(rel).is_file()
+    (b.root / rel).write_bytes((b.root / rel).read_bytes() + b"\0")
+    with pytest.raises(BadInput, match="changed since the bundle was opened"):
+        b.verified(rel)
+
+
+def test_unlisted_files_are_refused(tiny_bundle, tmp_path):
+    b = copy(tiny_bundle, tmp_path)
+    (b / "graphs" / "extra.weights").write_bytes(b"\0" * 64)
+    with pytest.raises(BadInput, match="extra.weights: not listed"):
+        bundle.open_bundle(b)
 
 
 @pytest.mark.parametrize("rel", ["../outside", "/etc/passwd", "graphs/../../x"])
-def test_paths_must_stay_inside(tmp_path, rel):
-    m = make(tmp_path / "b", {})
-    m["files"] = [{"path": rel, "sha256": "0" * 64, "bytes": 0}]
-    (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
+def test_paths_must_stay_inside(tiny_bundle, tmp_path, rel):
+    b = copy(tiny_bundle, tmp_path)
+    rewrite(b, lambda m: m["files"].append({"path": rel, "sha256": "0" * 64, "bytes": 0}))
     with pytest.raises(BadInput, match="leaves the bundle"):
-        bundle.open_bundle(tmp_path / "b")
+        bundle.open_bundle(b)
 
 
-def test_bad_manifests(tmp_path):
+def test_malformed_and_incomplete_manifests(tiny_bundle, tmp_path):
+    b = copy(tiny_bundle, tmp_path, "a")
+    rewrite(b, lambda m: m["files"][0].pop("bytes"))
+    with pytest.raises(BadInput, match="malformed files entry"):
+        bundle.open_bundle(b)
+    b = copy(tiny_bundle, tmp_path, "c")
+    rewrite(b, lambda m: m["graphs"].pop(next(i for i, g in enumerate(m["graphs"]) if g["role"] == "expert")))
+    with pytest.raises(BadInput, match="incomplete bundle: no expert graph"):
+        bundle.open_bundle(b)
+
+
+def test_bad_manifests(tiny_bundle, tmp_path):
     with pytest.raises(BadInput, match="not found"):
         bundle.open_bundle(tmp_path / "none")
     (tmp_path / "e").mkdir()
@@ -49,11 +77,10 @@ def test_bad_manifests(tmp_path):
     (tmp_path / "e" / "manifest.json").write_text("{")
     with pytest.raises(BadInput, match="not valid JSON"):
         bundle.open_bundle(tmp_path / "e")
-    m = make(tmp_path / "v", {})
-    m["schema_version"] = 99
-    (tmp_path / "v" / "manifest.json").write_text(json.dumps(m))
+    b = copy(tiny_bundle, tmp_path, "v")
+    rewrite(b, lambda m: m.update(schema_version=99))
     with pytest.raises(BadInput, match="schema_version"):
-        bundle.open_bundle(tmp_path / "v")
+        bundle.open_bundle(b)
 
 
 def test_staging_is_atomic(tmp_path):
@@ -64,21 +91,26 @@ def test_staging_is_atomic(tmp_path):
             raise RuntimeError("crash midway")
     assert list(tmp_path.iterdir()) == []  # nothing half-written, no temp left
     with bundle.staging(out, force=False) as tmp:
-        (tmp / "manifest.json").write_text("{}")
+        (tmp / "manifest.json").write_text(json.dumps({"format": bundle.FORMAT, "v": 1}))
     assert (out / "manifest.json").is_file()
     with pytest.raises(BadInput, match="--force"):
         with bundle.staging(out, force=False):
             pass
     with bundle.staging(out, force=True) as tmp:
-        (tmp / "manifest.json").write_text("{\"v\": 2}")
-    assert (out / "manifest.json").read_text() == "{\"v\": 2}"
+        (tmp / "manifest.json").write_text(json.dumps({"format": bundle.FORMAT, "v": 2}))
+    assert json.loads((out / "manifest.json").read_text())["v"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_bundle(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("mine")
+    (tmp_path / "docs" / "manifest.json").write_text('{"name": "my browser extension"}')
     with pytest.raises(BadInput, match="not an m3edge bundle"):
         with bundle.staging(tmp_path / "docs", force=True):
             pass
     assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BadInput, match="not a directory"):
+        with bundle.staging(tmp_path / "file", force=True):
+            pass

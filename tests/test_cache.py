@@ -72,3 +72,16 @@ def test_bad_arguments():
         ExpertCache(Loader(), policy="fifo")
     with pytest.raises(ValueError, match="at least one"):
         ExpertCache(Loader(), max_items=0)
+
+
+def test_a_miss_being_loaded_is_not_loaded_again_by_prefetch():
+    loader = Loader(delay=0.05)
+    c = ExpertCache(loader, max_items=10)
+    t = threading.Thread(target=c.get, args=(9,))
+    t.start()
+    time.sleep(0.01)
+    c.prefetch([9])
+    t.join()
+    c.wait()
+    assert loader.calls == [9]
+    c.close()

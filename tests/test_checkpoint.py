@@ -74,3 +74,21 @@ def test_cli_exits_2_with_one_line_on_a_corrupt_checkpoint(ck, tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "config.json" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("eval", tmp_path / "absent")
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_save_never_replaces_a_folder_that_is_not_a_checkpoint(tiny_agent, tmp_path):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(BadInput, match="not an m3edge checkpoint"):
+        checkpoint.save(tiny_agent, mine)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    r = run_cli("train", "--preset", "tiny", "-o", mine, "--steps", "1", "--batch", "4", "--force")
+    assert r.returncode == 2 and (mine / "thesis.tex").is_file()
+
+
+def test_train_needs_force_to_replace_a_checkpoint(ck):
+    r = run_cli("train", "--preset", "tiny", "-o", ck, "--steps", "1", "--batch", "4")
+    assert r.returncode == 2 and "--force" in r.stderr
+    r = run_cli("train", "--preset", "tiny", "-o", ck, "--steps", "1", "--batch", "4", "--force")
+    assert r.returncode == 0, r.stderr

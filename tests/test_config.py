@@ -59,3 +59,11 @@ def test_unreadable_config_files(tmp_path):
 def test_unknown_preset():
     with pytest.raises(BadInput, match="tiny, small, seed"):
         preset("huge")
+
+
+def test_non_finite_numbers_and_directories_are_bad_input(tmp_path):
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(BadInput, match="finite"):
+            ModelConfig.from_dict(preset("tiny").to_dict() | {"expert_hidden_ratio": bad})
+    with pytest.raises(BadInput, match="cannot read"):
+        ModelConfig.load(tmp_path)

@@ -175,3 +175,18 @@ def test_committed_reference_exports_for_a_real_profile(tmp_path):
     m = bundle.open_bundle(out).manifest
     assert sum(g["role"] == "expert" for g in m["graphs"]) == 64 * 2 * 5
     assert m["source"]["kind"] == "checkpoint" and m["target"]["name"] == "rpi5"
+
+
+def test_eval_a_bundle_and_verify_from_another_directory(tmp_path, tiny_target, tiny_checkpoint):
+    out, _ = export(tmp_path, tiny_target, "b", "--checkpoint", tiny_checkpoint)
+    r = run_cli("eval", out, "--json", "--max-bytes", "500")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    ref = json.loads(run_cli("eval", tiny_checkpoint, "--json", "--max-bytes", "500").stdout)
+    assert abs(got["bits_per_byte"] - ref["bits_per_byte"]) < 1e-4 and got["experts_used"] == ref["experts_used"]
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "m3edge.cli", "verify", str(out), "--tokens", "64", "--data-dir",
+                        str(DATA)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

@@ -42,3 +42,23 @@ def test_retrieval_and_storage_match_the_torch_memory(tiny_cfg, tmp_path):
     qc = q / np.linalg.norm(q, axis=1, keepdims=True)
     assert np.array_equal(again.retrieve(q, qc, reconsolidate=False), dev.retrieve(q, qc, reconsolidate=False))
     assert len(again) == len(dev) == 30
+
+
+def test_snapshot_errors_are_bad_input(tmp_path):
+    import pytest
+
+    from m3edge.errors import BadInput
+
+    mem = LongTermMemory(8, clock=lambda: 0.0)
+    mem.store(np.ones((2, 4), np.float32), np.ones((2, 4), np.float32) / 2, np.ones((2, 8), np.float32),
+              np.ones(2), np.ones(2))
+    mem.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["memory.npz"]  # one file, no temp left
+    with pytest.raises(BadInput, match="d_model 8"):
+        LongTermMemory(16).load(tmp_path / "m")
+    (tmp_path / "m" / "memory.npz").write_bytes(b"garbage")
+    with pytest.raises(BadInput, match="unreadable memory snapshot"):
+        LongTermMemory(8).load(tmp_path / "m")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(BadInput, match="must be a directory"):
+        LongTermMemory(8).load(tmp_path / "f")
