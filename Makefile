@@ -27,11 +27,12 @@ demo: install
 	$(BIN)/m3edge eval checkpoints/small --max-bytes 20000
 	$(BIN)/m3edge export --target $(TARGET) --checkpoint checkpoints/small -o $(DEMO) --force
 	$(BIN)/m3edge inspect $(DEMO)
+	$(BIN)/m3edge verify $(DEMO) --tokens 512
 	$(BIN)/m3edge run $(DEMO) --prompt "$$(printf '$(PROMPT)')" --max-bytes 160
 
 # Re-trains the committed reference (about 15 minutes on 2 cores).
 train-small: install
-	$(BIN)/m3edge train --preset small --data calibration_data -o checkpoints/small
+	$(BIN)/m3edge train --preset small --data calibration_data -o checkpoints/small --force
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info
