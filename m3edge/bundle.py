@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from m3edge.atomic import atomic_dir
 from m3edge.errors import BadInput
 
 SCHEMA_VERSION = 1
@@ -180,34 +177,6 @@ def is_bundle(path: Path) -> bool:
         return False
 
 
-@contextmanager
 def staging(out: Path, force: bool):
-    """Yield a temporary folder beside ``out``; on success rename it into place, else remove it.
-
-    The rename is the commit point: a crash or an error leaves either the old bundle or none, never a
-    half-written one.
-    """
-    out = Path(out).resolve()
-    if out.exists() and not force:
-        raise BadInput(f"{out}: already exists (pass --force to replace it)")
-    if out.exists():
-        if not out.is_dir():
-            raise BadInput(f"{out}: exists and is not a directory; refusing to replace it")
-        if any(out.iterdir()) and not is_bundle(out):
-            raise BadInput(f"{out}: exists and is not an m3edge bundle; refusing to replace it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as e:
-        raise BadInput(f"{out}: cannot write here ({e.strerror})") from None
-    try:
-        yield tmp
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """A temporary folder beside ``out``, renamed into place on success (see ``m3edge.atomic``)."""
+    return atomic_dir(out, force, is_bundle, "m3edge bundle")

@@ -7,12 +7,10 @@ Every failure to load is a ``BadInput`` naming the file, so the CLI exits 2 with
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from m3edge import __version__
+from m3edge.atomic import atomic_dir
 from m3edge.bundle import sha256_file
 from m3edge.config import ModelConfig
 from m3edge.errors import BadInput
@@ -26,29 +24,9 @@ def save(agent, out_dir: str | Path, info: dict | None = None, force: bool = Tru
 
     An existing ``out_dir`` is replaced only when it is an m3edge checkpoint (or empty) and ``force``.
     """
-    out = Path(out_dir).resolve()
-    if out.exists():
-        if not force:
-            raise BadInput(f"{out}: already exists (pass --force to replace it)")
-        if not out.is_dir() or (any(out.iterdir()) and not _is_checkpoint(out)):
-            raise BadInput(f"{out}: exists and is not an m3edge checkpoint; refusing to replace it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise BadInput(f"{out}: cannot write here ({e.strerror})") from None
-    try:
+    with atomic_dir(out_dir, force, _is_checkpoint, "m3edge checkpoint") as tmp:
         _write(agent, tmp, info)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)  # a crash between the two renames still leaves a complete checkpoint
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    return Path(out_dir).resolve()
 
 
 def _is_checkpoint(path: Path) -> bool:
