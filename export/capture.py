@@ -38,6 +38,16 @@ class Captured:
     expert_usage: list = field(default_factory=list)  # per layer, per expert: routed pairs
     transitions: list = field(default_factory=list)  # per layer pair: [E, E] counts of (expert at L, at L+1)
 
+    def calibration_rows(self, role: str, layer, expert, min_rows: int) -> tuple[list[np.ndarray], bool]:
+        """Rows a graph is calibrated on: an expert's routed rows, or (fewer than ``min_rows`` routed) all
+        of its layer's rows, a fallback the calibration report names. Returns (arrays, fallback)."""
+        if role == "expert":
+            routed = self.routed[(layer, expert)]
+            if len(routed) >= min_rows:
+                return [routed], False
+            return [self.inputs[(role, layer, expert)][0]], True
+        return list(self.inputs[(role, layer, expert)]), False
+
     def for_bucket(self, role: str, layer, expert, bucket: int) -> tuple[np.ndarray, ...]:
         arrays = self.inputs[(role, layer, expert)]
         if role == "expert":

@@ -16,12 +16,14 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
 ALIGN = 64
+INLINE_BELOW = 1024
 
 
 def export_module(module, example: tuple, input_names: list[str], output_names: list[str], opset: int) -> onnx.ModelProto:
@@ -49,6 +51,10 @@ def write_shared(models: dict[int, onnx.ModelProto], root: Path, stem: str) -> t
         for t in model.graph.initializer:
             arr = numpy_helper.to_array(t)
             raw = arr.tobytes()
+            # Small tensors and shape-like int32/int64 tensors stay in the graph (ONNX's own external-data
+            # threshold is 1 KiB): shape inference must read shape constants, and sharing them saves nothing.
+            if len(raw) < INLINE_BELOW or arr.dtype in (np.int32, np.int64):
+                continue
             key = hashlib.sha256(raw).hexdigest() + str(t.data_type) + str(list(t.dims))
             if key not in offsets:
                 blob.extend(b"\0" * (-len(blob) % ALIGN))

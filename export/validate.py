@@ -45,6 +45,8 @@ class GraphCheck:
     atol: float
     status: str  # "ok" or the ValidationError subclass name
     message: str = ""
+    precision: str = "fp32"
+    sqnr_db: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -76,6 +78,14 @@ def check_structure(path: Path, expected_in: dict[str, list[int]], expected_out:
 
 @torch.no_grad()
 def max_abs_diff(graph, module, inputs: tuple[np.ndarray, ...]) -> float:
+    return compare(graph, module, inputs)[0]
+
+
+@torch.no_grad()
+def compare(graph, module, inputs: tuple[np.ndarray, ...]) -> tuple[float, float]:
+    """(max abs diff, SQNR in dB over all outputs) of the graph against the torch module."""
+    from m3edge.export.quantize import sqnr_db
+
     got = graph.run(*inputs)
     ref = module(*(torch.from_numpy(a) for a in inputs))
     ref = ref if isinstance(ref, tuple) else (ref,)
@@ -87,7 +97,8 @@ def max_abs_diff(graph, module, inputs: tuple[np.ndarray, ...]) -> float:
         if g.shape != r.shape:
             raise ShapeMismatchError(f"output shape {list(g.shape)} != torch {list(r.shape)}")
         worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))))
-    return worst
+    flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])  # noqa: E731
+    return worst, sqnr_db(flat([r.numpy() for r in ref]), flat(got))
 
 
 def summarise(checks: list[GraphCheck]) -> list[dict]:
@@ -98,16 +109,20 @@ def summarise(checks: list[GraphCheck]) -> list[dict]:
         if not mine:
             continue
         worst = max(mine, key=lambda c: -1 if c.max_abs_diff is None else c.max_abs_diff)
+        sq = [c.sqnr_db for c in mine if c.sqnr_db is not None]
         rows.append({"role": role, "graphs": len(mine), "failed": sum(not c.passed for c in mine),
                      "max_abs_diff": worst.max_abs_diff, "worst": f"{worst.graph}.b{worst.bucket}",
-                     "atol": worst.atol})
+                     "atol": worst.atol, "precision": "/".join(sorted({c.precision for c in mine})),
+                     "min_sqnr_db": min(sq) if sq else None})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'role':<10} {'graphs':>6} {'failed':>6} {'max |diff|':>11} {'atol':>7}  worst"
+    head = f"{'role':<10} {'prec':<5} {'graphs':>6} {'failed':>6} {'max |diff|':>11} {'min SQNR dB':>11}  worst"
     lines = [head, "-" * len(head)]
     for r in rows:
         diff = "n/a" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}"
-        lines.append(f"{r['role']:<10} {r['graphs']:>6} {r['failed']:>6} {diff:>11} {r['atol']:>7.0e}  {r['worst']}")
+        sq = "n/a" if r.get("min_sqnr_db") is None else f"{r['min_sqnr_db']:.1f}"
+        lines.append(f"{r['role']:<10} {r.get('precision', 'fp32'):<5} {r['graphs']:>6} {r['failed']:>6} {diff:>11} "
+                     f"{sq:>11}  {r['worst']}")
     return "\n".join(lines)

@@ -153,13 +153,16 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle directory to write.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-@click.option("--precision", default="auto", show_default=True, help="auto (the profile's) | fp32")
+@click.option("--precision", default="auto", show_default=True, help="auto (the profile's per role) | fp32 | int8")
+@click.option("--calibration-method", default="percentile", show_default=True,
+              type=click.Choice(["minmax", "entropy", "percentile"]), help="INT8 calibration (onnxruntime).")
+@click.option("--allow-accuracy-drop", is_flag=True, help="Keep a quantized bundle that misses the accuracy gates.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("--parity-tokens", default=2048, show_default=True, type=click.IntRange(1),
               help="Eval tokens for the end-to-end parity check.")
 @click.option("--json", "as_json", is_flag=True)
-def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, force, precision, data_dir,
-           parity_tokens, as_json):
+def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, force, precision, calibration_method,
+           allow_accuracy_drop, data_dir, parity_tokens, as_json):
     """Export per-expert static-shape ONNX graphs for a target, validated against torch."""
     import time
 
@@ -179,7 +182,9 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
     bar = tqdm(total=n_graphs, desc=f"export {target.name}", unit="module", file=sys.stderr, disable=None)
     try:
         report = export_bundle(agent, source, target, output, data, force,
-                               ExportOptions(precision=precision, parity_tokens=parity_tokens),
+                               ExportOptions(precision=precision, parity_tokens=parity_tokens,
+                                             calibration_method=calibration_method,
+                                             allow_accuracy_drop=allow_accuracy_drop),
                                lambda label: bar.update(1))
         ok = True
     except ExportFailed as e:

@@ -1,0 +1,97 @@
+"""INT8 by onnxruntime's static quantization, fed with routing-aware calibration rows.
+
+QDQ format, per-channel weights, ``quant_pre_process`` first. Only MatMul and Gemm are quantized: they
+hold the weights and the compute; LayerNorm, Softmax, the residual adds and the recurrent LSTM cell stay
+float (onnxruntime's QDQ path has no LSTM; measured per graph as SQNR in the parity report).
+
+Activation and weight types follow onnxruntime's guidance per execution context (a registry, keyed by
+what the target profile runs on): ARM S8/S8; x86 U8/S8 with reduce_range (no VNNI assumed);
+TensorRT symmetric S8/S8.
+
+Every bucket variant of a module is calibrated on the same rows (tiled to a multiple of the largest
+bucket), so the variants get identical scales and still share one weights file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+METHODS = ("minmax", "entropy", "percentile")
+MIN_EXPERT_ROWS = 16  # an expert routed fewer calibration rows than this is calibrated on all of its layer's rows
+
+
+@dataclass(frozen=True)
+class QuantTypes:
+    activation: str
+    weight: str
+    extra: dict = field(default_factory=dict)
+    reduce_range: bool = False
+
+
+QUANT_TYPES = {
+    "tensorrt": QuantTypes("QInt8", "QInt8", {"ActivationSymmetric": True, "WeightSymmetric": True}),
+    "arm": QuantTypes("QInt8", "QInt8"),
+    "x86": QuantTypes("QUInt8", "QInt8", reduce_range=True),
+}
+
+
+def context_of(target) -> str:
+    if any(p["name"] == "TensorrtExecutionProvider" for p in target.providers):
+        return "tensorrt"
+    return "arm" if target.arch == "aarch64" else "x86"
+
+
+def tiled(rows: np.ndarray, multiple: int) -> np.ndarray:
+    n = -(-len(rows) // multiple) * multiple
+    reps = -(-n // len(rows))
+    return np.concatenate([rows] * reps)[:n]
+
+
+def quantize(model: onnx.ModelProto, feeds: list[dict], target, method: str = "minmax") -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}")
+    types = QUANT_TYPES[context_of(target)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}[method]
+    # onnxruntime's histogram calibrators print progress to stdout, which belongs to --json.
+    with tempfile.TemporaryDirectory(prefix="m3edge-quant-") as d, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        src, pre, out = Path(d, "in.onnx"), Path(d, "pre.onnx"), Path(d, "q.onnx")
+        onnx.save(model, src)
+        # No graph optimisation here: it would fold bucket-sized constants (the LSTM's zero state) into
+        # initializers that differ per bucket and could no longer be shared.
+        quant_pre_process(str(src), str(pre), skip_optimization=True, skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=types.reduce_range, activation_type=getattr(QuantType, types.activation),
+                        weight_type=getattr(QuantType, types.weight), op_types_to_quantize=["MatMul", "Gemm"],
+                        calibrate_method=calib, extra_options=dict(types.extra))
+        q = onnx.load(str(out))
+    q.producer_name = "m3edge"
+    return q
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio, as onnxruntime's qdq_loss_debug computes it."""
+    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
+    signal = float(np.sum(ref.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
