@@ -165,8 +165,8 @@ def test_tampered_bundle_is_refused(tmp_path, tiny_target):
 
 
 def test_committed_reference_exports_for_a_real_profile(tmp_path):
-    out = tmp_path / "rpi5"
-    r = run_cli("export", "--target", "rpi", "--checkpoint", "checkpoints/small", "-o", out,
+    out = tmp_path / "jetson"
+    r = run_cli("export", "--target", "jetson", "--checkpoint", "checkpoints/small", "-o", out,
                 "--parity-tokens", "512", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
@@ -174,7 +174,8 @@ def test_committed_reference_exports_for_a_real_profile(tmp_path):
     assert res["end_to_end"]["logits_max_abs_diff"] <= 1e-4 and res["end_to_end"]["routing_agreement"] == 1.0
     m = bundle.open_bundle(out).manifest
     assert sum(g["role"] == "expert" for g in m["graphs"]) == 64 * 2 * 5
-    assert m["source"]["kind"] == "checkpoint" and m["target"]["name"] == "rpi5"
+    assert m["source"]["kind"] == "checkpoint" and m["target"]["name"] == "jetson-orin-nano"
+    assert any("fp16" in n for n in m["precision"]["notes"])  # fp16 requested, not built yet: said so
 
 
 def test_eval_a_bundle_and_verify_from_another_directory(tmp_path, tiny_target, tiny_checkpoint):
