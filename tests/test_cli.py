@@ -4,7 +4,7 @@ from conftest import run_cli
 
 
 def test_every_command_has_help():
-    for cmd in ("targets", "train", "eval"):
+    for cmd in ("targets", "train", "eval", "export", "inspect", "verify", "run", "bench", "serve"):
         r = run_cli(cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout
 
