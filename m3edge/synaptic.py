@@ -75,6 +75,39 @@ class Memory:
     extra: dict = field(default_factory=dict)
 
 
+class Columns:
+    """Row-aligned growing arrays, one row per memory in id order: every step reads all keys, so they
+    live in contiguous buffers instead of being re-stacked from the records."""
+
+    def __init__(self):
+        self.n = 0
+        self.ids: list[int] = []
+        self.cols: dict[str, np.ndarray] = {}
+
+    def append(self, mid: int, rows: dict) -> None:
+        for name, row in rows.items():
+            row = np.asarray(row)
+            buf = self.cols.get(name)
+            if buf is None or self.n == len(buf):
+                grown = np.zeros((max(16, 2 * self.n),) + row.shape, dtype=row.dtype)
+                if buf is not None:
+                    grown[: self.n] = buf[: self.n]
+                self.cols[name] = buf = grown
+            buf[self.n] = row
+        self.ids.append(mid)
+        self.n += 1
+
+    def remove(self, mid: int) -> None:
+        r = self.ids.index(mid)
+        for buf in self.cols.values():
+            buf[r:self.n - 1] = buf[r + 1:self.n]
+        del self.ids[r]
+        self.n -= 1
+
+    def get(self, name: str) -> np.ndarray:
+        return self.cols[name][: self.n]
+
+
 class SynapticStorage:
     def __init__(self, capacity: int = 10_000, clock: Clock = time.time):
         self.capacity = capacity
@@ -82,7 +115,7 @@ class SynapticStorage:
         self.memories: dict[int, Memory] = {}
         self._next_id = 0
         self._last_decay = clock()
-        self._stacked = None  # (membership, ids, keys, values, created): rebuilt when memories change
+        self._cols = Columns()
 
     def __len__(self) -> int:
         return len(self.memories)
@@ -97,27 +130,40 @@ class SynapticStorage:
         for other in self._similar(mem.key):
             mem.associations[other] = HEBBIAN_INIT
             self.memories[other].associations[mid] = HEBBIAN_INIT
-        self.memories[mid] = mem
+        self._add(mem)
         while len(self.memories) > self.capacity:
             self.forget_one()
         return mid
 
+    def _add(self, mem: Memory) -> None:
+        self.memories[mem.id] = mem
+        self._cols.append(mem.id, {"key": mem.key, "unit_key": unit(mem.key), "value": mem.value,
+                                   "created": np.float64(mem.created)} | mem.extra)
+
+    def restore(self, memories: list[Memory], next_id: int, last_decay: float) -> None:
+        """Replace the contents with saved records (a snapshot being loaded)."""
+        self.memories, self._cols = {}, Columns()
+        for m in sorted(memories, key=lambda m: m.id):
+            self._add(m)
+        self._next_id, self._last_decay = next_id, last_decay
+
     def _similar(self, key: np.ndarray) -> list[int]:
         if not self.memories:
             return []
-        ids, keys, _, _ = self.arrays()
-        sim = unit(keys) @ unit(key)
-        return [i for i, s in zip(ids, sim.tolist()) if s >= ASSOCIATE_SIMILARITY]
+        sim = self.unit_keys() @ unit(key)
+        return [i for i, s in zip(self._cols.ids, sim.tolist()) if s >= ASSOCIATE_SIMILARITY]
 
     def arrays(self) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
         """(ids, keys [M, m], values [M, d], ages in seconds [M]) in id order."""
-        if self._stacked is None or self._stacked[0] != list(self.memories):
-            ids = sorted(self.memories)
-            mems = [self.memories[i] for i in ids]
-            self._stacked = (list(self.memories), ids, np.stack([m.key for m in mems]),
-                             np.stack([m.value for m in mems]), np.array([m.created for m in mems], dtype=np.float64))
-        _, ids, keys, values, created = self._stacked
-        return ids, keys, values, (self.clock() - created).astype(np.float32)
+        c = self._cols
+        return list(c.ids), c.get("key"), c.get("value"), (self.clock() - c.get("created")).astype(np.float32)
+
+    def unit_keys(self) -> np.ndarray:
+        return self._cols.get("unit_key")
+
+    def extra_array(self, name: str) -> np.ndarray:
+        """A per-memory array the caller stored in ``extra`` (rows in id order)."""
+        return self._cols.get(name)
 
     def reconsolidate(self, ids: list[int]) -> None:
         """A retrieval strengthens what it touched: priorities, access counts and co-retrieved links."""
@@ -139,6 +185,7 @@ class SynapticStorage:
         for j in self.memories[victim].associations:
             self.memories[j].associations.pop(victim, None)
         del self.memories[victim]
+        self._cols.remove(victim)
         return victim
 
     def decay(self) -> None:
@@ -166,7 +213,7 @@ def store_experiences(storage: SynapticStorage, keys: np.ndarray, values: np.nda
     batch, importance from the seed's mix, one store per row in order, then the forgetting-rate decay."""
     keys = np.asarray(keys, dtype=np.float32)
     if len(storage):
-        novelty = 1 - np.clip((unit(keys) @ unit(storage.arrays()[1]).T).max(-1), 0, 1)
+        novelty = 1 - np.clip((unit(keys) @ storage.unit_keys().T).max(-1), 0, 1)
     else:
         novelty = np.ones(len(keys), dtype=np.float32)
     importance = experience_importance(np.reshape(complexity, -1), np.reshape(surprise, -1), novelty)

@@ -50,7 +50,7 @@ class LongTermMemory:
         if not len(self.storage):
             return np.zeros((n, self.d_model), dtype=np.float32)
         ids, keys, values, ages = self.storage.arrays()
-        key_ctx = np.stack([self.storage.memories[i].extra["context_key"] for i in ids])
+        key_ctx = self.storage.extra_array("context_key")
         fused = retrieval_scores(query, query_ctx, keys, key_ctx, ages).astype(np.float32)
         top, idx = select_topk(fused, min(self.top_k, len(ids)))
         z = top / RETRIEVAL_TEMPERATURE
@@ -67,7 +67,7 @@ class LongTermMemory:
         if not len(self.storage):
             return []
         ids, keys, _, ages = self.storage.arrays()
-        key_ctx = np.stack([self.storage.memories[i].extra["context_key"] for i in ids])
+        key_ctx = self.storage.extra_array("context_key")
         fused = retrieval_scores(query[None], query_ctx[None], keys, key_ctx, ages).astype(np.float32)
         top, idx = select_topk(fused, min(k, len(ids)))
         out = []
@@ -123,10 +123,7 @@ class LongTermMemory:
         if meta["d_model"] != self.d_model or (meta["count"] and values.shape[1] != self.d_model):
             raise BadInput(f"{d / SNAPSHOT}: memories of a d_model {meta['d_model']} agent; this bundle has "
                            f"{self.d_model}")
-        s = self.storage
-        s.memories.clear()
-        for row, m in enumerate(meta["memories"]):
-            s.memories[m["id"]] = Memory(m["id"], keys[row], values[row], m["priority"], m["created"], m["last_access"],
-                                         m["access_count"], m["memory_type"],
-                                         {int(k): v for k, v in m["associations"].items()}, {"context_key": ctx[row]})
-        s._next_id, s._last_decay = meta["next_id"], meta["last_decay"]
+        self.storage.restore(
+            [Memory(m["id"], keys[row], values[row], m["priority"], m["created"], m["last_access"], m["access_count"],
+                    m["memory_type"], {int(k): v for k, v in m["associations"].items()}, {"context_key": ctx[row]})
+             for row, m in enumerate(meta["memories"])], meta["next_id"], meta["last_decay"])
