@@ -79,3 +79,7 @@ def test_reference_rpi5_bundle_is_int8_and_meets_the_gates(tmp_path):
     assert e2e["bits_per_byte_increase"] <= 0.02 and e2e["top1_agreement"] >= 0.97 and e2e["routing_agreement"] >= 0.95
     acc = json.loads((out / "reports" / "accuracy.json").read_text())
     assert acc["precision"]["expert"] == "int8" and acc["precision"]["router"] == "fp32"
+    r = run_cli("verify", out, "--json", "--tokens", "1024")  # judged by the quantized gates, not by atol
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)
+    assert v["passed"] and v["routing_agreement"] >= 0.95 and v["top1_agreement"] >= 0.97
