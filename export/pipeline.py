@@ -73,6 +73,45 @@ def _io(spec, ports, bucket):
             for p in ports]
 
 
+def stage_models(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict):
+    """Stage 1 for one module: a static ONNX graph per bucket, quantized when its role asks for INT8.
+    Returns ({bucket: model}, fp32 weight bytes of one bucket)."""
+    in_names = [p.name for p in spec.inputs]
+    out_names = [p.name for p in spec.outputs]
+    models = {b: export_module(spec.module, spec.example(b), in_names, out_names, target.opset) for b in spec.buckets}
+    fp32_bytes = sum(numpy_helper.to_array(t).nbytes for t in models[spec.buckets[0]].graph.initializer)
+    if precision == "int8":
+        rows, fallback = cal.calibration_rows(spec.role, spec.layer, spec.expert, q.MIN_EXPERT_ROWS)
+        rows = [q.tiled(a, max(spec.buckets)) for a in rows]
+        calibration["graphs"][spec.label] = {"rows": int(len(rows[0])), "fallback": fallback}
+        if fallback:
+            calibration["fallback"].append(spec.label)
+        models = {b: q.quantize(m, [dict(zip(in_names, (a[i:i + b] for a in rows))) for i in range(0, len(rows[0]), b)],
+                                target, opts.calibration_method)
+                  for b, m in models.items()}
+    return models, fp32_bytes
+
+
+def stage_check(root: Path, rel: str, spec, bucket: int, precision: str, cal, session,
+                opts: ExportOptions) -> GraphCheck:
+    """Stage 2 for one graph file: structure, static shapes, then onnxruntime against torch on real inputs."""
+    path = root / rel
+    check = GraphCheck(spec.label, spec.role, spec.layer, spec.expert, bucket, rel, None, opts.gates.graph_atol, "ok",
+                       precision=precision)
+    try:
+        check_structure(path, {p.name: spec.shape(p, bucket) for p in spec.inputs},
+                        {p.name: spec.shape(p, bucket) for p in spec.outputs})
+        graph = OrtGraph(path, session)
+        inputs = cal.for_bucket(spec.role, spec.layer, spec.expert, bucket)
+        check.max_abs_diff, check.sqnr_db = compare(graph, spec.module, inputs)
+        # The atol gate is for fp32 graphs; a quantized graph is judged end to end, SQNR reported.
+        if precision == "fp32" and check.max_abs_diff > opts.gates.graph_atol:
+            check.status, check.message = "ValueMismatchError", f"max |diff| {check.max_abs_diff:.2e}"
+    except ValidationError as e:
+        check.status, check.message = type(e).__name__, str(e)
+    return check
+
+
 def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, force: bool = False,
                   opts: ExportOptions = ExportOptions(), progress: Callable[[str], None] | None = None) -> dict:
     """Write a validated bundle to ``out``; returns the parity report. Raises ExportFailed on a gate."""
@@ -90,36 +129,12 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         checks, entries, files = [], [], []
         fp32_weights = 0  # one bucket per module: what an fp32 bundle would store
         for spec in specs:
-            in_names = [p.name for p in spec.inputs]
-            out_names = [p.name for p in spec.outputs]
-            models = {b: export_module(spec.module, spec.example(b), in_names, out_names, target.opset)
-                      for b in spec.buckets}
-            fp32_weights += sum(numpy_helper.to_array(t).nbytes for t in models[spec.buckets[0]].graph.initializer)
-            if precision[spec.role] == "int8":
-                rows, fallback = cal.calibration_rows(spec.role, spec.layer, spec.expert, q.MIN_EXPERT_ROWS)
-                rows = [q.tiled(a, max(spec.buckets)) for a in rows]
-                calibration["graphs"][spec.label] = {"rows": int(len(rows[0])), "fallback": fallback}
-                if fallback:
-                    calibration["fallback"].append(spec.label)
-                models = {b: q.quantize(m, [dict(zip(in_names, (a[i:i + b] for a in rows)))
-                                            for i in range(0, len(rows[0]), b)], target, opts.calibration_method)
-                          for b, m in models.items()}
+            models, fp32_bytes = stage_models(spec, precision[spec.role], cal, target, opts, calibration)
+            fp32_weights += fp32_bytes
             weights_rel, paths = write_shared(models, tmp, spec.stem)
             files.append(bfmt.file_entry(tmp, weights_rel))
             for bucket, rel in paths.items():
-                check = GraphCheck(spec.label, spec.role, spec.layer, spec.expert, bucket, rel, None,
-                                   opts.gates.graph_atol, "ok", precision=precision[spec.role])
-                try:
-                    check_structure(tmp / rel, {p.name: spec.shape(p, bucket) for p in spec.inputs},
-                                    {p.name: spec.shape(p, bucket) for p in spec.outputs})
-                    graph = OrtGraph(tmp / rel, session)
-                    inputs = cal.for_bucket(spec.role, spec.layer, spec.expert, bucket)
-                    check.max_abs_diff, check.sqnr_db = compare(graph, spec.module, inputs)
-                    # The atol gate is for fp32 graphs; a quantized graph is judged end to end, SQNR reported.
-                    if check.precision == "fp32" and check.max_abs_diff > opts.gates.graph_atol:
-                        check.status, check.message = "ValueMismatchError", f"max |diff| {check.max_abs_diff:.2e}"
-                except ValidationError as e:
-                    check.status, check.message = type(e).__name__, str(e)
+                check = stage_check(tmp, rel, spec, bucket, precision[spec.role], cal, session, opts)
                 checks.append(check)
                 files.append(bfmt.file_entry(tmp, rel))
                 entries.append({
