@@ -26,10 +26,11 @@ SNAPSHOT = "memory.npz"
 SNAPSHOT_VERSION = 1
 
 
-def retrieval_scores(query, query_ctx, keys, key_ctx, ages) -> np.ndarray:
+def retrieval_scores(query, query_ctx, unit_keys, key_ctx, ages) -> np.ndarray:
+    """Fused scores [N, M]; ``unit_keys`` are the stored keys already at unit length (the store keeps them)."""
     a, b, c = FUSION
     temporal = np.exp(-np.maximum(ages, 0) / RECENCY_TAU)[None, :]
-    spatial = unit(query) @ unit(keys).T
+    spatial = unit(query) @ unit_keys.T
     return a * temporal + b * spatial + c * (query_ctx @ key_ctx.T)
 
 
@@ -49,9 +50,9 @@ class LongTermMemory:
         n = query.shape[0]
         if not len(self.storage):
             return np.zeros((n, self.d_model), dtype=np.float32)
-        ids, keys, values, ages = self.storage.arrays()
+        ids, _, values, ages = self.storage.arrays()
         key_ctx = self.storage.extra_array("context_key")
-        fused = retrieval_scores(query, query_ctx, keys, key_ctx, ages).astype(np.float32)
+        fused = retrieval_scores(query, query_ctx, self.storage.unit_keys(), key_ctx, ages).astype(np.float32)
         top, idx = select_topk(fused, min(self.top_k, len(ids)))
         z = top / RETRIEVAL_TEMPERATURE
         w = np.exp(z - z.max(-1, keepdims=True))
@@ -66,9 +67,9 @@ class LongTermMemory:
         """Top-k memories by the fused retrieval score, without touching them."""
         if not len(self.storage):
             return []
-        ids, keys, _, ages = self.storage.arrays()
+        ids, _, _, ages = self.storage.arrays()
         key_ctx = self.storage.extra_array("context_key")
-        fused = retrieval_scores(query[None], query_ctx[None], keys, key_ctx, ages).astype(np.float32)
+        fused = retrieval_scores(query[None], query_ctx[None], self.storage.unit_keys(), key_ctx, ages).astype(np.float32)
         top, idx = select_topk(fused, min(k, len(ids)))
         out = []
         for score, i in zip(top[0].tolist(), idx[0].tolist()):
