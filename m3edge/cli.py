@@ -397,6 +397,38 @@ def serve(bundle_dir, host, port, memory_dir, cache_experts, batching, max_batch
     uvicorn.run(create_app(agent), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 
+@cli.group()
+def memory():
+    """The long-term memory store a device keeps with --memory-dir."""
+
+
+@memory.command("inspect")
+@click.argument("memory_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def memory_inspect(memory_dir, as_json):
+    """Count, size on disk, device preset, energy spent, oldest and newest memory of a memory store."""
+    import datetime
+
+    from m3edge.runtime.store import inspect as inspect_store
+
+    r = inspect_store(memory_dir)
+
+    def when(t):
+        return "-" if t is None else datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(
+            timespec="seconds")
+
+    e = r["energy_pj"]
+    lines = [f"store      {r['path']}  (schema {r['schema_version']}, {r['bytes'] / 1e6:.2f} MB on disk)",
+             f"memories   {r['count']} of capacity {r['capacity']} ({r['forgotten']} forgotten), "
+             f"{r['associations']} associations, {r['consolidated']['nodes']} consolidated nodes",
+             f"device     {r['device']} (seed {r['seed']}), keys {r['key_dim']}, values {r['value_dim']}",
+             f"energy     write {e['write'] / 1e6:.3f} uJ over {r['writes']} writes, read {e['read'] / 1e6:.3f} uJ "
+             f"over {r['reads']} reads (modelled)",
+             f"oldest     {when(r['oldest'])}",
+             f"newest     {when(r['newest'])}"]
+    emit(r, as_json, "\n".join(lines))
+
+
 def main():
     cli(prog_name="m3edge")
 

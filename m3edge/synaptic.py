@@ -116,18 +116,47 @@ class SynapticStorage:
         self._next_id = 0
         self._last_decay = clock()
         self._cols = Columns()
+        self.forgotten = 0  # memories forgotten so far: callers know whether rows moved
 
     def __len__(self) -> int:
         return len(self.memories)
 
     def store(self, key, value, priority: float, memory_type: str = "episodic", extra: dict | None = None) -> int:
         """``extra`` holds per-memory arrays a caller keeps alongside (the runtime's context keys)."""
+        key = np.array(key, dtype=np.float32)
+        return self._insert(key, value, priority, memory_type, extra, self._similar(key))
+
+    def store_many(self, keys, values, priorities, extras: list | None = None, memory_type: str = "episodic",
+                   prior: tuple[list[int], np.ndarray] | None = None) -> list[int]:
+        """Store rows in order, as repeated ``store`` calls do, with one matrix product for the batch.
+
+        ``prior`` = (ids, cosines [B, len(ids)]) of each row's key against memories stored before the batch,
+        when the caller already has them (``store_experiences`` computes them for novelty). A row associates
+        with those still present and with earlier rows of the batch still present, as ``store`` would."""
+        keys = np.asarray(keys, dtype=np.float32)
+        n = len(keys)
+        units = unit(keys)
+        if prior is None:
+            prior = (list(self._cols.ids), units @ self.unit_keys().T if len(self) else np.zeros((n, 0), np.float32))
+        prior_ids = np.asarray(prior[0], dtype=np.int64)
+        rows, cols = np.nonzero(prior[1] >= ASSOCIATE_SIMILARITY)
+        bounds = np.searchsorted(rows, np.arange(n + 1))
+        within = np.tril(units @ units.T >= ASSOCIATE_SIMILARITY, k=-1)
+        extras = extras if extras is not None else [None] * n
+        new: list[int] = []
+        for b in range(n):
+            others = [i for i in prior_ids[cols[bounds[b]:bounds[b + 1]]].tolist() if i in self.memories]
+            others += [new[c] for c in np.nonzero(within[b, :b])[0].tolist() if new[c] in self.memories]
+            new.append(self._insert(keys[b], values[b], priorities[b], memory_type, extras[b], others))
+        return new
+
+    def _insert(self, key, value, priority, memory_type, extra, others: list[int]) -> int:
         now = self.clock()
         mid = self._next_id
         self._next_id += 1
         mem = Memory(mid, np.array(key, dtype=np.float32), np.array(value, dtype=np.float32),
                      float(min(1.0, max(0.0, priority))), now, now, memory_type=memory_type, extra=dict(extra or {}))
-        for other in self._similar(mem.key):
+        for other in others:
             mem.associations[other] = HEBBIAN_INIT
             self.memories[other].associations[mid] = HEBBIAN_INIT
         self._add(mem)
@@ -186,6 +215,7 @@ class SynapticStorage:
             self.memories[j].associations.pop(victim, None)
         del self.memories[victim]
         self._cols.remove(victim)
+        self.forgotten += 1
         return victim
 
     def decay(self) -> None:
@@ -208,16 +238,36 @@ class SynapticStorage:
 
 
 def store_experiences(storage: SynapticStorage, keys: np.ndarray, values: np.ndarray, complexity: np.ndarray,
-                      surprise: np.ndarray, extras: list[dict] | None = None) -> list[int]:
+                      surprise: np.ndarray, extras: list[dict] | None = None, chunk: int = 1 << 24) -> list[int]:
     """Store a batch of experiences the way the agent does: novelty against what was stored before the
-    batch, importance from the seed's mix, one store per row in order, then the forgetting-rate decay."""
+    batch, importance from the seed's mix, one store per row in order, then the forgetting-rate decay.
+
+    The cosines of a slice of rows against every stored key are one matrix product, shared by novelty and
+    the Hebbian associations; slices keep that matrix under ``chunk`` elements."""
     keys = np.asarray(keys, dtype=np.float32)
-    if len(storage):
-        novelty = 1 - np.clip((unit(keys) @ storage.unit_keys().T).max(-1), 0, 1)
-    else:
-        novelty = np.ones(len(keys), dtype=np.float32)
-    importance = experience_importance(np.reshape(complexity, -1), np.reshape(surprise, -1), novelty)
-    extras = extras or [None] * len(keys)
-    ids = [storage.store(k, v, float(p), extra=x) for k, v, p, x in zip(keys, values, importance.tolist(), extras)]
+    values = np.asarray(values, dtype=np.float32)
+    complexity, surprise = np.reshape(complexity, -1), np.reshape(surprise, -1)
+    n = len(keys)
+    extras = extras or [None] * n
+    m0, forgotten0 = len(storage), storage.forgotten
+    # Forgetting during the batch moves rows; novelty still compares with the memories before the batch.
+    before = storage.unit_keys().copy() if m0 and m0 + n > storage.capacity else None
+    ids: list[int] = []
+    step = max(1, chunk // max(m0 + n, 1))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        units = unit(keys[s:e])
+        if len(storage):
+            sims = units @ storage.unit_keys().T
+            prior = (list(storage._cols.ids), sims)
+        else:
+            sims, prior = np.zeros((e - s, 0), np.float32), ([], np.zeros((e - s, 0), np.float32))
+        if not m0:
+            novelty = np.ones(e - s, dtype=np.float32)
+        else:
+            base = sims[:, :m0] if storage.forgotten == forgotten0 else units @ before.T
+            novelty = 1 - np.clip(base.max(-1), 0, 1)
+        importance = experience_importance(complexity[s:e], surprise[s:e], novelty)
+        ids += storage.store_many(keys[s:e], values[s:e], importance.tolist(), extras[s:e], prior=prior)
     storage.decay()
     return ids

@@ -2,10 +2,14 @@
 
 Retrieval is the reference ContextualAssociator's arithmetic; its learned context encoder ran in the
 encoder graph, which hands over unit-length context keys. The store keeps each memory's context key
-next to it, so nothing learned runs here.
+next to it, so nothing learned runs here. The spatial score is a read of the crossbar that holds the keys
+(``runtime/crossbar.py``); the agent's default device is ``ideal``, exact float, as the torch agent's.
 
-``save``/``load`` snapshot the store to ``memory_dir/memory.npz``: arrays plus a JSON index in one file,
-written to a temporary file, fsynced and renamed, so a crash leaves the old snapshot or the new one.
+With a memory directory the records live in a durable SQLite store (``runtime/store.py``): every store and
+every retrieval's reconsolidation is a committed transaction, so nothing needs saving at exit and a crash
+loses nothing that returned. A directory written by m3edge before the store existed holds one snapshot,
+``memory.npz``: it is migrated into the store on first open and renamed ``memory.npz.migrated`` (kept, not
+deleted, and never read again).
 """
 
 from __future__ import annotations
@@ -17,114 +21,189 @@ from pathlib import Path
 import numpy as np
 
 from m3edge.errors import BadInput
-from m3edge.runtime.routing import select_topk
-from m3edge.synaptic import (RECENCY_TAU, RETRIEVAL_TEMPERATURE, Clock, Memory, SynapticStorage,
-                             store_experiences, unit)
+from m3edge.runtime.store import DB_NAME, FUSION, MemoryStore, fuse, topk_stable  # noqa: F401
+from m3edge.synaptic import RETRIEVAL_TEMPERATURE, Clock, Memory, unit
 
-FUSION = (0.4, 0.4, 0.2)  # temporal, spatial, context: the seed's ContextualAssociator
 SNAPSHOT = "memory.npz"
 SNAPSHOT_VERSION = 1
+AGENT_DEVICE = "ideal"  # the torch agent's default memory device; parity depends on it
 
 
 def retrieval_scores(query, query_ctx, unit_keys, key_ctx, ages) -> np.ndarray:
-    """Fused scores [N, M]; ``unit_keys`` are the stored keys already at unit length (the store keeps them)."""
-    a, b, c = FUSION
-    temporal = np.exp(-np.maximum(ages, 0) / RECENCY_TAU)[None, :]
-    spatial = unit(query) @ unit_keys.T
-    return a * temporal + b * spatial + c * (query_ctx @ key_ctx.T)
+    """Fused scores [N, M] with exact spatial cosines (the ideal device's read)."""
+    return fuse(unit(query) @ unit_keys.T, query_ctx, key_ctx, ages)
 
 
 class LongTermMemory:
-    def __init__(self, d_model: int, top_k: int = 5, capacity: int = 10_000, clock: Clock | None = None):
+    def __init__(self, d_model: int, top_k: int = 5, capacity: int = 10_000, clock: Clock | None = None,
+                 device: str = AGENT_DEVICE, seed: int = 0, distill=None):
+        """``distill``: the MemoryDistiller's learned map for consolidation (numpy in and out); bundles do not
+        carry it, so by default a consolidated node holds the stored value itself."""
         import time
 
         self.d_model = d_model
         self.top_k = top_k
-        self.storage = SynapticStorage(capacity, clock or time.time)
+        self.capacity = capacity
+        self.clock = clock or time.time
+        self.device = device
+        self.seed = seed
+        self.distill = distill
+        self.store_: MemoryStore | None = None  # made at the first store (its key sizes come with the data)
+        self.directory: Path | None = None
+
+    @property
+    def storage(self):
+        """The SynapticStorage working set (empty until something is stored)."""
+        if self.store_ is None:
+            from m3edge.runtime.store import JournaledStorage
+
+            return JournaledStorage(self.capacity, self.clock)
+        return self.store_.storage
 
     def __len__(self) -> int:
-        return len(self.storage)
+        return 0 if self.store_ is None else len(self.store_.storage)
+
+    def _make_store(self, key_dim: int, context_dim: int) -> MemoryStore:
+        if self.directory is not None:
+            return MemoryStore.open(self.directory, key_dim, self.d_model, context_dim, self.capacity, self.device,
+                                    self.seed, self.clock, self.distill)
+        return MemoryStore(key_dim, self.d_model, context_dim, self.capacity, self.device, self.seed, self.clock,
+                           self.distill)
 
     def retrieve(self, query: np.ndarray, query_ctx: np.ndarray, reconsolidate: bool = True) -> np.ndarray:
         """Context [N, d] for sensory keys [N, m]; zeros when nothing is stored."""
         n = query.shape[0]
-        if not len(self.storage):
+        if not len(self):
             return np.zeros((n, self.d_model), dtype=np.float32)
-        ids, _, values, ages = self.storage.arrays()
-        key_ctx = self.storage.extra_array("context_key")
-        fused = retrieval_scores(query, query_ctx, self.storage.unit_keys(), key_ctx, ages).astype(np.float32)
-        top, idx = select_topk(fused, min(self.top_k, len(ids)))
+        ms = self.store_
+        ids, fused = ms.scores(query, query_ctx)
+        top, idx = topk_stable(fused, min(self.top_k, len(ids)))
         z = top / RETRIEVAL_TEMPERATURE
         w = np.exp(z - z.max(-1, keepdims=True))
         w /= w.sum(-1, keepdims=True)
+        values = ms.storage.arrays()[2]
         context = np.einsum("nk,nkd->nd", w, values[idx]).astype(np.float32)
         if reconsolidate:
-            for row in idx.tolist():
-                self.storage.reconsolidate([ids[i] for i in row])
+            ms.reconsolidate([[ids[i] for i in row] for row in idx.tolist()])
         return context
 
     def search(self, query: np.ndarray, query_ctx: np.ndarray, k: int) -> list[dict]:
         """Top-k memories by the fused retrieval score, without touching them."""
-        if not len(self.storage):
+        if not len(self):
             return []
-        ids, _, _, ages = self.storage.arrays()
-        key_ctx = self.storage.extra_array("context_key")
-        fused = retrieval_scores(query[None], query_ctx[None], self.storage.unit_keys(), key_ctx, ages).astype(np.float32)
-        top, idx = select_topk(fused, min(k, len(ids)))
+        ms = self.store_
         out = []
-        for score, i in zip(top[0].tolist(), idx[0].tolist()):
-            m = self.storage.memories[ids[i]]
-            out.append({"id": m.id, "score": score, "priority": m.priority, "access_count": m.access_count,
+        for hit in ms.search(query, query_ctx, k):
+            m = ms.storage.memories[hit["id"]]
+            out.append({"id": m.id, "score": hit["score"], "priority": m.priority, "access_count": m.access_count,
                         "created": m.created, "associations": len(m.associations)})
         return out
 
     def store(self, key, context_key, value, complexity, surprise) -> list[int]:
-        extras = [{"context_key": np.asarray(c, dtype=np.float32)} for c in context_key]
-        return store_experiences(self.storage, key, value, complexity, surprise, extras)
+        key, context_key = np.asarray(key, dtype=np.float32), np.asarray(context_key, dtype=np.float32)
+        if self.store_ is None:
+            self.store_ = self._make_store(key.shape[-1], context_key.shape[-1])
+        return self.store_.store_experiences(key, value, complexity, surprise, context_key)
+
+    # ---- persistence ---------------------------------------------------------------------------------------
 
     def save(self, memory_dir: str | Path) -> None:
+        """Everything is already committed when the store lives in ``memory_dir``: this only records the read
+        energy spent since the last write. Any other directory gets a durable copy of the memory."""
         d = Path(memory_dir)
+        if self.store_ is not None and self.store_.path is not None and self.directory == d:
+            self.store_.save_ledger()
+            return
+        if self.store_ is None:
+            return
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BadInput(f"{d}: cannot keep memory here ({e.strerror})") from None
-        mems = [self.storage.memories[i] for i in sorted(self.storage.memories)]
-        meta = {"version": SNAPSHOT_VERSION, "d_model": self.d_model, "count": len(mems),
-                "next_id": self.storage._next_id, "last_decay": self.storage._last_decay,
-                "memories": [{"id": m.id, "priority": m.priority, "created": m.created, "last_access": m.last_access,
-                              "access_count": m.access_count, "memory_type": m.memory_type,
-                              "associations": {str(k): v for k, v in m.associations.items()}} for m in mems]}
-        arrays = {"keys": np.stack([m.key for m in mems]) if mems else np.zeros((0, 0), np.float32),
-                  "values": np.stack([m.value for m in mems]) if mems else np.zeros((0, 0), np.float32),
-                  "context_keys": np.stack([m.extra["context_key"] for m in mems]) if mems else np.zeros((0, 0), np.float32)}
-        arrays["index"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        tmp = d / f".{SNAPSHOT}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, d / SNAPSHOT)
+        copy_store(self.store_, d).close()
 
     def load(self, memory_dir: str | Path) -> None:
+        """Use the durable store in ``memory_dir`` (created at the first store; an old snapshot is migrated)."""
         d = Path(memory_dir)
         if d.exists() and not d.is_dir():
             raise BadInput(f"{d}: --memory-dir must be a directory")
-        if not (d / SNAPSHOT).is_file():
+        self.directory = d
+        if (d / DB_NAME).is_file():
+            ms = MemoryStore.open(d, clock=self.clock, distill=self.distill)
+        elif (d / SNAPSHOT).is_file():
+            ms = migrate_snapshot(d, self.d_model, self.capacity, self.device, self.seed, self.clock)
+        else:
+            ms = None
+        if ms is None:
+            self.store_ = None
             return
-        try:
-            with np.load(d / SNAPSHOT, allow_pickle=False) as z:
-                meta = json.loads(z["index"].tobytes())
-                keys, values, ctx = z["keys"], z["values"], z["context_keys"]
-            if meta.get("version") != SNAPSHOT_VERSION:
-                raise ValueError(f"snapshot version {meta.get('version')!r}, this m3edge reads {SNAPSHOT_VERSION}")
-            if meta["count"] != len(meta["memories"]) or (meta["count"] and len(keys) != meta["count"]):
-                raise ValueError("index and arrays disagree")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise BadInput(f"{d / SNAPSHOT}: unreadable memory snapshot ({e})") from None
-        if meta["d_model"] != self.d_model or (meta["count"] and values.shape[1] != self.d_model):
-            raise BadInput(f"{d / SNAPSHOT}: memories of a d_model {meta['d_model']} agent; this bundle has "
-                           f"{self.d_model}")
-        self.storage.restore(
-            [Memory(m["id"], keys[row], values[row], m["priority"], m["created"], m["last_access"], m["access_count"],
-                    m["memory_type"], {int(k): v for k, v in m["associations"].items()}, {"context_key": ctx[row]})
-             for row, m in enumerate(meta["memories"])], meta["next_id"], meta["last_decay"])
+        if ms.value_dim != self.d_model:
+            ms.close()
+            raise BadInput(f"{d}: memories of a d_model {ms.value_dim} agent; this bundle has {self.d_model}")
+        self.store_ = ms
+
+    def close(self) -> None:
+        if self.store_ is not None:
+            self.store_.close()
+
+
+def copy_store(src: MemoryStore, directory: Path) -> MemoryStore:
+    """A durable store in ``directory`` holding exactly ``src``'s records, graph and ledger."""
+    st = src.storage
+    mems = [st.memories[i] for i in sorted(st.memories)]
+    return import_records(directory, mems, st._next_id, st._last_decay, st.forgotten, src.key_dim, src.value_dim,
+                          src.context_dim, src.capacity, src.device_name, src.seed, src.clock, src.graph)
+
+
+def import_records(directory, mems: list[Memory], next_id, last_decay, forgotten, key_dim, value_dim, context_dim,
+                   capacity, device, seed, clock, graph=None) -> MemoryStore:
+    ms = MemoryStore.open(directory, key_dim, value_dim, context_dim, capacity, device, seed, clock)
+    if len(ms.storage):
+        ms.close()
+        raise BadInput(f"{directory}: already holds a memory store; not overwriting it")
+    with ms.transaction():
+        ms.storage.restore(mems, next_id, last_decay)
+        ms.storage.forgotten = forgotten
+        ms.storage.new = [m.id for m in mems]
+        ms.storage.pairs = {(m.id, j) for m in mems for j in m.associations}
+        if graph is not None:
+            ms.graph.restore(graph.nodes, graph.edges, graph.node_of)
+            ms.graph._changed_nodes = set(range(len(graph.nodes)))
+            ms.graph._new_edges = set(graph.edges)
+            ms.graph._new_sources = dict(graph.node_of)
+        c = ms.storage._cols
+        if mems:
+            ms.crossbar.write(c.ids, ms.storage.unit_keys(), c.get("created"))
+    return ms
+
+
+def read_snapshot(path: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["index"].tobytes())
+            keys, values, ctx = z["keys"], z["values"], z["context_keys"]
+        if meta.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {meta.get('version')!r}, this m3edge reads {SNAPSHOT_VERSION}")
+        if meta["count"] != len(meta["memories"]) or (meta["count"] and len(keys) != meta["count"]):
+            raise ValueError("index and arrays disagree")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BadInput(f"{path}: unreadable memory snapshot ({e})") from None
+    return meta, keys, values, ctx
+
+
+def migrate_snapshot(d: Path, d_model: int, capacity: int, device: str, seed: int, clock) -> MemoryStore | None:
+    """Move an old one-file snapshot into a new durable store; the snapshot is renamed, not deleted."""
+    meta, keys, values, ctx = read_snapshot(d / SNAPSHOT)
+    if meta["d_model"] != d_model or (meta["count"] and values.shape[1] != d_model):
+        raise BadInput(f"{d / SNAPSHOT}: memories of a d_model {meta['d_model']} agent; this bundle has {d_model}")
+    mems = [Memory(m["id"], keys[row], values[row], m["priority"], m["created"], m["last_access"], m["access_count"],
+                   m["memory_type"], {int(k): v for k, v in m["associations"].items()}, {"context_key": ctx[row]})
+            for row, m in enumerate(meta["memories"])]
+    if not mems:  # nothing to move: the store is made at the first write
+        os.replace(d / SNAPSHOT, d / (SNAPSHOT + ".migrated"))
+        return None
+    ms = import_records(d, mems, meta["next_id"], meta["last_decay"], 0, keys.shape[1], d_model, ctx.shape[1],
+                        capacity, device, seed, clock)
+    os.replace(d / SNAPSHOT, d / (SNAPSHOT + ".migrated"))
+    return ms
+

@@ -1,3 +1,6 @@
+"""The torch agent's ResistiveArraySimulator: the shared numpy device model behind tensors."""
+
+import numpy as np
 import torch
 
 from m3edge.model.crossbar import ResistiveArraySimulator
@@ -9,7 +12,7 @@ def test_ideal_device_reads_exactly():
     xb = ResistiveArraySimulator("ideal")
     xb.program(w)
     assert torch.allclose(xb.read(x), x @ w.T, atol=1e-5)
-    assert float(xb.g_pos.min()) >= 1e-6 * (1 - 1e-6) and float(xb.g_pos.max()) <= 1e-4 * (1 + 1e-6)
+    assert xb.ledger.writes == 10 and xb.ledger.write_pj > 0
 
 
 def test_reram_is_close_but_not_exact_and_seeded():
@@ -22,5 +25,15 @@ def test_reram_is_close_but_not_exact_and_seeded():
         reads.append(xb.read(x))
     exact = x @ w.T
     err = (reads[0] - exact).abs().max() / exact.abs().max()
-    assert 0 < float(err) < 0.2
+    assert 0 < float(err) < 0.5  # stuck devices dominate; tests/test_crossbar_sim.py checks each effect
     assert torch.equal(reads[0], reads[1])  # same seed, same result
+
+
+def test_programming_is_kept_for_rows_already_written():
+    torch.manual_seed(0)
+    w = torch.randn(8, 16)
+    xb = ResistiveArraySimulator("reram", seed=1)
+    xb.program(w[:5], ids=np.arange(5))
+    before = xb.array._w.copy()
+    xb.program(w, ids=np.arange(8))  # three new columns; the first five keep their conductances
+    assert np.array_equal(xb.array._w[:5], before) and xb.ledger.writes == 8

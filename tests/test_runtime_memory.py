@@ -44,7 +44,41 @@ def test_retrieval_and_storage_match_the_torch_memory(tiny_cfg, tmp_path):
     assert len(again) == len(dev) == 30
 
 
-def test_snapshot_errors_are_bad_input(tmp_path):
+def old_snapshot(d, n=3, d_model=8, dim=4):
+    """A memory dir as m3edge wrote it before the durable store: one memory.npz."""
+    import json
+
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    keys, ctx = rng.normal(size=(n, dim)).astype(np.float32), rng.normal(size=(n, dim)).astype(np.float32)
+    values = rng.normal(size=(n, d_model)).astype(np.float32)
+    meta = {"version": 1, "d_model": d_model, "count": n, "next_id": n + 2, "last_decay": 5.0,
+            "memories": [{"id": i + 2, "priority": 0.1 * i, "created": 1.0 + i, "last_access": 2.0 + i,
+                          "access_count": i, "memory_type": "episodic",
+                          "associations": {str(j + 2): 0.5 for j in range(n) if j != i}} for i in range(n)]}
+    np.savez(d / "memory.npz", keys=keys, values=values, context_keys=ctx,
+             index=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    return meta, keys, values
+
+
+def test_an_old_snapshot_is_migrated_into_the_store(tmp_path):
+    meta, keys, values = old_snapshot(tmp_path / "m")
+    mem = LongTermMemory(8, clock=lambda: 10.0)
+    mem.load(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir() if "-" not in p.name) == ["memory.npz.migrated",
+                                                                                     "memory.sqlite"]
+    for row, m in enumerate(meta["memories"]):
+        got = mem.storage.memories[m["id"]]
+        assert got.priority == m["priority"] and got.access_count == m["access_count"]
+        assert got.associations == {int(k): v for k, v in m["associations"].items()}
+        assert np.array_equal(got.value, values[row])
+    mem.close()
+    again = LongTermMemory(8, clock=lambda: 10.0)
+    again.load(tmp_path / "m")  # the store now, not the snapshot
+    assert len(again) == 3 and again.storage._next_id == meta["next_id"]
+
+
+def test_memory_dir_errors_are_bad_input(tmp_path):
     import pytest
 
     from m3edge.errors import BadInput
@@ -53,12 +87,16 @@ def test_snapshot_errors_are_bad_input(tmp_path):
     mem.store(np.ones((2, 4), np.float32), np.ones((2, 4), np.float32) / 2, np.ones((2, 8), np.float32),
               np.ones(2), np.ones(2))
     mem.save(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["memory.npz"]  # one file, no temp left
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["memory.sqlite"]  # WAL checkpointed at close
     with pytest.raises(BadInput, match="d_model 8"):
         LongTermMemory(16).load(tmp_path / "m")
-    (tmp_path / "m" / "memory.npz").write_bytes(b"garbage")
-    with pytest.raises(BadInput, match="unreadable memory snapshot"):
+    (tmp_path / "m" / "memory.sqlite").write_bytes(b"garbage" * 1000)
+    with pytest.raises(BadInput, match="not a readable memory store"):
         LongTermMemory(8).load(tmp_path / "m")
     (tmp_path / "f").write_text("x")
     with pytest.raises(BadInput, match="must be a directory"):
         LongTermMemory(8).load(tmp_path / "f")
+    old_snapshot(tmp_path / "bad")
+    (tmp_path / "bad" / "memory.npz").write_bytes(b"garbage")
+    with pytest.raises(BadInput, match="unreadable memory snapshot"):
+        LongTermMemory(8).load(tmp_path / "bad")

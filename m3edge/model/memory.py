@@ -24,7 +24,7 @@ from m3edge.model.crossbar import ResistiveArraySimulator
 from m3edge.model.distiller import MemoryDistiller
 from m3edge.model.sensory import SensoryBuffer
 from m3edge.synaptic import IMPORTANCE_WEIGHTS, Clock, SynapticStorage, experience_importance  # noqa: F401
-from m3edge.synaptic import store_experiences
+from m3edge.synaptic import store_experiences, unit
 
 
 class M3MemorySystem(nn.Module):
@@ -53,9 +53,10 @@ class M3MemorySystem(nn.Module):
         if len(self.storage) == 0:
             return query.new_zeros(query.shape[0], self.cfg.d_model)
         ids, keys, values, ages = (x if i == 0 else torch.from_numpy(x) for i, x in enumerate(self.storage.arrays()))
-        unit = F.normalize(keys, dim=-1)
-        self.crossbar.program(unit)  # the array holds unit keys so a read is a cosine
-        spatial = self.crossbar.read(F.normalize(query, dim=-1))
+        # The array holds the stored unit keys (the store's own rows, as the device runtime reads them) so a read
+        # is a cosine; columns are written when their memory was created.
+        self.crossbar.program(self.storage.unit_keys(), ids, self.storage.extra_array("created"))
+        spatial = self.crossbar.read(unit(query.numpy()), self.storage.clock())
         context, idx, _ = self.retrieve_from(query, keys, values, ages, spatial)
         if reconsolidate:
             for row in idx.tolist():

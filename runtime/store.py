@@ -1,0 +1,581 @@
+"""The long-term memory's durable store: SQLite (WAL) is the source of truth, a crossbar holds the keys.
+
+    store = MemoryStore.open("mem/", key_dim=128, value_dim=256, context_dim=128, device="reram")
+    ids = store.store_experiences(keys, values, complexity, surprise, context_keys)   # one transaction
+    hits = store.search(query, query_ctx, k=10)
+
+Semantics are the seed's SynapticStorage (``m3edge.synaptic``, the code the torch agent runs) and the
+MemoryDistiller's graph (``m3edge.knowledge``); this module only makes them durable:
+
+- every public write is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; the in-memory working set is
+  changed first, then exactly the rows it touched are written (a journal of new, changed and removed ids,
+  association pairs, decay factors and graph changes). If anything fails the transaction rolls back and the
+  working set is reloaded from the database, so memory and disk never disagree.
+- input is checked before anything changes: wrong shapes, NaN or inf, unknown ids raise ``MemoryInputError``
+  (a ``ValueError``, and a ``BadInput`` so the CLI exits 2) and nothing is written.
+- the database records its schema version; a store of another version is refused before any write.
+- ``journal_mode=WAL`` lets readers run beside a writer; ``busy_timeout`` makes a second writer (or a reader
+  meeting a checkpoint) wait instead of failing with "database is locked". ``synchronous=FULL`` by default:
+  a returned write survives a power cut, not just a killed process.
+- another process may write the same store: each transaction first compares ``PRAGMA data_version`` with the
+  one it last saw and reloads the working set if someone else committed.
+
+The crossbar's programmed state is a pure function of (seed, id, key, write time) (``runtime/crossbar.py``),
+so it is rebuilt on open without being stored; its energy ledger is stored in the ``meta`` table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from m3edge.errors import BadInput
+from m3edge.knowledge import KnowledgeGraph, KnowledgeNode
+from m3edge.runtime.crossbar import DEFAULT_DEVICE, CrossbarArray, device as get_device
+from m3edge.synaptic import (DAY, FORGETTING_RATE, RECENCY_TAU, Clock, Memory, SynapticStorage,
+                             store_experiences, unit)
+
+SCHEMA_VERSION = 1
+DB_NAME = "memory.sqlite"
+BUSY_TIMEOUT_MS = 30_000
+FUSION = (0.4, 0.4, 0.2)  # temporal, spatial, context: the seed's ContextualAssociator
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE memories (
+    id INTEGER PRIMARY KEY, priority REAL NOT NULL, created REAL NOT NULL, last_access REAL NOT NULL,
+    access_count INTEGER NOT NULL, memory_type TEXT NOT NULL,
+    key BLOB NOT NULL, value BLOB NOT NULL, context BLOB);
+CREATE TABLE associations (src INTEGER NOT NULL, dst INTEGER NOT NULL, strength REAL NOT NULL,
+    PRIMARY KEY (src, dst)) WITHOUT ROWID;
+CREATE INDEX associations_dst ON associations (dst);
+CREATE TABLE nodes (id INTEGER PRIMARY KEY, vector BLOB NOT NULL, count INTEGER NOT NULL);
+CREATE TABLE node_sources (memory_id INTEGER PRIMARY KEY, node INTEGER NOT NULL);
+CREATE TABLE edges (a INTEGER NOT NULL, b INTEGER NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
+"""
+
+
+class MemoryInputError(BadInput, ValueError):
+    """Bad input to the memory store: a ValueError for library callers, exit 2 for the CLI."""
+
+
+def _blob(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a, dtype="<f4").tobytes()
+
+
+def _vec(b: bytes | None) -> np.ndarray | None:
+    return None if b is None else np.frombuffer(b, dtype="<f4").copy()
+
+
+def _finite_matrix(x, name: str, rows: int | None, dim: int) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise MemoryInputError(f"{name} must be numbers, got {type(x).__name__}") from None
+    if a.ndim == 1 and rows is None:
+        a = a[None]
+    if a.ndim != 2 or a.shape[1] != dim or (rows is not None and a.shape[0] != rows):
+        want = f"[{rows if rows is not None else 'N'}, {dim}]"
+        raise MemoryInputError(f"{name} must have shape {want}, got {list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise MemoryInputError(f"{name} holds NaN or inf")
+    return a
+
+
+def _finite_vector(x, name: str, rows: int) -> np.ndarray:
+    a = np.asarray(x).reshape(-1)  # dtype kept: importance is computed in the caller's precision, as in torch
+    if a.dtype.kind not in "fiu":
+        raise MemoryInputError(f"{name} must be numbers, got {a.dtype}")
+    if a.shape[0] != rows:
+        raise MemoryInputError(f"{name} must have {rows} values, got {a.shape[0]}")
+    if not np.isfinite(a).all():
+        raise MemoryInputError(f"{name} holds NaN or inf")
+    return a
+
+
+def topk_stable(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per row, ties toward the lower index: the same result as a stable argsort (the associator's
+    ``select_topk``), found with a partition so a read of 100,000 memories does not sort them all."""
+    n, m = scores.shape
+    k = min(k, m)
+    if m <= 4 * k + 64:
+        idx = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, idx, axis=-1), idx
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    idx = np.empty((n, k), dtype=np.int64)
+    for r in range(n):
+        cand = np.nonzero(scores[r] >= kth[r])[0]  # ascending: a stable sort keeps the lower index first
+        idx[r] = cand[np.argsort(-scores[r, cand], kind="stable")[:k]]
+    return np.take_along_axis(scores, idx, axis=-1), idx
+
+
+def fuse(spatial: np.ndarray, query_ctx, key_ctx, ages: np.ndarray) -> np.ndarray:
+    """The associator's 0.4 temporal + 0.4 spatial + 0.2 context; ``spatial`` is the crossbar's read."""
+    a, b, c = FUSION
+    temporal = np.exp(-np.maximum(ages, 0) / RECENCY_TAU)[None, :]
+    out = a * temporal + b * spatial
+    if query_ctx is not None and key_ctx is not None:
+        out = out + c * (query_ctx @ key_ctx.T)
+    return out
+
+
+class JournaledStorage(SynapticStorage):
+    """SynapticStorage that remembers what each operation touched, for the durable store to write."""
+
+    def __init__(self, capacity: int, clock: Clock):
+        super().__init__(capacity, clock)
+        self.new: list[int] = []
+        self.touched: set[int] = set()
+        self.gone: set[int] = set()
+        self.pairs: set[tuple[int, int]] = set()
+        self.decays: list[float] = []
+
+    def clear_journal(self) -> None:
+        self.new, self.touched, self.gone, self.pairs, self.decays = [], set(), set(), set(), []
+
+    def _insert(self, key, value, priority, memory_type, extra, others):
+        mid = super()._insert(key, value, priority, memory_type, extra, others)
+        self.new.append(mid)
+        for j in others:
+            self.pairs.update(((mid, j), (j, mid)))
+        return mid
+
+    def reconsolidate(self, ids: list[int]) -> None:
+        super().reconsolidate(ids)
+        self.touched.update(ids)
+        self.pairs.update((i, j) for i in ids for j in ids if i != j)
+
+    def forget_one(self) -> int:
+        victim = super().forget_one()
+        self.gone.add(victim)
+        return victim
+
+    def decay(self) -> None:
+        before = self._last_decay
+        super().decay()
+        if self._last_decay != before:
+            days = max(0.0, (self._last_decay - before) / DAY)
+            self.decays.append((1.0 - FORGETTING_RATE) ** days)
+
+
+class MemoryStore:
+    """The seed's long-term memory: records, a crossbar for the keys, the consolidation graph.
+
+    ``MemoryStore(...)`` keeps everything in memory; ``MemoryStore.open(dir, ...)`` makes it durable."""
+
+    def __init__(self, key_dim: int, value_dim: int, context_dim: int | None = None, capacity: int = 10_000,
+                 device: str | None = None, seed: int = 0, clock: Clock | None = None, distill=None):
+        self.key_dim, self.value_dim, self.context_dim = int(key_dim), int(value_dim), context_dim
+        self.capacity = int(capacity)
+        self.device_name = device or DEFAULT_DEVICE
+        self.seed = int(seed)
+        self.clock = clock or time.time
+        self.distill = distill  # the distiller's learned map; None: the stored value itself (the bundle has none)
+        self.storage = JournaledStorage(self.capacity, self.clock)
+        self.graph = KnowledgeGraph()
+        self.crossbar = CrossbarArray(self.key_dim, get_device(self.device_name), self.seed)
+        self.db: sqlite3.Connection | None = None
+        self.path: Path | None = None
+        self.readonly = False
+        self._data_version = None
+        self._depth = 0
+
+    # ---- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory, key_dim: int | None = None, value_dim: int | None = None,
+             context_dim: int | None = None, capacity: int | None = None, device: str | None = None,
+             seed: int = 0, clock: Clock | None = None, distill=None, readonly: bool = False,
+             synchronous: str = "FULL") -> "MemoryStore":
+        """Open (or, unless ``readonly``, create) the store in ``directory``. An existing store keeps its own
+        dimensions, capacity and device; given values must agree with them."""
+        d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise MemoryInputError(f"{d}: a memory store must be a directory")
+        path = d / DB_NAME
+        if readonly and not path.is_file():
+            raise MemoryInputError(f"{d}: no memory store here ({DB_NAME} missing)")
+        if not readonly:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise MemoryInputError(f"{d}: cannot keep memory here ({e.strerror})") from None
+        db = None
+        try:
+            uri = f"file:{path.resolve()}?mode={'ro' if readonly else 'rwc'}"
+            db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            meta = cls._read_meta(db, path)
+        except (sqlite3.DatabaseError, MemoryInputError) as e:
+            if db is not None:
+                db.close()
+            if isinstance(e, MemoryInputError):
+                raise
+            raise MemoryInputError(f"{path}: not a readable memory store ({e})") from None
+        if meta is None:
+            if readonly:
+                db.close()
+                raise MemoryInputError(f"{path}: empty memory store")
+            if key_dim is None or value_dim is None:
+                db.close()
+                raise MemoryInputError(f"{path}: a new store needs key_dim and value_dim")
+            try:
+                meta = cls._create(db, key_dim, value_dim, context_dim, capacity or 10_000,
+                                   device or DEFAULT_DEVICE, seed, clock or time.time)
+            except BaseException:
+                db.close()
+                raise
+        given = {"key_dim": key_dim, "value_dim": value_dim, "context_dim": context_dim, "capacity": capacity,
+                 "device": device}
+        for name, v in given.items():
+            if v is not None and meta[name] != v:
+                db.close()
+                raise MemoryInputError(f"{path}: this store has {name} {meta[name]!r}, asked for {v!r}")
+        self = cls(meta["key_dim"], meta["value_dim"], meta["context_dim"], meta["capacity"], meta["device"],
+                   meta["seed"], clock, distill)
+        self.db, self.path, self.readonly = db, path, readonly
+        if not readonly:
+            if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+                raise MemoryInputError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+            db.execute(f"PRAGMA synchronous = {synchronous}")
+        self._load()
+        return self
+
+    @staticmethod
+    def _read_meta(db: sqlite3.Connection, path: Path) -> dict | None:
+        has = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()[0]
+        if not has:
+            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables:
+                raise MemoryInputError(f"{path}: an SQLite database that is not an m3edge memory store")
+            return None
+        meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise MemoryInputError(f"{path}: memory store schema version {version!r}; this m3edge reads "
+                                   f"version {SCHEMA_VERSION} (nothing was changed)")
+        return meta
+
+    @staticmethod
+    def _create(db, key_dim, value_dim, context_dim, capacity, device, seed, clock) -> dict:
+        get_device(device)  # an unknown preset fails before anything is written
+        for name, v in (("key_dim", key_dim), ("value_dim", value_dim), ("capacity", capacity)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise MemoryInputError(f"{name} must be a positive integer, got {v!r}")
+        now = clock()
+        meta = {"schema_version": SCHEMA_VERSION, "key_dim": key_dim, "value_dim": value_dim,
+                "context_dim": context_dim, "capacity": capacity, "device": device, "seed": seed,
+                "next_id": 0, "last_decay": now, "forgotten": 0, "created_at": now,
+                "ledger": {"writes": 0, "reads": 0, "write_pj": 0.0, "read_pj": 0.0, "write_ns": 0.0, "read_ns": 0.0}}
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            db.execute("PRAGMA journal_mode = WAL")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0:
+                for stmt in SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+
+    def _load(self) -> None:
+        """Rebuild the working set (records, graph, crossbar) from the database."""
+        db = self.db
+        meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+        assoc: dict[int, dict[int, float]] = {}
+        for src, dst, s in db.execute("SELECT src, dst, strength FROM associations ORDER BY src, dst"):
+            assoc.setdefault(src, {})[dst] = s
+        mems = []
+        for row in db.execute("SELECT id, priority, created, last_access, access_count, memory_type, key, value, "
+                              "context FROM memories ORDER BY id"):
+            mid, pr, cr, la, ac, mt, k, v, c = row
+            extra = {} if c is None else {"context_key": _vec(c)}
+            mems.append(Memory(mid, _vec(k), _vec(v), pr, cr, la, ac, mt, assoc.get(mid, {}), extra))
+        self.storage = JournaledStorage(self.capacity, self.clock)
+        self.storage.restore(mems, meta["next_id"], meta["last_decay"])
+        self.storage.forgotten = meta["forgotten"]
+        nodes = [KnowledgeNode(_vec(v), c, set()) for _, v, c in db.execute("SELECT id, vector, count FROM nodes ORDER BY id")]
+        node_of = {}
+        for mid, node in db.execute("SELECT memory_id, node FROM node_sources"):
+            node_of[mid] = node
+            nodes[node].sources.add(mid)
+        self.graph = KnowledgeGraph()
+        self.graph.restore(nodes, db.execute("SELECT a, b FROM edges").fetchall(), node_of)
+        self.crossbar = CrossbarArray(self.key_dim, get_device(self.device_name), self.seed)
+        if mems:
+            c = self.storage._cols
+            self.crossbar.write(c.ids, self.storage.unit_keys(), c.get("created"), account=False)
+        lg = meta["ledger"]
+        self.crossbar.ledger.writes, self.crossbar.ledger.reads = lg["writes"], lg["reads"]
+        self.crossbar.ledger.write_pj, self.crossbar.ledger.read_pj = lg["write_pj"], lg["read_pj"]
+        self.crossbar.ledger.write_ns, self.crossbar.ledger.read_ns = lg["write_ns"], lg["read_ns"]
+        self._saved_ledger = dict(lg)
+        self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
+
+    # ---- transactions --------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One write transaction around a group of operations (nested calls join the outer one)."""
+        if self.db is None or self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        if self.readonly:
+            raise MemoryInputError(f"{self.path}: opened read-only")
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            if self.db.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
+                self._load()  # another process committed since our last look
+            self.storage.clear_journal()
+            self.graph.drain_changes()
+            yield
+            self._flush()
+            self.db.execute("COMMIT")
+            self._data_version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self._load()  # the database is the truth: drop what the failed operation changed in memory
+            raise
+        finally:
+            self._depth = 0
+
+    def _flush(self) -> None:
+        st, db = self.storage, self.db
+        new = [i for i in st.new if i in st.memories]
+        rows = []
+        for i in new:
+            m = st.memories[i]
+            ctx = m.extra.get("context_key")
+            rows.append((i, m.priority, m.created, m.last_access, m.access_count, m.memory_type, _blob(m.key),
+                         _blob(m.value), None if ctx is None else _blob(ctx)))
+        db.executemany("INSERT INTO memories VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        newset = set(new)
+        upd = [(st.memories[i].priority, st.memories[i].last_access, st.memories[i].access_count, i)
+               for i in st.touched if i in st.memories and i not in newset]
+        db.executemany("UPDATE memories SET priority = ?, last_access = ?, access_count = ? WHERE id = ?", upd)
+        gone = [(i,) for i in st.gone]
+        db.executemany("DELETE FROM memories WHERE id = ?", gone)
+        db.executemany("DELETE FROM associations WHERE src = ?", gone)
+        db.executemany("DELETE FROM associations WHERE dst = ?", gone)
+        # Decay multiplies every stored strength as Python did (IEEE doubles both), before the pairs this
+        # transaction wrote are overwritten with their final values.
+        for f in st.decays:
+            db.execute("UPDATE associations SET strength = strength * ?", (f,))
+            db.execute("DELETE FROM associations WHERE strength < 1e-3")
+        put, drop = [], []
+        for i, j in st.pairs:
+            mi = st.memories.get(i)
+            s = None if mi is None else mi.associations.get(j)
+            if s is None or j not in st.memories:
+                drop.append((i, j))
+            else:
+                put.append((i, j, s))
+        db.executemany("INSERT OR REPLACE INTO associations VALUES (?, ?, ?)", put)
+        db.executemany("DELETE FROM associations WHERE src = ? AND dst = ?", drop)
+        nodes, edges, sources = self.graph.drain_changes()
+        db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)",
+                       [(n, _blob(self.graph.nodes[n].vector), self.graph.nodes[n].count) for n in sorted(nodes)])
+        db.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?)", sorted(edges))
+        db.executemany("INSERT OR REPLACE INTO node_sources VALUES (?, ?)", sorted(sources.items()))
+        lg = self.crossbar.ledger
+        ledger = {"writes": lg.writes, "reads": lg.reads, "write_pj": lg.write_pj, "read_pj": lg.read_pj,
+                  "write_ns": lg.write_ns, "read_ns": lg.read_ns}
+        meta = {"next_id": st._next_id, "last_decay": st._last_decay, "forgotten": st.forgotten, "ledger": ledger}
+        db.executemany("UPDATE meta SET value = ? WHERE key = ?", [(json.dumps(v), k) for k, v in meta.items()])
+        self._saved_ledger = ledger
+        st.clear_journal()
+
+    # ---- writes --------------------------------------------------------------------------------------------
+
+    def _check_rows(self, keys, values, context_keys):
+        keys = _finite_matrix(keys, "keys", None, self.key_dim)
+        values = _finite_matrix(values, "values", len(keys), self.value_dim)
+        if self.context_dim:
+            if context_keys is None:
+                raise MemoryInputError(f"context_keys [{len(keys)}, {self.context_dim}] are required by this store")
+            context_keys = _finite_matrix(context_keys, "context_keys", len(keys), self.context_dim)
+        elif context_keys is not None:
+            raise MemoryInputError("this store keeps no context keys (context_dim is not set)")
+        return keys, values, context_keys
+
+    def _extras(self, context_keys, n):
+        return [None] * n if context_keys is None else [{"context_key": c} for c in context_keys]
+
+    def store_experiences(self, keys, values, complexity, surprise, context_keys=None) -> list[int]:
+        """The agent's store: importance from complexity, surprise and novelty, then consolidation."""
+        keys, values, context_keys = self._check_rows(keys, values, context_keys)
+        complexity = _finite_vector(complexity, "complexity", len(keys))
+        surprise = _finite_vector(surprise, "surprise", len(keys))
+        with self.transaction():
+            ids = store_experiences(self.storage, keys, values, complexity, surprise,
+                                    self._extras(context_keys, len(keys)))
+            self.consolidate()
+        return ids
+
+    def store(self, keys, values, priorities, context_keys=None) -> list[int]:
+        """Store rows with given priorities (clipped to [0, 1] as the seed does), then consolidate."""
+        keys, values, context_keys = self._check_rows(keys, values, context_keys)
+        priorities = _finite_vector(priorities, "priorities", len(keys))
+        with self.transaction():
+            ids = self.storage.store_many(keys, values, priorities.tolist(), self._extras(context_keys, len(keys)))
+            self.storage.decay()
+            self.consolidate()
+        return ids
+
+    def consolidate(self) -> int:
+        with self.transaction():
+            return self.graph.consolidate(self.storage.consolidation_candidates(), self.distill)
+
+    def _check_ids(self, ids) -> list[int]:
+        out = []
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise MemoryInputError(f"memory ids must be integers, got {i!r}")
+            if int(i) not in self.storage.memories:
+                raise MemoryInputError(f"unknown memory id {int(i)}")
+            out.append(int(i))
+        return out
+
+    def reconsolidate(self, groups) -> None:
+        """Each group is one retrieval's ids: priorities, access counts and co-retrieved links strengthen."""
+        groups = [self._check_ids(g) for g in groups]
+        with self.transaction():
+            for g in groups:
+                self.storage.reconsolidate(g)
+
+    def get(self, mid) -> Memory:
+        return self.storage.memories[self._check_ids([mid])[0]]
+
+    # ---- reads ---------------------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """A reader sees other processes' commits: reload when the database changed."""
+        if self.db is not None and not self._depth:
+            if self.db.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
+                self._load()
+
+    def scores(self, query, query_ctx=None) -> tuple[list[int], np.ndarray]:
+        """Fused retrieval scores [N, M] of every stored memory, the spatial part read through the crossbar."""
+        st = self.storage
+        ids, _, _, ages = st.arrays()
+        c = st._cols
+        self.crossbar.sync(c.ids, st.unit_keys(), c.get("created"))
+        spatial = self.crossbar.read(unit(query), st.unit_keys(), self.clock())
+        key_ctx = st.extra_array("context_key") if query_ctx is not None else None
+        return ids, fuse(spatial, query_ctx, key_ctx, ages).astype(np.float32)
+
+    def search(self, query, query_ctx=None, k: int = 10) -> list[dict]:
+        """Top-k memories by the fused score, without reconsolidating them."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise MemoryInputError(f"k must be a positive integer, got {k!r}")
+        q = _finite_matrix(query, "query", None, self.key_dim)
+        qc = None if query_ctx is None or not self.context_dim else _finite_matrix(query_ctx, "query_ctx", len(q), self.context_dim)
+        self.refresh()
+        if not len(self.storage):
+            return []
+        ids, fused = self.scores(q, qc)
+        top, idx = topk_stable(fused, int(k))
+        return [{"id": ids[i], "score": s} for s, i in zip(top[0].tolist(), idx[0].tolist())]
+
+    # ---- inspection ----------------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        st = self.storage
+        mems = st.memories
+        created = [m.created for m in mems.values()]
+        size = 0
+        if self.path is not None:
+            for suffix in ("", "-wal", "-shm"):
+                p = Path(str(self.path) + suffix)
+                size += p.stat().st_size if p.exists() else 0
+        lg = self.crossbar.ledger
+        return {"count": len(mems), "bytes": size, "device": self.device_name, "seed": self.seed,
+                "capacity": self.capacity, "key_dim": self.key_dim, "value_dim": self.value_dim,
+                "context_dim": self.context_dim, "schema_version": SCHEMA_VERSION,
+                "energy_pj": {"write": lg.write_pj, "read": lg.read_pj},
+                "latency_ns": {"write": lg.write_ns, "read": lg.read_ns}, "writes": lg.writes, "reads": lg.reads,
+                "oldest": min(created) if created else None, "newest": max(created) if created else None,
+                "associations": sum(len(m.associations) for m in mems.values()) // 2,
+                "consolidated": {"nodes": len(self.graph.nodes), "edges": len(self.graph.edges)},
+                "forgotten": st.forgotten, "path": None if self.path is None else str(self.path)}
+
+    def integrity(self) -> str:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] if self.db is not None else "ok"
+
+    def save_ledger(self) -> None:
+        """Persist read energy spent since the last write (reads alone write nothing)."""
+        if self.db is None or self.readonly:
+            return
+        lg = self.crossbar.ledger
+        if (lg.reads, lg.read_pj) != (self._saved_ledger["reads"], self._saved_ledger["read_pj"]):
+            with self.transaction():
+                pass
+
+    def close(self) -> None:
+        if self.db is not None:
+            try:
+                self.save_ledger()
+            finally:
+                self.db.close()
+                self.db = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def inspect(directory) -> dict:
+    """What ``m3edge memory inspect`` shows, read straight from the database (no working set is built, so it is
+    quick at any size and safe beside a running writer)."""
+    d = Path(directory)
+    path = d / DB_NAME
+    if not d.is_dir():
+        raise MemoryInputError(f"{d}: not a directory")
+    if not path.is_file():
+        hint = " (an old memory.npz snapshot: it is migrated by the next run with --memory-dir)" \
+            if (d / "memory.npz").is_file() else ""
+        raise MemoryInputError(f"{d}: no memory store here ({DB_NAME} missing){hint}")
+    try:
+        db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("BEGIN")  # one snapshot for every number below
+            meta = MemoryStore._read_meta(db, path)
+            if meta is None:
+                raise MemoryInputError(f"{path}: empty memory store")
+            count, oldest, newest = db.execute("SELECT count(*), min(created), max(created) FROM memories").fetchone()
+            assoc = db.execute("SELECT count(*) FROM associations").fetchone()[0] // 2
+            nodes = db.execute("SELECT count(*) FROM nodes").fetchone()[0]
+            edges = db.execute("SELECT count(*) FROM edges").fetchone()[0]
+            db.execute("COMMIT")
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise MemoryInputError(f"{path}: not a readable memory store ({e})") from None
+    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists())
+    lg = meta["ledger"]
+    return {"count": count, "bytes": size, "device": meta["device"], "seed": meta["seed"],
+            "capacity": meta["capacity"], "key_dim": meta["key_dim"], "value_dim": meta["value_dim"],
+            "context_dim": meta["context_dim"], "schema_version": meta["schema_version"],
+            "energy_pj": {"write": lg["write_pj"], "read": lg["read_pj"]},
+            "latency_ns": {"write": lg["write_ns"], "read": lg["read_ns"]}, "writes": lg["writes"],
+            "reads": lg["reads"], "oldest": oldest, "newest": newest, "associations": assoc,
+            "consolidated": {"nodes": nodes, "edges": edges}, "forgotten": meta["forgotten"], "path": str(path)}

@@ -1,0 +1,317 @@
+"""The durable memory store: parity with the torch memory system, crash safety, concurrency, bad input, CLI."""
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from m3edge.runtime.store import DB_NAME, SCHEMA_VERSION, MemoryInputError, MemoryStore, topk_stable
+from m3edge.synaptic import DAY
+
+from conftest import ROOT, run_cli
+
+
+class Clock:
+    def __init__(self, t=1_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def rows(rng, n, dim=8, base=None):
+    """Keys with structure: half of them near a few shared directions, so associations and merges happen."""
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    if base is not None:
+        x[: n // 2] = base[rng.integers(0, len(base), n // 2)] + 0.3 * x[: n // 2]
+    return x
+
+
+def state_of(storage):
+    """Everything the seed's semantics define, comparable across implementations."""
+    return {i: (m.priority, m.access_count, m.last_access, m.created, dict(m.associations), m.key.tobytes(),
+                m.value.tobytes()) for i, m in storage.memories.items()}
+
+
+def graph_of(g):
+    return ([(n.count, sorted(n.sources), n.vector.tobytes()) for n in g.nodes], sorted(g.edges))
+
+
+def test_parity_with_the_torch_memory_system_under_ideal(tiny_cfg, tmp_path):
+    """The same operations on the torch M3MemorySystem and on the durable store give the same records,
+    associations, forgetting, decay, consolidation graph and retrieved context; a reopened store equals both."""
+    import torch
+    import torch.nn.functional as F
+
+    from m3edge.model.memory import M3MemorySystem
+    from m3edge.runtime.memory import LongTermMemory
+
+    torch.manual_seed(0)
+    clock = Clock()
+    ref = M3MemorySystem(tiny_cfg, capacity=40, clock=clock).eval()
+    dev = LongTermMemory(tiny_cfg.d_model, tiny_cfg.memory_top_k, capacity=40, clock=clock,
+                         distill=ref.distiller.distill_array)  # the learned map, which bundles do not carry
+    dev.load(tmp_path / "mem")
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for step in range(14):
+            state = torch.from_numpy(rng.normal(size=(6, tiny_cfg.d_model)).astype(np.float32))
+            if step % 3 == 2:
+                state[3:] = state[:3] + 0.01  # near-duplicates: merges in the graph, strong associations
+            key, complexity = ref.sensory(state)
+            ctx_key = F.normalize(ref.associator.context_encoder(key), dim=-1)
+            a = ref.retrieve(key)
+            b = dev.retrieve(key.numpy(), ctx_key.numpy())
+            assert np.allclose(a.numpy(), b, atol=1e-5), step
+            nxt = torch.from_numpy(rng.integers(0, 256, 6))
+            surprise = torch.rand(6)
+            ref.store(state, key, nxt, complexity, surprise)
+            dev.store(key.numpy(), ctx_key.numpy(), ref.encode_experience(state, nxt).numpy(), complexity.numpy(),
+                      surprise.numpy())
+            clock.t += 0.3 * DAY  # decay applies; old memories age toward forgetting
+    assert ref.storage.forgotten > 0 and len(ref.storage) == 40
+    assert state_of(dev.storage) == state_of(ref.storage)
+    assert ref.distiller.graph.nodes and graph_of(dev.store_.graph) == graph_of(ref.distiller.graph)
+    dev.close()
+    again = MemoryStore.open(tmp_path / "mem", clock=clock)
+    assert state_of(again.storage) == state_of(ref.storage)  # disk holds exactly the working set
+    assert graph_of(again.graph) == graph_of(ref.distiller.graph)
+    assert again.storage._next_id == ref.storage._next_id and again.storage._last_decay == ref.storage._last_decay
+    assert again.integrity() == "ok"
+    again.close()
+
+
+def test_topk_matches_a_stable_sort_with_ties():
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, size=(4, 3000)).astype(np.float32)  # many ties
+    ref = np.argsort(-s, axis=-1, kind="stable")[:, :10]
+    assert np.array_equal(topk_stable(s, 10)[1], ref)
+
+
+def make(tmp_path, **kw):
+    args = dict(key_dim=8, value_dim=4, context_dim=None, capacity=1000, device="ideal", clock=Clock())
+    return MemoryStore.open(tmp_path / "m", **(args | kw))
+
+
+def snapshot_bytes(path):
+    """The database's content: its file and whatever its write-ahead log holds."""
+    wal = path.parent / (path.name + "-wal")
+    return path.read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+
+@pytest.mark.parametrize("call, word", [
+    (lambda s: s.store(np.ones((2, 7)), np.ones((2, 4)), [0.5, 0.5]), r"keys must have shape \[N, 8\]"),
+    (lambda s: s.store(np.ones((2, 8)), np.ones((3, 4)), [0.5, 0.5]), r"values must have shape \[2, 4\]"),
+    (lambda s: s.store(np.full((1, 8), np.nan), np.ones((1, 4)), [0.5]), "keys holds NaN or inf"),
+    (lambda s: s.store(np.ones((1, 8)), np.full((1, 4), np.inf), [0.5]), "values holds NaN or inf"),
+    (lambda s: s.store(np.ones((1, 8)), np.ones((1, 4)), [float("nan")]), "priorities holds NaN"),
+    (lambda s: s.store(np.ones((1, 8)), np.ones((1, 4)), [0.5], context_keys=np.ones((1, 8))), "no context keys"),
+    (lambda s: s.store_experiences(np.ones((2, 8)), np.ones((2, 4)), [0.5], [0.5, 0.5]), "complexity must have 2"),
+    (lambda s: s.reconsolidate([[0, 99]]), "unknown memory id 99"),
+    (lambda s: s.reconsolidate([["x"]]), "must be integers"),
+    (lambda s: s.get(-1), "unknown memory id -1"),
+    (lambda s: s.search(np.ones(8), k=0), "k must be a positive integer"),
+    (lambda s: s.search(np.ones(3)), r"query must have shape"),
+])
+def test_bad_input_is_a_value_error_and_writes_nothing(tmp_path, call, word):
+    s = make(tmp_path)
+    s.store(np.eye(8)[:3], np.ones((3, 4)), [0.2, 0.5, 0.9])
+    s.save_ledger()
+    before = snapshot_bytes(s.path)
+    version = s.db.execute("PRAGMA data_version").fetchone()[0]
+    with pytest.raises(ValueError, match=word):
+        call(s)
+    assert s.db.execute("PRAGMA data_version").fetchone()[0] == version
+    assert snapshot_bytes(s.path) == before and len(s.storage) == 3
+    s.close()
+
+
+def test_a_failed_transaction_leaves_memory_and_disk_as_they_were(tmp_path):
+    s = make(tmp_path)
+    s.store(np.eye(8)[:2], np.ones((2, 4)), [0.5, 0.5])
+    with pytest.raises(RuntimeError):
+        with s.transaction():
+            s.storage.store_many(np.eye(8)[2:4], np.ones((2, 4)), [0.5, 0.5])
+            raise RuntimeError("power cut in the middle")
+    assert sorted(s.storage.memories) == [0, 1] and s.storage._next_id == 2
+    assert s.store(np.eye(8)[5:6], np.ones((1, 4)), [0.5]) == [2]
+    s.close()
+
+
+def test_another_schema_version_is_refused_and_nothing_is_written(tmp_path):
+    s = make(tmp_path)
+    s.store(np.eye(8)[:2], np.ones((2, 4)), [0.5, 0.5])
+    s.db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    s.close()
+    before = snapshot_bytes(tmp_path / "m" / DB_NAME)
+    for open_it in (lambda: MemoryStore.open(tmp_path / "m"), lambda: MemoryStore.open(tmp_path / "m", readonly=True)):
+        with pytest.raises(MemoryInputError, match=f"schema version 99; this m3edge reads version {SCHEMA_VERSION}"):
+            open_it()
+    assert snapshot_bytes(tmp_path / "m" / DB_NAME) == before
+    r = run_cli("memory", "inspect", tmp_path / "m")
+    assert r.returncode == 2 and "schema version 99" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_open_checks_what_it_is_given(tmp_path):
+    make(tmp_path).close()
+    with pytest.raises(MemoryInputError, match="key_dim 8, asked for 16"):
+        MemoryStore.open(tmp_path / "m", key_dim=16)
+    with pytest.raises(ValueError, match="unknown memory device 'optane'"):
+        MemoryStore.open(tmp_path / "new", key_dim=8, value_dim=4, device="optane")
+    assert not (tmp_path / "new" / DB_NAME).exists() or MemoryStore._read_meta(
+        sqlite3.connect(tmp_path / "new" / DB_NAME), tmp_path) is None
+    other = tmp_path / "other"
+    other.mkdir()
+    sqlite3.connect(other / DB_NAME).execute("CREATE TABLE t (x)")
+    with pytest.raises(MemoryInputError, match="not an m3edge memory store"):
+        MemoryStore.open(other)
+
+
+def test_two_handles_see_each_others_writes(tmp_path):
+    a = make(tmp_path)
+    b = MemoryStore.open(tmp_path / "m", clock=a.clock)
+    a.store(np.eye(8)[:2], np.ones((2, 4)), [0.5, 0.5])
+    b.store(np.eye(8)[2:3], np.ones((1, 4)), [0.5])  # reloads first: a's rows are kept, ids continue
+    assert sorted(b.storage.memories) == [0, 1, 2]
+    a.refresh()
+    assert sorted(a.storage.memories) == [0, 1, 2]
+    a.close(), b.close()
+
+
+def test_store_reads_through_the_crossbar_and_keeps_its_ledger(tmp_path):
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(200, 8)).astype(np.float32)
+    s = make(tmp_path, device="reram")
+    s.store(keys, np.ones((200, 4)), np.full(200, 0.5))
+    hits = s.search(keys[17], k=5)
+    assert hits[0]["id"] == 17  # a stored key finds itself through the noisy array
+    st = s.stats()
+    assert st["device"] == "reram" and st["count"] == 200 and st["energy_pj"]["write"] > 0 and st["reads"] == 1
+    s.close()
+    again = MemoryStore.open(tmp_path / "m")
+    assert again.stats()["energy_pj"] == st["energy_pj"]  # the read energy was saved at close
+    assert np.array_equal(again.crossbar._w, s.crossbar._w)  # the same conductances, rebuilt from the records
+    again.close()
+
+
+WRITER = """
+import sys, numpy as np
+from m3edge.runtime.store import MemoryStore
+s = MemoryStore.open(sys.argv[1], key_dim=8, value_dim=4, capacity=100000, device="ideal")
+rng = np.random.default_rng(int(sys.argv[2]))
+for i in range(int(sys.argv[3])):
+    n = int(rng.integers(1, 8))
+    ids = s.store(rng.normal(size=(n, 8)), rng.normal(size=(n, 4)), rng.random(n))
+    print(" ".join(map(str, ids)), flush=True)
+"""
+
+
+def test_sigkill_during_thousands_of_stores_loses_nothing_that_returned(tmp_path):
+    """A real writer killed at random moments: the database passes integrity_check and holds every store
+    that had returned (its ids were printed after the commit)."""
+    d = tmp_path / "m"
+    acked: set[int] = set()
+    rnd = random.Random(0)
+    total_lines = 0
+    for round_ in range(4):
+        p = subprocess.Popen([sys.executable, "-c", WRITER, str(d), str(round_), "3000"], stdout=subprocess.PIPE,
+                             text=True, cwd=ROOT)
+        target = rnd.randint(50, 600)  # stores acknowledged before the kill
+        deadline = time.monotonic() + 60
+        lines = 0
+        while lines < target and time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            acked.update(int(x) for x in line.split())
+            lines += 1
+        time.sleep(rnd.random() * 0.05)  # land somewhere inside a later transaction
+        p.send_signal(signal.SIGKILL)
+        rest, _ = p.communicate(timeout=30)
+        for line in rest.splitlines():  # printed before the kill: committed too
+            if line.strip():
+                acked.update(int(x) for x in line.split())
+        total_lines += lines
+        assert p.returncode == -signal.SIGKILL
+    assert total_lines >= 200
+    db = sqlite3.connect(d / DB_NAME)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    present = {r[0] for r in db.execute("SELECT id FROM memories")}
+    db.close()
+    assert acked <= present
+    s = MemoryStore.open(d)
+    assert set(s.storage.memories) >= acked and s.integrity() == "ok"
+    s.close()
+
+
+READER = """
+import sys, time, numpy as np
+from m3edge.runtime.store import MemoryStore, inspect
+seen = 0
+t_end = time.monotonic() + 60
+while seen < int(sys.argv[2]) and time.monotonic() < t_end:
+    try:
+        seen = max(seen, inspect(sys.argv[1])["count"])
+    except Exception as e:
+        print("ERR", type(e).__name__, e, flush=True)
+        if "no memory store" not in str(e) and "empty memory store" not in str(e):
+            raise
+with MemoryStore.open(sys.argv[1], readonly=True) as s:
+    print("OK", seen, len(s.search(np.ones(8), k=3)), flush=True)
+"""
+
+
+def test_a_reader_and_a_writer_in_two_processes_never_see_database_is_locked(tmp_path):
+    d = tmp_path / "m"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(d), "7", "600"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(d), "1500"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    _, werr = writer.communicate(timeout=120)
+    out, rerr = reader.communicate(timeout=120)
+    assert writer.returncode == 0, werr
+    assert reader.returncode == 0, rerr
+    assert "locked" not in werr + rerr + out
+    assert out.strip().splitlines()[-1].startswith("OK")
+
+
+def test_memory_inspect_cli(tmp_path):
+    clock = Clock(1_700_000_000.0)
+    s = make(tmp_path, device="pcm", clock=clock)
+    s.store(np.eye(8)[:3], np.ones((3, 4)), [0.2, 0.5, 0.9])
+    clock.t += 60
+    s.store(np.eye(8)[3:5], np.ones((2, 4)), [0.2, 0.5])
+    s.search(np.ones(8), k=2)
+    s.close()
+    r = run_cli("memory", "inspect", tmp_path / "m", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"count", "bytes", "device", "energy_pj", "oldest", "newest"} <= set(out)
+    assert out["count"] == 5 and out["device"] == "pcm" and out["bytes"] > 0
+    assert out["energy_pj"]["write"] > 0 and out["energy_pj"]["read"] > 0
+    assert out["oldest"] == 1_700_000_000.0 and out["newest"] == 1_700_000_060.0
+    r = run_cli("memory", "inspect", tmp_path / "m")
+    assert r.returncode == 0 and "pcm" in r.stdout and "memories   5" in r.stdout
+    for bad, word in [(tmp_path / "nope", "not a directory"), (tmp_path, "no memory store here")]:
+        r = run_cli("memory", "inspect", bad)
+        assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr
+    assert run_cli("memory", "inspect", "--help").returncode == 0
+
+
+def test_memory_dir_keeps_memories_across_processes(tmp_path):
+    """What `m3edge run --memory-dir` relies on: a second process opens what the first stored."""
+    code = ("import sys, numpy as np\nfrom m3edge.runtime.memory import LongTermMemory\n"
+            "m = LongTermMemory(4, clock=lambda: 100.0)\nm.load(sys.argv[1])\n"
+            "m.store(np.ones((3, 8)), np.ones((3, 8)) / 8 ** 0.5, np.ones((3, 4)), np.ones(3), np.ones(3))\n"
+            "m.save(sys.argv[1])\nprint(len(m))\n")
+    outs = [subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60).stdout.strip() for _ in range(2)]
+    assert outs == ["3", "6"]
+    assert os.path.exists(tmp_path / "m" / DB_NAME)
