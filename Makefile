@@ -36,3 +36,10 @@ train-small: install
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info
+
+# arm64 (issue 9): builds a Debian bookworm arm64 root filesystem in .arm64/ (cached; root, Debian mirror and
+# PyPI needed the first time), installs the wheel there with only the device dependencies and runs tiny rpi5
+# bundles under qemu-aarch64-static against the host. Slow, so not part of `make test`; see README, arm64.
+.PHONY: check-arm64
+check-arm64: install
+	targets/check-arm64
