@@ -38,7 +38,11 @@ class MemoryGraph(nn.Module):
         self.memory = agent.memory
 
     def forward(self, x, next_byte):
-        return self.memory.encode_experience(x, next_byte)
+        # The agent's one_hot, written as a comparison: F.one_hot exports an index-range assertion that
+        # litert-torch has no lowering for; for bytes in range the two are equal.
+        vocab = self.memory.cfg.vocab
+        onehot = (next_byte.unsqueeze(-1) == torch.arange(vocab, device=x.device)).to(x.dtype)
+        return self.memory.memory_encoder(torch.cat([x, onehot], dim=-1))
 
 
 class AlignmentGraph(nn.Module):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 import onnxruntime
 from onnx import numpy_helper
@@ -22,12 +23,16 @@ from m3edge.export.graphs import split
 from m3edge.export import quantize as q
 from m3edge.export.onnx_export import export_module, write_shared
 from m3edge.export.parity import Gates, end_to_end
-from m3edge.export.validate import GraphCheck, ValidationError, check_structure, compare, summarise
+from m3edge.export import tflite
+from m3edge.export.fp16 import to_fp16
+from m3edge.export.validate import (GraphCheck, ValidationError, check_signature_shapes, check_structure, compare,
+                                    summarise)
 from m3edge.runtime.executor import BundleExecutor
-from m3edge.runtime.graph import OrtGraph, SessionConfig
+from m3edge.runtime.graph import SessionConfig, open_graph
 
-PRECISIONS = ("auto", "fp32", "int8")
-BUILT = ("fp32", "int8")  # what this build writes; fp16 requests are exported as fp32 and said so
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+# What each backend builds; a profile's request outside it is built at fp32 and said so.
+BUILT = {"onnxruntime": ("fp32", "fp16", "int8"), "tflite": ("fp32", "int8")}
 
 
 @dataclass(frozen=True)
@@ -47,64 +52,121 @@ class ExportFailed(CheckFailed):
 
 
 def resolve_precision(target, requested: str) -> tuple[dict, list[str]]:
-    """Per-role precision for this export, and notes on what the profile asked for that differs.
-
-    This build writes fp32 graphs; the profile's fp16 / int8 requests are recorded in the manifest so
-    the bundle says what it is and what its target wanted.
-    """
+    """Per-role precision for this export, and notes on what the profile asked for that differs."""
     if requested not in PRECISIONS:
-        raise BadInput(f"--precision {requested!r} is not supported by this build (choose from {', '.join(PRECISIONS)})")
+        raise BadInput(f"--precision {requested!r} is not supported (choose from {', '.join(PRECISIONS)})")
+    built = BUILT[target.backend]
+    if requested != "auto" and requested not in built:
+        raise BadInput(f"--precision {requested}: the {target.backend} backend builds {', '.join(built)}")
     if requested != "auto":
         return {role: requested for role in bfmt.ROLES}, []
     # The memory encoder has no profile entry: it runs beside the encoder, at its precision.
     wanted = dict(target.precision) | {"memory": target.precision["encoder"]}
-    chosen = {role: p if p in BUILT else "fp32" for role, p in wanted.items()}
-    notes = [f"{role}: profile asks for {p}, exported as fp32" for role, p in sorted(wanted.items()) if p not in BUILT]
+    chosen = {role: p if p in built else "fp32" for role, p in wanted.items()}
+    notes = [f"{role}: profile asks for {p}, exported as fp32 ({target.backend} builds {', '.join(built)})"
+             for role, p in sorted(wanted.items()) if p not in built]
     return chosen, notes
 
 
-def versions() -> dict:
-    return {"m3edge": m3edge.__version__, "torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+def versions(backend: str = "onnxruntime") -> dict:
+    v = {"m3edge": m3edge.__version__, "torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
+         "onnxruntime": onnxruntime.__version__}
+    if backend == "tflite":
+        from importlib.metadata import version
+
+        v |= {"litert-torch": version("litert-torch"), "ai-edge-litert": version("ai-edge-litert")}
+    return v
 
 
-def _io(spec, ports, bucket):
-    return [{"name": p.name, "shape": spec.shape(p, bucket), "dtype": p.dtype, "scale": None, "zero_point": None}
-            for p in ports]
+def _io(spec, ports, bucket, quant=None):
+    quant = quant or [{}] * len(ports)
+    return [{"name": p.name, "shape": spec.shape(p, bucket), "dtype": p.dtype, "scale": q.get("scale"),
+             "zero_point": q.get("zero_point")} for p, q in zip(ports, quant)]
 
 
-def stage_models(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict):
-    """Stage 1 for one module: a static ONNX graph per bucket, quantized when its role asks for INT8.
-    Returns ({bucket: model}, fp32 weight bytes of one bucket)."""
+@dataclass
+class Built:
+    """What one module became: files written and, per bucket, its graph entry's backend-specific part."""
+    precision: str
+    files: list[str]
+    graphs: dict[int, dict]  # bucket -> {path, weights, signature, inputs, outputs}
+    fp32_bytes: int  # weights an fp32 export of this module stores (one bucket)
+    note: str | None = None  # why the built precision differs from the requested one
+
+
+def _calibration_rows(spec, cal, calibration: dict) -> list[np.ndarray]:
+    rows, fallback = cal.calibration_rows(spec.role, spec.layer, spec.expert, q.MIN_EXPERT_ROWS)
+    rows = [q.tiled(a, max(spec.buckets)) for a in rows]
+    calibration["graphs"][spec.label] = {"rows": int(len(rows[0])), "fallback": fallback}
+    if fallback:
+        calibration["fallback"].append(spec.label)
+    return rows
+
+
+def build_onnx(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path) -> Built:
+    """A static ONNX graph per bucket, sharing one weights file; fp16- or int8-converted as the role asks."""
     in_names = [p.name for p in spec.inputs]
     out_names = [p.name for p in spec.outputs]
     models = {b: export_module(spec.module, spec.example(b), in_names, out_names, target.opset) for b in spec.buckets}
     fp32_bytes = sum(numpy_helper.to_array(t).nbytes for t in models[spec.buckets[0]].graph.initializer)
     if precision == "int8":
-        rows, fallback = cal.calibration_rows(spec.role, spec.layer, spec.expert, q.MIN_EXPERT_ROWS)
-        rows = [q.tiled(a, max(spec.buckets)) for a in rows]
-        calibration["graphs"][spec.label] = {"rows": int(len(rows[0])), "fallback": fallback}
-        if fallback:
-            calibration["fallback"].append(spec.label)
+        rows = _calibration_rows(spec, cal, calibration)
         models = {b: q.quantize(m, [dict(zip(in_names, (a[i:i + b] for a in rows))) for i in range(0, len(rows[0]), b)],
                                 target, opts.calibration_method)
                   for b, m in models.items()}
-    return models, fp32_bytes
+    elif precision == "fp16":
+        models = {b: to_fp16(m) for b, m in models.items()}
+    weights_rel, paths = write_shared(models, root, spec.stem)
+    graphs = {b: {"path": rel, "weights": weights_rel, "inputs": _io(spec, spec.inputs, b),
+                  "outputs": _io(spec, spec.outputs, b)} for b, rel in paths.items()}
+    return Built(precision, [weights_rel, *paths.values()], graphs, fp32_bytes)
 
 
-def stage_check(root: Path, rel: str, spec, bucket: int, precision: str, cal, session,
-                opts: ExportOptions) -> GraphCheck:
-    """Stage 2 for one graph file: structure, static shapes, then onnxruntime against torch on real inputs."""
-    path = root / rel
-    check = GraphCheck(spec.label, spec.role, spec.layer, spec.expert, bucket, rel, None, opts.gates.graph_atol, "ok",
-                       precision=precision)
+def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path) -> Built:
+    """One .tflite per module, a signature per bucket. A module litert-torch cannot quantize is kept at
+    fp32 and the report says why; one it cannot convert at all fails the export with its error."""
+    examples = {b: spec.example(b) for b in spec.buckets}
+    fp32_bytes = sum(t.numel() * 4 for t in spec.module.state_dict().values() if t.is_floating_point())
+    note = None
     try:
-        check_structure(path, {p.name: spec.shape(p, bucket) for p in spec.inputs},
-                        {p.name: spec.shape(p, bucket) for p in spec.outputs})
-        graph = OrtGraph(path, session)
+        blob = tflite.convert(spec.module, examples, precision,
+                              _calibration_rows(spec, cal, calibration) if precision == "int8" else None)
+    except tflite.ConversionError as e:
+        if precision == "fp32":
+            raise ValidationError(f"{spec.label}: litert-torch cannot convert it ({e})") from None
+        note = f"{spec.label}: {precision} conversion failed ({e}); kept fp32"
+        precision = "fp32"
+        blob = tflite.convert(spec.module, examples, precision)
+    rel = f"graphs/{spec.stem}.tflite"
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_bytes(blob)
+    graphs = {}
+    for b in spec.buckets:
+        ins, outs = tflite.port_quant(root / rel, tflite.signature_name(b))
+        graphs[b] = {"path": rel, "weights": None, "signature": tflite.signature_name(b),
+                     "inputs": _io(spec, spec.inputs, b, ins), "outputs": _io(spec, spec.outputs, b, outs)}
+    return Built(precision, [rel], graphs, fp32_bytes, note)
+
+
+BUILDERS = {"onnxruntime": build_onnx, "tflite": build_tflite}
+
+
+def stage_check(root: Path, entry: dict, spec, cal, session, opts: ExportOptions) -> GraphCheck:
+    """Stage 2 for one graph: structure and static shapes, then the backend against torch on real inputs."""
+    path, bucket, precision = root / entry["path"], entry["bucket"], entry["precision"]
+    check = GraphCheck(spec.label, spec.role, spec.layer, spec.expert, bucket, entry["path"], None,
+                       opts.gates.graph_atol, "ok", precision=precision)
+    expected_in = {p.name: spec.shape(p, bucket) for p in spec.inputs}
+    expected_out = {p.name: spec.shape(p, bucket) for p in spec.outputs}
+    try:
+        if entry["backend"] == "onnxruntime":
+            check_structure(path, expected_in, expected_out)
+        graph = open_graph(path, entry, session)
+        if entry["backend"] == "tflite":
+            check_signature_shapes(graph, path.name, entry.get("signature"), expected_in, expected_out)
         inputs = cal.for_bucket(spec.role, spec.layer, spec.expert, bucket)
         check.max_abs_diff, check.sqnr_db = compare(graph, spec.module, inputs)
-        # The atol gate is for fp32 graphs; a quantized graph is judged end to end, SQNR reported.
+        # The atol gate is for fp32 graphs; a reduced-precision graph is judged end to end, SQNR reported.
         if precision == "fp32" and check.max_abs_diff > opts.gates.graph_atol:
             check.status, check.message = "ValueMismatchError", f"max |diff| {check.max_abs_diff:.2e}"
     except ValidationError as e:
@@ -128,24 +190,29 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
     with bfmt.staging(Path(out), force) as tmp:
         checks, entries, files = [], [], []
         fp32_weights = 0  # one bucket per module: what an fp32 bundle would store
+        build = BUILDERS[target.backend]
         for spec in specs:
-            models, fp32_bytes = stage_models(spec, precision[spec.role], cal, target, opts, calibration)
-            fp32_weights += fp32_bytes
-            weights_rel, paths = write_shared(models, tmp, spec.stem)
-            files.append(bfmt.file_entry(tmp, weights_rel))
-            for bucket, rel in paths.items():
-                check = stage_check(tmp, rel, spec, bucket, precision[spec.role], cal, session, opts)
-                checks.append(check)
-                files.append(bfmt.file_entry(tmp, rel))
-                entries.append({
-                    "role": spec.role, "layer": spec.layer, "expert": spec.expert, "memory_type": spec.memory_type,
-                    "bucket": bucket, "path": rel, "weights": weights_rel, "sha256": files[-1]["sha256"],
-                    "bytes": files[-1]["bytes"], "precision": precision[spec.role], "backend": "onnxruntime",
-                    "inputs": _io(spec, spec.inputs, bucket), "outputs": _io(spec, spec.outputs, bucket)})
+            built = build(spec, precision[spec.role], cal, target, opts, calibration, tmp)
+            fp32_weights += built.fp32_bytes
+            if built.note:
+                notes.append(built.note)
+                calibration.setdefault("kept_fp32", []).append(built.note)
+            written = {rel: bfmt.file_entry(tmp, rel) for rel in built.files}
+            files.extend(written.values())
+            for bucket, g in built.graphs.items():
+                entry = {"role": spec.role, "layer": spec.layer, "expert": spec.expert,
+                         "memory_type": spec.memory_type, "bucket": bucket, "path": g["path"],
+                         "weights": g["weights"], "sha256": written[g["path"]]["sha256"],
+                         "bytes": written[g["path"]]["bytes"], "precision": built.precision,
+                         "backend": target.backend, "inputs": g["inputs"], "outputs": g["outputs"]}
+                if g.get("signature"):
+                    entry["signature"] = g["signature"]
+                entries.append(entry)
+                checks.append(stage_check(tmp, entry, spec, cal, session, opts))
             if progress:
                 progress(spec.label)
         manifest = {
-            "schema_version": bfmt.SCHEMA_VERSION, "format": bfmt.FORMAT, "versions": versions(),
+            "schema_version": bfmt.SCHEMA_VERSION, "format": bfmt.FORMAT, "versions": versions(target.backend),
             "opset": target.opset, "model_config": cfg.to_dict(), "source": source, "target": target.to_dict(),
             "precision": {"requested": opts.precision, "graphs": precision, "notes": notes},
             "routing": {"mode": cfg.routing, "top_k": cfg.top_k, "n_experts": cfg.n_experts,
@@ -157,7 +224,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         }
         (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
         executor = BundleExecutor(bfmt.open_bundle(tmp, verify=False), session)
-        quantized = any(p != "fp32" for p in precision.values())
+        quantized = any(e["precision"] != "fp32" for e in entries)
         e2e = end_to_end(agent, executor, eval_text, opts.parity_tokens, opts.gates, quantized)
         failed = [c for c in checks if not c.passed]
         accepted_drop = quantized and not e2e["passed"] and opts.allow_accuracy_drop
@@ -168,7 +235,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         written = ["reports/parity.json"]
         (tmp / "reports" / "parity.json").write_text(bfmt.dumps(report))
         if quantized:
-            weights = sum(f["bytes"] for f in files if f["path"].endswith(".weights"))
+            weights = sum(f["bytes"] for f in files if f["path"].endswith((".weights", ".tflite")))
             accuracy = {"precision": precision, "calibration_method": opts.calibration_method,
                         "sqnr_db": {f"{c.graph}.b{c.bucket}": c.sqnr_db for c in checks},
                         "routing_agreement": e2e["routing_agreement"], "top1_agreement": e2e["top1_agreement"],

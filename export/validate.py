@@ -1,7 +1,7 @@
 """Validation after export, in the manner of optimum's exporters: structural checks, then values.
 
-Each graph file: the onnx checker with full shape inference, static input/output shapes equal to the
-spec, then onnxruntime against the torch module on real inputs with a max-abs-diff tolerance. Failures
+Each graph file: the onnx checker with full shape inference (a TFLite signature: its port shapes), static
+input/output shapes equal to the spec, then the runtime's backend against the torch module on real inputs with a max-abs-diff tolerance. Failures
 are typed, and every result goes into the parity report whether it passed or not.
 """
 
@@ -74,6 +74,17 @@ def check_structure(path: Path, expected_in: dict[str, list[int]], expected_out:
         for name, shape in expected.items():
             if got.get(name) != shape:
                 raise ShapeMismatchError(f"{path.name}: {kind} {name!r} has shape {got.get(name)}, expected {shape}")
+
+
+def check_signature_shapes(graph, name: str, signature: str | None, expected_in: dict[str, list[int]],
+                           expected_out: dict[str, list[int]]) -> None:
+    """A TFLite signature's ports, in the module's order, must have the spec's static shapes."""
+    for kind, got, expected in (("input", graph.input_shapes, expected_in), ("output", graph.output_shapes, expected_out)):
+        if len(got) != len(expected):
+            raise ShapeMismatchError(f"{name} [{signature}]: {len(got)} {kind}s, expected {len(expected)}")
+        for shape, (port, want) in zip(got, expected.items()):
+            if list(shape) != want:
+                raise ShapeMismatchError(f"{name} [{signature}]: {kind} {port!r} has shape {list(shape)}, expected {want}")
 
 
 @torch.no_grad()

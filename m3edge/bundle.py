@@ -109,7 +109,7 @@ def _check_entries(m: dict, mpath: Path) -> None:
     have = set()
     for g in m["graphs"]:
         if not (isinstance(g, dict) and g.get("role") in ROLES and isinstance(g.get("bucket"), int)
-                and isinstance(g.get("path"), str) and g["path"] in listed and g.get("weights") in listed
+                and isinstance(g.get("path"), str) and g["path"] in listed and g.get("weights") in listed | {None}
                 and all(isinstance(g.get(k), (int, type(None))) for k in ("layer", "expert"))):
             bad(f"malformed or unlisted graph entry {json.dumps(g)[:80]}")
         have.add((g["role"], g["bucket"], g["layer"], g["expert"]))

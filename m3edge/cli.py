@@ -53,8 +53,9 @@ def targets(as_json):
 
     rows = [{"name": p.name, "aliases": list(p.aliases), "arch": p.arch, "backend": p.backend,
              "providers": [pr["name"] for pr in p.providers]} for p in t.all_targets()]
-    lines = [f"{r['name']:<18} {','.join(r['aliases']) or '-':<8} {r['arch']:<8} {r['backend']:<12} "
-             f"{' > '.join(r['providers'])}" for r in rows]
+    # A tflite profile runs LiteRT's interpreter with its default XNNPACK delegate: no ORT providers.
+    lines = [f"{r['name']:<18} {','.join(r['aliases']) or '-':<10} {r['arch']:<8} {r['backend']:<12} "
+             f"{' > '.join(r['providers']) or 'LiteRT interpreter (XNNPACK)'}" for r in rows]
     emit({"targets": rows}, as_json, "\n".join(lines))
 
 
@@ -218,12 +219,15 @@ def inspect(bundle_dir, as_json):
         "passed": parity["passed"], "logits_max_abs_diff": parity["end_to_end"]["logits_max_abs_diff"],
         "routing_agreement": parity["end_to_end"]["routing_agreement"],
         "graph_max_abs_diff": max((r["max_abs_diff"] or 0) for r in parity["summary"])}
-    roles = {}
+    roles, counted = {}, set()
     for g in m["graphs"]:
         r = roles.setdefault(g["role"], {"graphs": 0, "bytes": 0, "precision": set()})
         r["graphs"] += 1
-        r["bytes"] += g["bytes"]
+        if g["path"] not in counted:  # a TFLite file holds every bucket of its module as a signature
+            counted.add(g["path"])
+            r["bytes"] += g["bytes"]
         r["precision"].add(g["precision"])
+    # Weights: ONNX's shared external-data files; a TFLite flatbuffer carries its weights inside.
     weights = sum(f["bytes"] for f in m["files"] if f["path"].endswith(".weights"))
     out = {"schema_version": m["schema_version"], "target": m["target"]["name"], "routing": m["routing"],
            "total_bytes": total, "weights_bytes": weights, "versions": m["versions"], "source": m["source"],
@@ -235,7 +239,8 @@ def inspect(bundle_dir, as_json):
              f"model      d_model {cfg['d_model']}, {cfg['n_layers']} layers x {cfg['n_experts']} experts, top-{cfg['top_k']}",
              f"routing    {m['routing']['mode']}, token buckets {m['routing']['token_buckets']}, "
              f"capacity buckets {m['routing']['capacity_buckets']}",
-             f"size       {total / 1e6:.2f} MB ({weights / 1e6:.2f} MB weights, shared across buckets)"]
+             f"size       {total / 1e6:.2f} MB" + (f" ({weights / 1e6:.2f} MB weights, shared across buckets)"
+                                                      if weights else " (weights inside the graph files)")]
     for role, r in out["roles"].items():
         lines.append(f"  {role:<10} {r['graphs']:>5} graphs  {r['bytes'] / 1e3:>9.1f} kB graph files  "
                      f"{'/'.join(r['precision'])}")
@@ -326,30 +331,60 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
 
 
 @cli.command()
-@click.argument("bundle_dir", type=click.Path())
+@click.argument("bundle_dir", type=click.Path(), required=False)
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--prompts", "n_prompts", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--bytes", "n_bytes", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--cache-sizes", default="1,8,16,32,64", show_default=True, help="Experts per layer to sweep; '' for none.")
 @click.option("--no-torch", is_flag=True, help="Skip the torch eager baseline (a device without torch).")
-@click.option("--suite", default="all", show_default=True, type=click.Choice(["all", "engines", "batching"]),
-              help="engines: torch vs runtime and the cache sweep; batching: concurrent callers off/on.")
+@click.option("--suite", default="all", show_default=True, type=click.Choice(["all", "engines", "batching", "full"]),
+              help="engines: torch vs runtime and the cache sweep; batching: concurrent callers off/on; full: "
+                   "builds its own bundles (no BUNDLE) and measures every engine, the floor and every sweep.")
+@click.option("--models", default=None, help="full: comma-separated models to measure (default: small,seed).")
+@click.option("--runs", type=click.IntRange(1), help="full: fresh processes per engine row (default 3).")
+@click.option("--work-dir", default="runs/bench", show_default=True, type=click.Path(),
+              help="full: where checkpoints, bundles and the monolithic graph are built.")
+@click.option("--rebuild", is_flag=True, help="full: rebuild every artefact instead of reusing the work dir's.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("-o", "--output", type=click.Path(), help="Also write the JSON report here.")
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, data_dir, output, as_json):
+def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, models, runs, work_dir, rebuild,
+          data_dir, output, as_json):
     """Torch eager vs the runtime, the expert-cache sweep and batching, side by side on this machine."""
     from m3edge.bench import batching_bench, format_batching, format_report, run_bench
     from m3edge.bundle import open_bundle
     from m3edge.data import default_data_dir
 
+    data = Path(data_dir) if data_dir else default_data_dir()
+    say = None if as_json else (lambda msg: click.echo(msg, err=True))
+    if suite == "full":
+        import dataclasses
+
+        from m3edge.bench import FULL, format_full, run_full
+
+        if bundle_dir:
+            raise BadInput("--suite full builds its own bundles: pass no BUNDLE (see --work-dir)")
+        plans = {m.name: m for m in FULL.models}
+        wanted = [m.strip() for m in (models or ",".join(plans)).split(",") if m.strip()]
+        unknown = [m for m in wanted if m not in plans]
+        if unknown or not wanted:
+            raise BadInput(f"--models: unknown model {unknown[0] if unknown else '(none)'!r}; "
+                           f"choose from {', '.join(plans)}")
+        cfg = dataclasses.replace(FULL, models=tuple(plans[m] for m in wanted), work_dir=work_dir, data_dir=str(data),
+                                  threads=threads, rebuild=rebuild, runs=runs or FULL.runs)
+        report = run_full(cfg, progress=say)
+        report["command"] = " ".join(["m3edge", *sys.argv[1:]])
+        if output:
+            Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        emit(report, as_json, format_full(report))
+        return
+    if not bundle_dir:
+        raise BadInput(f"--suite {suite} measures a bundle: pass BUNDLE")
     open_bundle(bundle_dir)  # refuse an untrusted bundle before spawning workers
     try:
         sizes = tuple(int(s) for s in cache_sizes.split(",") if s.strip())
     except ValueError:
         raise BadInput(f"--cache-sizes must be comma-separated integers, got {cache_sizes!r}") from None
-    data = Path(data_dir) if data_dir else default_data_dir()
-    say = None if as_json else (lambda msg: click.echo(msg, err=True))
     report, text = {"threads": threads, "rows": []}, []
     if suite in ("all", "engines"):
         report = run_bench(bundle_dir, data, threads, n_prompts, n_bytes, sizes, with_torch=not no_torch, progress=say)

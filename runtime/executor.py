@@ -17,7 +17,7 @@ from m3edge.bundle import Bundle
 from m3edge.config import ModelConfig
 from m3edge.runtime import routing
 from m3edge.runtime.cache import ExpertCache
-from m3edge.runtime.graph import OrtGraph, SessionConfig
+from m3edge.runtime.graph import SessionConfig, open_graph
 
 
 @dataclass
@@ -53,15 +53,15 @@ class ExpertGraphs:
     def __init__(self, executor: "BundleExecutor", layer: int, expert: int, warm=()):
         self.executor = executor
         self.entries = {b: executor.bundle.find("expert", b, layer, expert) for b in executor.capacity_buckets}
-        self.graphs: dict[int, OrtGraph] = {}
+        self.graphs: dict[int, object] = {}
         self._lock = threading.Lock()
-        weights = {e["weights"] for e in self.entries.values()}
-        sizes = executor.file_sizes
-        self.bytes = sum(e["bytes"] for e in self.entries.values()) + sum(sizes[w] for w in weights)
+        # Files, not entries: ONNX buckets share a weights file, TFLite buckets are signatures of one file.
+        files = {e["path"] for e in self.entries.values()} | {e["weights"] for e in self.entries.values() if e.get("weights")}
+        self.bytes = sum(executor.file_sizes[f] for f in files)
         for b in warm:
             self.session(b)
 
-    def session(self, bucket: int) -> OrtGraph:
+    def session(self, bucket: int):
         g = self.graphs.get(bucket)
         if g is None:
             with self._lock:
@@ -85,7 +85,7 @@ class BundleExecutor:
         self.token_buckets = tuple(r["token_buckets"])
         self.capacity_buckets = tuple(r["capacity_buckets"])
         self.session = session or SessionConfig()
-        self._graphs: dict[tuple, OrtGraph] = {}
+        self._graphs: dict[tuple, object] = {}
         self.cache = cache if cache is not None else ExpertCache(self._load_expert)
         if cache is not None and cache.loader is None:
             cache.loader = self._load_expert
@@ -96,16 +96,16 @@ class BundleExecutor:
         self.warm_buckets: tuple[int, ...] = (self.capacity_buckets[0],)
         self.expert_calls = 0
 
-    def load(self, entry: dict) -> OrtGraph:
-        shapes = {i["name"]: i["shape"] for i in entry["inputs"]}
-        self.bundle.verified(entry["weights"])
-        return OrtGraph(self.bundle.verified(entry["path"]), self.session, shapes)
+    def load(self, entry: dict):
+        if entry.get("weights"):
+            self.bundle.verified(entry["weights"])
+        return open_graph(self.bundle.verified(entry["path"]), entry, self.session)
 
     def _load_expert(self, key):
         g = ExpertGraphs(self, *key, warm=self.warm_buckets)
         return g, g.bytes
 
-    def graph(self, role: str, bucket: int, layer: int | None = None) -> OrtGraph:
+    def graph(self, role: str, bucket: int, layer: int | None = None):
         """A per-token graph; these stay resident (they are small and every step needs them)."""
         key = (role, bucket, layer)
         g = self._graphs.get(key)

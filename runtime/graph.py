@@ -1,8 +1,14 @@
-"""Graph backends behind one small interface: ``Graph.run(feeds) -> list of outputs``.
+"""Graph backends behind one small interface: ``Graph.run(*inputs) -> list of float/int outputs``.
 
-The onnxruntime backend takes execution providers from the target profile, in order. A provider this
-onnxruntime build lacks (no TensorRT on a Pi, no onnxruntime-gpu wheel on PyPI for Jetson) falls back
-to the next with one warning line, or raises under ``strict``.
+A registry keyed by the manifest entry's ``backend`` picks the class (``open_graph``):
+
+- onnxruntime takes execution providers from the target profile, in order. A provider this onnxruntime
+  build lacks (no TensorRT on a Pi, no onnxruntime-gpu wheel on PyPI for Jetson) falls back to the next
+  with one warning line, or raises under ``strict``.
+- LiteRT (``ai_edge_litert``, then the unmaintained ``tflite_runtime`` as a fallback import) runs one
+  signature of a .tflite file: a bundle's TFLite file holds one static signature per bucket. Inputs and
+  outputs that the converter made int8 are quantized and dequantized here with the scale and zero point
+  the manifest records, so callers always see float32 (and the int inputs they passed).
 """
 
 from __future__ import annotations
@@ -84,3 +90,102 @@ class OrtGraph:
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, dict(zip(self.input_names, inputs)))
+
+
+class Quant:
+    """How one graph port is fed or read: its dtype, and (scale, zero point) when it is quantized."""
+
+    def __init__(self, dtype, scale: float = 0.0, zero_point: int = 0):
+        self.dtype = np.dtype(dtype)
+        self.scale, self.zero_point = float(scale), int(zero_point)
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and self.dtype.kind in "iu" and self.dtype.itemsize == 1
+
+    def encode(self, a: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            return np.ascontiguousarray(a, dtype=self.dtype)
+        info = np.iinfo(self.dtype)
+        q = np.rint(a / self.scale) + self.zero_point
+        return np.clip(q, info.min, info.max).astype(self.dtype)
+
+    def decode(self, a: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            return a
+        return ((a.astype(np.float32) - self.zero_point) * np.float32(self.scale)).astype(np.float32)
+
+
+def litert_interpreter():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:  # unmaintained since 2.14 and broken under numpy 2; only a fallback
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise BadInput("this bundle's graphs are TFLite: install a LiteRT interpreter "
+                           "(pip install 'm3edge[tflite]')") from None
+    return Interpreter
+
+
+def _port_order(name: str) -> int:
+    """litert-torch names signature ports args_0.. / output_0..: their order is the module's."""
+    tail = name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class LiteRTGraph:
+    """One static signature of a .tflite file in a LiteRT interpreter."""
+
+    def __init__(self, path: str | Path, cfg: SessionConfig = SessionConfig(), signature: str | None = None,
+                 io: dict | None = None):
+        Interpreter = litert_interpreter()
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=cfg.threads)
+            self.runner = self.interpreter.get_signature_runner(signature)
+            ins, outs = self.runner.get_input_details(), self.runner.get_output_details()
+        except (ValueError, RuntimeError) as e:
+            raise BadInput(f"{path}: LiteRT cannot load signature {signature!r} ({str(e).splitlines()[0]})") from None
+        self.input_names = sorted(ins, key=_port_order)
+        self.output_names = sorted(outs, key=_port_order)
+        self.inputs = [Quant(ins[n]["dtype"], *ins[n]["quantization"]) for n in self.input_names]
+        self.outputs = [Quant(outs[n]["dtype"], *outs[n]["quantization"]) for n in self.output_names]
+        self.input_shapes = [list(ins[n]["shape"]) for n in self.input_names]
+        self.output_shapes = [list(outs[n]["shape"]) for n in self.output_names]
+        if io is not None:
+            self._check_io(path, io)
+
+    def _check_io(self, path, io: dict) -> None:
+        """The manifest's scales must be the file's: a mismatch means the bundle was edited or mixed up."""
+        for kind, ports, quants in (("input", io.get("inputs", []), self.inputs),
+                                    ("output", io.get("outputs", []), self.outputs)):
+            if len(ports) != len(quants):
+                raise BadInput(f"{path}: {len(quants)} {kind}s in the file, {len(ports)} in the manifest")
+            for port, q in zip(ports, quants):
+                want = (port.get("scale") or 0.0, port.get("zero_point") or 0)
+                if q.quantized and (abs(want[0] - q.scale) > 1e-9 * max(1.0, q.scale) or want[1] != q.zero_point):
+                    raise BadInput(f"{path}: {kind} {port['name']!r} is quantized with scale {q.scale:g}, "
+                                   f"zero point {q.zero_point}; the manifest says {want[0]:g}, {want[1]}")
+
+    def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        out = self.runner(**{n: q.encode(a) for n, q, a in zip(self.input_names, self.inputs, inputs)})
+        return [q.decode(out[n]) for n, q in zip(self.output_names, self.outputs)]
+
+
+def _ort(path, entry: dict, cfg: SessionConfig):
+    return OrtGraph(path, cfg, {i["name"]: i["shape"] for i in entry["inputs"]})
+
+
+def _litert(path, entry: dict, cfg: SessionConfig):
+    return LiteRTGraph(path, cfg, entry.get("signature"), entry)
+
+
+BACKENDS = {"onnxruntime": _ort, "tflite": _litert}
+
+
+def open_graph(path: str | Path, entry: dict, cfg: SessionConfig):
+    """The graph a manifest entry describes, in the backend it names."""
+    backend = entry.get("backend", "onnxruntime")
+    if backend not in BACKENDS:
+        raise BadInput(f"{path}: backend {backend!r} is not one this m3edge runs ({', '.join(BACKENDS)})")
+    return BACKENDS[backend](path, entry, cfg)

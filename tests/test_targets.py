@@ -12,7 +12,7 @@ import m3edge.targets as targets
 from m3edge.errors import BadInput
 from m3edge.targets.schema import FIELDS, ROLES, validate
 
-EXPECTED = {"jetson-orin-nano", "jetson-agx-orin", "rpi5", "rpi4", "host-cpu"}
+EXPECTED = {"jetson-orin-nano", "jetson-agx-orin", "rpi5", "rpi5-tflite", "rpi4", "host-cpu"}
 
 
 def good() -> dict:
@@ -28,8 +28,9 @@ def test_shipped_profiles_load_and_validate():
         validate(d, t.name)
         assert targets.Target.from_dict(d) == t
         assert json.loads(json.dumps(d)) == d
-        assert t.backend == "onnxruntime" and t.opset >= 13 and t.sources
-        assert t.providers[-1]["name"] == "CPUExecutionProvider"
+        assert t.backend in ("onnxruntime", "tflite") and t.opset >= 13 and t.sources
+        if t.backend == "onnxruntime":  # LiteRT takes no ORT providers
+            assert t.providers[-1]["name"] == "CPUExecutionProvider"
         assert t.threads <= t.cores
 
 
@@ -47,7 +48,7 @@ def test_published_figures():
     assert set(by["host-cpu"].precision.values()) == {"fp32"}
     # Routers stay fp32 on every profile: an INT8 router measurably breaks the 95% routing gate (see the
     # profiles' descriptions); everything else is what the target wants.
-    for name in ("rpi5", "rpi4"):
+    for name in ("rpi5", "rpi5-tflite", "rpi4"):
         p = by[name].precision
         assert p["router"] == "fp32" and {p[r] for r in ROLES if r != "router"} == {"int8"}
     for name in ("jetson-orin-nano", "jetson-agx-orin"):
@@ -56,7 +57,7 @@ def test_published_figures():
 
 
 def test_aliases_resolve():
-    assert targets.aliases() == {"jetson": "jetson-orin-nano", "rpi": "rpi5"}
+    assert targets.aliases() == {"jetson": "jetson-orin-nano", "rpi": "rpi5", "rpi-tflite": "rpi5-tflite"}
     assert targets.load("jetson") == targets.load("jetson-orin-nano")
     assert targets.load("rpi").name == "rpi5"
     # No alias may shadow another profile's name.
