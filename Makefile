@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo-bundle
 TARGET ?= host-cpu
 
-.PHONY: install test demo train-small clean
+.PHONY: install test demo train-small clean bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ demo: install
 # Re-trains the committed reference (about 15 minutes on 2 cores).
 train-small: install
 	$(BIN)/m3edge train --preset small --data calibration_data -o checkpoints/small --force
+
+# The full benchmark (issue 8): rebuilds every bundle under runs/bench, measures every engine, the floor and
+# the sweeps on 2 threads, writes bench/results-full.json, then README's performance tables and bench/plots/.
+bench: install
+	$(BIN)/m3edge bench --suite full --rebuild -o bench/results-full.json
+	$(BIN)/python bench/report.py bench/results-full.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info

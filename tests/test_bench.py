@@ -28,3 +28,135 @@ def test_bench_cli_json(tiny_bundle, tmp_path):
     assert set(res) >= {"machine", "threads", "rows"} and res["threads"] == 2
     assert set(res["rows"][0]) >= {"engine", "precision", "batch", "bytes_per_s", "peak_rss_mb"}
     assert json.loads(out.read_text())["rows"] == res["rows"]
+
+
+# --- the full suite (issue 8) ------------------------------------------------------------------------------
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+from m3edge.bench import FullConfig, ModelPlan, bytes_per_token, floor_bytes_per_s, goals, run_full  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
+
+
+def load_report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_floor_arithmetic():
+    eb = [[100, 200], [300, 400]]  # bytes of expert (layer, expert)
+    touched = [[1.0, 0.0], [0.5, 0.5]]  # fraction of steps in which each expert ran
+    assert bytes_per_token(eb, touched) == 100 + 150 + 200
+    assert bytes_per_token(eb, touched, tokens_per_step=2) == 225  # a batch reads each expert once
+    assert floor_bytes_per_s(450, 0.45) == pytest.approx(1e6)  # 0.45 GB/s over 450 bytes a token
+    with pytest.raises(ValueError):
+        bytes_per_token(eb, [[1.0, 0.0]])
+    with pytest.raises(ValueError):
+        floor_bytes_per_s(0, 10)
+
+
+def small_result():
+    """A hand-made full-suite result: what report.py reads."""
+    def row(engine, precision, batch, speed, **extra):
+        return {"model": "m", "engine": engine, "precision": precision, "batch": batch, "bytes_per_s": speed,
+                "bytes_per_s_spread": {"median": speed, "min": speed * 0.9, "max": speed * 1.1, "runs": [speed]},
+                "cold_start_s": 0.5, "peak_rss_mb": 100.0, "outputs_sha": "x"} | extra
+    rows = [row("torch-eager", "fp32", 1, 100.0), row("onnx-monolithic", "fp32", 1, 150.0),
+            row("m3edge-runtime", "int8", 1, 250.0, expert_bytes_per_token=1e6, floor_bytes_per_s=1000.0,
+                floor_ratio=4.0),
+            {"model": "m", "engine": "m3edge-runtime-litert", "precision": "int8", "skipped": "no tflite profile"}]
+    res = {"machine": {"processor": "cpu", "platform": "linux", "cpus": 2, "python": "3.11"}, "threads": 2,
+           "started": "2026-01-01T00:00:00", "duration_s": 60.0, "settings": {"runs": 3},
+           "memory_bandwidth": {"median": 10.0, "min": 9.0, "max": 11.0, "runs": [10.0], "method": "copy"},
+           "models": {"m": {"note": "a test model", "rows": rows, "fp32_outputs_identical": True,
+                            "config": {"d_model": 8, "n_layers": 1, "n_experts": 4, "top_k": 2},
+                            "artefacts": {"checkpoint": {"path": "c", "bytes": 1000, "build_s": 0.0},
+                                          "bundle-litert": {"skipped": "no tflite profile"}},
+                            "target_floors": [{"target": "rpi5", "dram_bandwidth_gbps": 17, "precision": "int8",
+                                               "expert_bytes_per_token": 1e6, "bytes_basis": "int8 bundle",
+                                               "floor_bytes_per_s": 17000.0}]}},
+           "rows": rows,
+           "cache_sweep": {"model": "m", "n_experts": 4, "passes": 2, "rows": [
+               {"experts_per_layer": s, "policy": "lfu", "prefetch": False, "hit_rate": h, "bytes_per_s": v}
+               for s, h, v in ((1, 0.5, 50.0), (4, 1.0, 100.0))]},
+           "batching": {"model": "m", "steps_per_caller": 4, "max_queue_delay_ms": 2.0, "repeats": 1,
+                        "single_batch_compute_ms": {"1": 1.0, "16": 4.0},
+                        "rows": [{"callers": 16, "batching": False, "steps_per_s": 100.0, "p50_ms": 1.0, "p99_ms": 20.0},
+                                 {"callers": 16, "batching": True, "steps_per_s": 200.0, "p50_ms": 1.0, "p99_ms": 9.0,
+                                  "avg_batch_size": 4.0}]},
+           "memory_store": {"skipped": "not here"}}
+    res["goals"] = goals(res)
+    return res
+
+
+def test_goals_are_judged_from_the_result():
+    g = {x["goal"]: x for x in small_result()["goals"]}
+    assert g["m: runtime INT8 >= 2x torch eager at batch 1"]["met"] is True  # 2.5x
+    assert g["m: runtime INT8 ahead of the monolithic onnx export at batch 1"]["measured"] == pytest.approx(250 / 150)
+    assert g["m: runtime int8 within 3x of this machine's bandwidth floor at batch 1"]["met"] is False  # 4x
+    assert g["batching: 16 callers get >= 3x the unbatched throughput"]["met"] is False  # 2x
+    assert g["batching: 16 callers' p99 <= max queue delay + 2 x single-batch compute"]["met"] is True  # 9 <= 10
+
+
+def test_report_regenerates_readme_tables_and_plots(tmp_path):
+    report = load_report()
+    res = small_result()
+    (tmp_path / "r.json").write_text(json.dumps(res))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Performance\n\nhand-written\n\n{report.BEGIN}\nstale\n{report.END}\n\n## Next\n")
+    assert report.main([str(tmp_path / "r.json"), "--readme", str(readme), "--check"]) == 1  # stale
+    assert report.main([str(tmp_path / "r.json"), "--readme", str(readme), "--plots", str(tmp_path / "plots")]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and "hand-written" in text and text.endswith("## Next\n")
+    assert "| m3edge runtime | int8 | 1 | 250 (225-275) | 2.5x |" in text
+    assert "skipped: no tflite profile" in text and "- **missed**: m: runtime int8 within 3x" in text
+    assert "(goal <= 3.00x; 1.3x over it)" in text  # by how much
+    assert report.main([str(tmp_path / "r.json"), "--readme", str(readme), "--check"]) == 0  # in sync
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["batching.png", "cache.png", "engines.png"]
+
+
+def test_full_suite_structure_on_a_tiny_model(tiny_checkpoint, tmp_path):
+    plan = ModelPlan("tiny", checkpoint=str(tiny_checkpoint), buckets=((1, 8), (2, 8)), prompts=2, bytes=2,
+                     batch=2, batch_bytes=2, note="tiny")
+    cfg = FullConfig(models=(plan,), work_dir=str(tmp_path / "work"), data_dir=str(DATA), runs=1,
+                     sweeps_model="tiny", cache_sizes=(2, 8), policies=("lfu",), cache_prompts=1, cache_bytes=2,
+                     cache_passes=1, callers=(1, 2), steps_per_caller=2, batching_repeats=1, bandwidth_mb=8,
+                     memory_store=False, skip=("bundle-litert",))  # LiteRT conversion: minutes, not seconds
+    res = run_full(cfg)
+    m = res["models"]["tiny"]
+    measured = {(r["engine"], r["precision"], r["batch"]) for r in m["rows"] if "skipped" not in r}
+    assert measured >= {(e, p, b) for e, p in (("torch-eager", "fp32"), ("onnx-monolithic", "fp32"),
+                                               ("m3edge-runtime", "fp32"), ("m3edge-runtime", "int8"))
+                        for b in (1, 2)}
+    litert = [r for r in m["rows"] if r["engine"] == "m3edge-runtime-litert"]
+    assert litert == [{"model": "tiny", "engine": "m3edge-runtime-litert", "precision": "int8",
+                       "skipped": "not requested in this run's settings"}]  # a row that is not measured says why
+    assert m["fp32_outputs_identical"] is True  # torch, monolithic and runtime decode the same bytes
+    assert m["monolithic_parity"]["logits_max_abs_diff"] <= 1e-4
+    rt = next(r for r in m["rows"] if (r["engine"], r["precision"], r.get("batch")) == ("m3edge-runtime", "fp32", 1))
+    assert rt["floor_ratio"] == pytest.approx(rt["floor_bytes_per_s"] / rt["bytes_per_s"])
+    assert {t["target"] for t in m["target_floors"]} >= {"rpi5", "host-cpu"}
+    assert {"checkpoint", "monolithic", "bundle-fp32", "bundle-int8"} <= {k for k, v in m["artefacts"].items()
+                                                                          if "bytes" in v}
+    assert [(r["experts_per_layer"], r["prefetch"]) for r in res["cache_sweep"]["rows"]] == [
+        (2, False), (2, True), (8, False), (8, True)]
+    assert {(r["callers"], r["batching"]) for r in res["batching"]["rows"]} == {(1, False), (2, False), (1, True),
+                                                                               (2, True)}
+    assert res["memory_store"] == {"skipped": "not requested"}
+    assert any(g["goal"].startswith("tiny: runtime INT8 >= 2x") for g in res["goals"])
+    assert set(res) >= {"machine", "threads", "rows"} and res["threads"] == 2  # DESIGN's bench keys
+    assert "| m3edge runtime | int8 | 1 |" in load_report().render(json.loads(json.dumps(res)))
+
+
+def test_full_suite_cli_usage_errors(tiny_bundle):
+    r = run_cli("bench", tiny_bundle, "--suite", "full")
+    assert r.returncode == 2 and "pass no BUNDLE" in r.stderr
+    r = run_cli("bench", "--suite", "engines")
+    assert r.returncode == 2 and "pass BUNDLE" in r.stderr
+    r = run_cli("bench", "--suite", "full", "--models", "nope")
+    assert r.returncode == 2 and "unknown model 'nope'" in r.stderr
