@@ -204,26 +204,28 @@ def test_store_reads_through_the_crossbar_and_keeps_its_ledger(tmp_path):
 WRITER = """
 import sys, numpy as np
 from m3edge.runtime.store import MemoryStore
-s = MemoryStore.open(sys.argv[1], key_dim=8, value_dim=4, capacity=100000, device="ideal")
+s = MemoryStore.open(sys.argv[1], key_dim=32, value_dim=4, capacity=100000, device="ideal", synchronous=sys.argv[4])
 rng = np.random.default_rng(int(sys.argv[2]))
 for i in range(int(sys.argv[3])):
     n = int(rng.integers(1, 8))
-    ids = s.store(rng.normal(size=(n, 8)), rng.normal(size=(n, 4)), rng.random(n))
+    ids = s.store(rng.normal(size=(n, 32)), rng.normal(size=(n, 4)), rng.random(n))
     print(" ".join(map(str, ids)), flush=True)
 """
 
 
 def test_sigkill_during_thousands_of_stores_loses_nothing_that_returned(tmp_path):
     """A real writer killed at random moments: the database passes integrity_check and holds every store
-    that had returned (its ids were printed after the commit)."""
+    that had returned (its ids were printed after the commit). synchronous=NORMAL: in WAL mode a commit survives
+    the death of its process either way (FULL adds power-cut safety, which no process kill can test), and the
+    test stays quick on a busy machine."""
     d = tmp_path / "m"
     acked: set[int] = set()
     rnd = random.Random(0)
     total_lines = 0
-    for round_ in range(4):
-        p = subprocess.Popen([sys.executable, "-c", WRITER, str(d), str(round_), "3000"], stdout=subprocess.PIPE,
-                             text=True, cwd=ROOT)
-        target = rnd.randint(50, 600)  # stores acknowledged before the kill
+    for round_ in range(3):
+        p = subprocess.Popen([sys.executable, "-c", WRITER, str(d), str(round_), "3000", "NORMAL"],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        target = rnd.randint(100, 700)  # stores acknowledged before the kill
         deadline = time.monotonic() + 60
         lines = 0
         while lines < target and time.monotonic() < deadline:
@@ -261,18 +263,18 @@ while seen < int(sys.argv[2]) and time.monotonic() < t_end:
         seen = max(seen, inspect(sys.argv[1])["count"])
     except Exception as e:
         print("ERR", type(e).__name__, e, flush=True)
-        if "no memory store" not in str(e) and "empty memory store" not in str(e):
-            raise
+        if not any(w in str(e) for w in ("no memory store", "empty memory store", "not a directory")):
+            raise  # the writer has not created the store yet: anything else is a failure
 with MemoryStore.open(sys.argv[1], readonly=True) as s:
-    print("OK", seen, len(s.search(np.ones(8), k=3)), flush=True)
+    print("OK", seen, len(s.search(np.ones(32), k=3)), flush=True)
 """
 
 
 def test_a_reader_and_a_writer_in_two_processes_never_see_database_is_locked(tmp_path):
     d = tmp_path / "m"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(d), "7", "600"], stdout=subprocess.DEVNULL,
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(d), "7", "400", "FULL"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(d), "1500"], stdout=subprocess.PIPE,
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(d), "1000"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
     _, werr = writer.communicate(timeout=120)
     out, rerr = reader.communicate(timeout=120)
