@@ -6,6 +6,7 @@
   alignment  x [T, d], memory [T, d]        -> bias [T, E]
   router L   x [T, d], bias [T, E]          -> h [T, d] (the layer's pre-norm), logits [T, E]
   expert L,e h [C, d]                       -> y [C, d]      one graph per expert, exported on its own
+                                                               (its exact single-token view: export/views.py)
   head       x [T, d]                       -> logits [T, 256]
 T runs over the profile's token buckets, C over its capacity buckets.
 """
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from m3edge.export.views import export_view
 
 
 class EncoderGraph(nn.Module):
@@ -91,6 +94,11 @@ class GraphSpec:
     layer: int | None = None
     expert: int | None = None
     memory_type: str | None = None
+    reference: nn.Module | None = None  # what the graph is checked against, when ``module`` is an export view
+
+    @property
+    def checked_against(self) -> nn.Module:
+        return self.reference if self.reference is not None else self.module
 
     @property
     def stem(self) -> str:
@@ -127,7 +135,8 @@ def split(agent, token_buckets, capacity_buckets) -> list[GraphSpec]:
         specs.append(GraphSpec("router", RouterGraph(agent, layer), [Port("x", (d,)), Port("bias", (e,))],
                                [Port("h", (d,)), Port("logits", (e,))], tb, layer))
         for ex in range(e):
-            specs.append(GraphSpec("expert", agent.layers[layer].experts[ex], [Port("h", (d,))], [Port("y", (d,))],
-                                   cb, layer, ex, cfg.expert_type(ex)))
+            expert = agent.layers[layer].experts[ex]
+            specs.append(GraphSpec("expert", export_view(expert), [Port("h", (d,))], [Port("y", (d,))],
+                                   cb, layer, ex, cfg.expert_type(ex), reference=expert))
     specs.append(GraphSpec("head", HeadGraph(agent), [Port("x", (d,))], [Port("logits", (cfg.vocab,))], tb))
     return specs

@@ -39,6 +39,32 @@ def export_module(module, example: tuple, input_names: list[str], output_names: 
     return model
 
 
+def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Short tensor names, no node names, doc strings or value_info: a small expert's graph file is
+    mostly names (exporter scopes, QDQ suffixes), and a bundle holds hundreds of them. Graph inputs and
+    outputs keep their names (the manifest's ports). Deterministic: the same graph gets the same names."""
+    g = model.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for t in g.initializer:
+        t.name = short(t.name)
+    for n in g.node:
+        n.name, n.doc_string = "", ""
+        ins, outs = [short(x) for x in n.input], [short(x) for x in n.output]
+        del n.input[:], n.output[:]
+        n.input.extend(ins)
+        n.output.extend(outs)
+    del g.value_info[:]
+    g.doc_string = ""
+    return model
+
+
 def write_shared(models: dict[int, onnx.ModelProto], root: Path, stem: str) -> tuple[str, dict[int, str]]:
     """Write ``stem.weights`` once and one graph file per bucket. Returns (weights path, {bucket: path})."""
     weights_rel = f"graphs/{stem}.weights"

@@ -21,7 +21,7 @@ from m3edge.errors import BadInput, CheckFailed
 from m3edge.export.capture import capture
 from m3edge.export.graphs import split
 from m3edge.export import quantize as q
-from m3edge.export.onnx_export import export_module, write_shared
+from m3edge.export.onnx_export import compact, export_module, write_shared
 from m3edge.export.parity import Gates, end_to_end
 from m3edge.export import tflite
 from m3edge.export.fp16 import to_fp16
@@ -116,7 +116,7 @@ def build_onnx(spec, precision: str, cal, target, opts: ExportOptions, calibrati
                   for b, m in models.items()}
     elif precision == "fp16":
         models = {b: to_fp16(m) for b, m in models.items()}
-    weights_rel, paths = write_shared(models, root, spec.stem)
+    weights_rel, paths = write_shared({b: compact(m) for b, m in models.items()}, root, spec.stem)
     graphs = {b: {"path": rel, "weights": weights_rel, "inputs": _io(spec, spec.inputs, b),
                   "outputs": _io(spec, spec.outputs, b)} for b, rel in paths.items()}
     return Built(precision, [weights_rel, *paths.values()], graphs, fp32_bytes)
@@ -165,7 +165,7 @@ def stage_check(root: Path, entry: dict, spec, cal, session, opts: ExportOptions
         if entry["backend"] == "tflite":
             check_signature_shapes(graph, path.name, entry.get("signature"), expected_in, expected_out)
         inputs = cal.for_bucket(spec.role, spec.layer, spec.expert, bucket)
-        check.max_abs_diff, check.sqnr_db = compare(graph, spec.module, inputs)
+        check.max_abs_diff, check.sqnr_db = compare(graph, spec.checked_against, inputs)
         # The atol gate is for fp32 graphs; a reduced-precision graph is judged end to end, SQNR reported.
         if precision == "fp32" and check.max_abs_diff > opts.gates.graph_atol:
             check.status, check.message = "ValueMismatchError", f"max |diff| {check.max_abs_diff:.2e}"

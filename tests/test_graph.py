@@ -23,3 +23,35 @@ def test_unloadable_graph_names_the_file(tmp_path):
     p.write_bytes(b"not a protobuf")
     with pytest.raises(BadInput, match="broken.onnx"):
         graph.OrtGraph(p)
+
+
+def test_quantized_ports_round_trip_and_saturate():
+    import numpy as np
+
+    q = graph.Quant(np.int8, 0.05, -3)
+    x = np.array([[-10.0, -1.0, 0.0, 0.5, 6.0]], dtype=np.float32)
+    enc = q.encode(x)
+    assert enc.dtype == np.int8 and enc.tolist() == [[-128, -23, -3, 7, 117]]  # -10/0.05-3 saturates at -128
+    assert np.allclose(q.decode(enc), [[-6.25, -1.0, 0.0, 0.5, 6.0]])
+    plain = graph.Quant(np.int32)  # an int port that is not quantized (windows): cast, never scaled
+    assert not plain.quantized and plain.encode(np.array([255], dtype=np.int64)).dtype == np.int32
+
+
+def test_unknown_backend_is_refused(tmp_path):
+    with pytest.raises(BadInput, match="backend 'coreml'"):
+        graph.open_graph(tmp_path / "x", {"backend": "coreml"}, graph.SessionConfig())
+
+
+def test_missing_litert_says_what_to_install(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_litert(name, *a, **k):
+        if name.startswith(("ai_edge_litert", "tflite_runtime")):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_litert)
+    with pytest.raises(BadInput, match=r"m3edge\[tflite\]"):
+        graph.litert_interpreter()
