@@ -133,21 +133,35 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def hash_uniform(seed: int, ids: np.ndarray, dim: int, stream: int) -> np.ndarray:
-    """Uniforms in (0, 1), [len(ids), dim], a pure function of (seed, id, row, stream)."""
-    base = _mix(np.full(1, (seed * 1_000_003 + stream) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64) + _GOLD)
-    h = _mix(base ^ (np.asarray(ids, dtype=np.uint64)[:, None] * _GOLD))
-    h = _mix(h ^ np.arange(1, dim + 1, dtype=np.uint64)[None, :] * _M2)
+def _base(seed: int, ids: np.ndarray, dim: int) -> np.ndarray:
+    """One avalanche hash per (seed, memory id, row); each stream is one more mix of it."""
+    seed_h = _mix(np.full(1, seed & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64) + _GOLD)
+    h = _mix(seed_h ^ (np.asarray(ids, dtype=np.uint64)[:, None] * _GOLD))
+    return _mix(h ^ (np.arange(1, dim + 1, dtype=np.uint64)[None, :] * _M2))
+
+
+def _uniform(base: np.ndarray, stream: int) -> np.ndarray:
+    h = _mix(base ^ np.uint64((stream + 1) * 0xD1B54A32D192ED03 & 0xFFFFFFFFFFFFFFFF))
     return ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
+def hash_uniform(seed: int, ids: np.ndarray, dim: int, stream: int) -> np.ndarray:
+    """Uniforms in (0, 1), [len(ids), dim], a pure function of (seed, id, row, stream)."""
+    return _uniform(_base(seed, ids, dim), stream)
+
+
+def _normal_pair(base: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent standard normals per cell by Box-Muller over two hashed uniforms."""
+    r = np.sqrt(-2.0 * np.log(_uniform(base, 2 * stream)))
+    a = 2.0 * math.pi * _uniform(base, 2 * stream + 1)
+    return r * np.cos(a), r * np.sin(a)
+
+
 def hash_normal(seed: int, ids: np.ndarray, dim: int, stream: int) -> np.ndarray:
-    """Standard normals by Box-Muller over two hashed uniform streams."""
-    u1, u2 = hash_uniform(seed, ids, dim, 2 * stream), hash_uniform(seed, ids, dim, 2 * stream + 1)
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+    return _normal_pair(_base(seed, ids, dim), stream)[0]
 
 
-_PROG_POS, _PROG_NEG, _NU_POS, _NU_NEG, _STUCK_POS, _STUCK_NEG = range(6)
+_PROG, _NU, _STUCK = 0, 1, 2  # streams: programming noise, drift exponents, faults
 
 
 # ---- the pure device functions ------------------------------------------------------------------------------
@@ -170,42 +184,49 @@ def target_conductances(w: np.ndarray, dev: DeviceModel) -> tuple[np.ndarray, np
     return gp, gn, scale[:, 0]
 
 
-def program(w: np.ndarray, ids: np.ndarray, dev: DeviceModel, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def program(w: np.ndarray, ids: np.ndarray, dev: DeviceModel, seed: int,
+            base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Programmed conductances at t0: targets plus the permanent write error, clipped to the device range."""
     gp, gn, scale = target_conductances(w, dev)
     if dev.program_noise:
+        base = _base(seed, ids, gp.shape[1]) if base is None else base
+        zp, zn = _normal_pair(base, _PROG)
         sigma = dev.program_noise * dev.g_max
-        n, m = gp.shape
-        gp = gp + sigma * hash_normal(seed, ids, m, _PROG_POS)
-        gn = gn + sigma * hash_normal(seed, ids, m, _PROG_NEG)
+        gp, gn = gp + sigma * zp, gn + sigma * zn
     return np.clip(gp, dev.g_min, dev.g_max), np.clip(gn, dev.g_min, dev.g_max), scale
 
 
-def drift(g: np.ndarray, age: np.ndarray, ids: np.ndarray, dev: DeviceModel, seed: int, stream: int) -> np.ndarray:
-    """g0 (t / t0)^-nu with t = max(age, t0) seconds since programming; nu per device."""
-    if not (dev.drift_nu or dev.drift_nu_std):
-        return g
-    nu = dev.drift_nu + dev.drift_nu_std * hash_normal(seed, ids, g.shape[1], stream)
+def drift(gp: np.ndarray, gn: np.ndarray, age: np.ndarray, dev: DeviceModel, base: np.ndarray):
+    """g0 (t / t0)^-nu with t = max(age, t0) seconds since programming; nu ~ N(mean, std) per device."""
     ratio = np.maximum(np.asarray(age, dtype=np.float64), dev.drift_t0) / dev.drift_t0
-    return g * np.power(ratio[:, None], -np.maximum(nu, 0.0))
+    if not (dev.drift_nu or dev.drift_nu_std) or not (ratio > 1).any():
+        return gp, gn  # no drift before t0: a fresh write skips the draws
+    zp, zn = _normal_pair(base, _NU)
+    logr = np.log(ratio)[:, None]
+    return (gp * np.exp(-logr * np.maximum(dev.drift_nu + dev.drift_nu_std * zp, 0.0)),
+            gn * np.exp(-logr * np.maximum(dev.drift_nu + dev.drift_nu_std * zn, 0.0)))
 
 
-def apply_faults(gp: np.ndarray, gn: np.ndarray, ids: np.ndarray, dev: DeviceModel, seed: int):
+def _fault_uniforms(base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _uniform(base, 2 * _STUCK + 10), _uniform(base, 2 * _STUCK + 11)
+
+
+def apply_faults(gp: np.ndarray, gn: np.ndarray, ids: np.ndarray, dev: DeviceModel, seed: int,
+                 base: np.ndarray | None = None):
     """Stuck devices read g_max (on) or g_min (off) whatever was programmed, and do not drift."""
     if not (dev.stuck_on or dev.stuck_off):
         return gp, gn
+    base = _base(seed, ids, gp.shape[1]) if base is None else base
     out = []
-    for g, stream in ((gp, _STUCK_POS), (gn, _STUCK_NEG)):
-        u = hash_uniform(seed, ids, g.shape[1], 100 + stream)
+    for g, u in zip((gp, gn), _fault_uniforms(base)):
         g = np.where(u < dev.stuck_on, dev.g_max, g)
         out.append(np.where((u >= dev.stuck_on) & (u < dev.stuck_on + dev.stuck_off), dev.g_min, g))
     return out[0], out[1]
 
 
-def stuck_mask(n_ids: np.ndarray, dim: int, dev: DeviceModel, seed: int) -> np.ndarray:
+def stuck_mask(ids: np.ndarray, dim: int, dev: DeviceModel, seed: int) -> np.ndarray:
     """Which devices are stuck (either state), [n, 2, dim]: for tests and reports."""
-    u = np.stack([hash_uniform(seed, n_ids, dim, 100 + s) for s in (_STUCK_POS, _STUCK_NEG)], axis=1)
-    return u < dev.stuck_on + dev.stuck_off
+    return np.stack(_fault_uniforms(_base(seed, ids, dim)), axis=1) < dev.stuck_on + dev.stuck_off
 
 
 def effective_weights(w: np.ndarray, ids: np.ndarray, age: np.ndarray, dev: DeviceModel, seed: int):
@@ -215,16 +236,17 @@ def effective_weights(w: np.ndarray, ids: np.ndarray, age: np.ndarray, dev: Devi
     A read is ``x_n @ W.T`` in normalised units times ``max|x| * scale``.
     """
     ids = np.asarray(ids, dtype=np.int64)
-    gp0, gn0, scale = program(w, ids, dev, seed)
-    gp = drift(gp0, age, ids, dev, seed, _NU_POS)
-    gn = drift(gn0, age, ids, dev, seed, _NU_NEG)
-    gp, gn = apply_faults(gp, gn, ids, dev, seed)
+    base = None if dev.exact else _base(seed, ids, np.shape(w)[1])
+    gp0, gn0, scale = program(w, ids, dev, seed, base)
+    gp, gn = drift(gp0, gn0, age, dev, base)
+    drifted = gp is not gp0
+    gp, gn = apply_faults(gp, gn, ids, dev, seed, base)
     span = dev.g_max - dev.g_min
     wn = (gp - gn) / span
-    if dev.drift_compensation and (dev.drift_nu or dev.drift_nu_std):
+    if dev.drift_compensation and drifted:
         # Summed |current| of the column at t over the same at t0 (both through the faults): the column's
         # mean drift, divided out digitally.
-        gp0f, gn0f = apply_faults(gp0, gn0, ids, dev, seed)
+        gp0f, gn0f = apply_faults(gp0, gn0, ids, dev, seed, base)
         at_t0 = np.abs(gp0f - gn0f).sum(axis=1)
         now = np.abs(gp - gn).sum(axis=1)
         wn = wn * (at_t0 / np.maximum(now, 1e-30))[:, None]
@@ -340,8 +362,11 @@ class CrossbarArray:
         if not self.device.exact:
             w, scale, gsum = effective_weights(weights, ids, np.zeros(len(ids)), self.device, self.seed)
         else:
-            w, scale, gsum = (np.zeros((len(ids), 0), np.float32), np.ones(len(ids), np.float32),
-                              effective_weights(weights, ids, np.zeros(len(ids)), self.device, self.seed)[2])
+            # Nothing to simulate; the summed conductance (for read energy) of the pairs the weights map to.
+            dev, a = self.device, np.abs(weights)
+            gsum = (2 * self.dim * dev.g_min + (dev.g_max - dev.g_min) * a.sum(axis=1)
+                    / np.maximum(a.max(axis=1), 1e-12)).astype(np.float32)
+            w, scale = np.zeros((len(ids), 0), np.float32), np.ones(len(ids), np.float32)
         self.ids = np.concatenate([self.ids, ids])
         self.written = np.concatenate([self.written, written])
         self._w = np.concatenate([self._w, w]) if w.shape[1] else self._w

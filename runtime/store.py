@@ -77,7 +77,7 @@ def _finite_matrix(x, name: str, rows: int | None, dim: int) -> np.ndarray:
         a = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError):
         raise MemoryInputError(f"{name} must be numbers, got {type(x).__name__}") from None
-    if a.ndim == 1 and rows is None:
+    if a.ndim == 1 and rows in (None, 1):
         a = a[None]
     if a.ndim != 2 or a.shape[1] != dim or (rows is not None and a.shape[0] != rows):
         want = f"[{rows if rows is not None else 'N'}, {dim}]"
