@@ -8,6 +8,16 @@ Activation and weight types follow onnxruntime's guidance per execution context 
 what the target profile runs on): ARM S8/S8; x86 U8/S8 with reduce_range (no VNNI assumed);
 TensorRT symmetric S8/S8.
 
+Q/DQ placement for TensorRT follows TensorRT's explicit-quantization recommendation: Q/DQ on the inputs
+and weights of the weighted ops (MatMul/Gemm), their outputs left in float (onnxruntime's TensorRT BERT
+example sets ``OpTypesToExcludeOutputQuantization`` to the quantized op types for the same reason). The
+MatMul/Gemm still run in INT8; only the extra requantization of their results is dropped. Measured on the
+small reference's INT8 router (Jetson profile, eval split, percentile calibration on 512 rows): routing
+agreement 94.4% with output Q/DQ, 97.5% without (gate 95%); top-1 agreement 98.5% -> 98.9%. The output Q/DQ
+on the final Gemm rounds the logits to 8 bits before top-k; the calibration method (minmax, entropy,
+percentile 99.9-99.9999) and more rows (up to 16384) moved agreement by less than 1 point either way. The
+CPU contexts (arm, x86) keep onnxruntime's default placement.
+
 Every bucket variant of a module is calibrated on the same rows (tiled to a multiple of the largest
 bucket), so the variants get identical scales and still share one weights file.
 """
@@ -37,7 +47,8 @@ class QuantTypes:
 
 
 QUANT_TYPES = {
-    "tensorrt": QuantTypes("QInt8", "QInt8", {"ActivationSymmetric": True, "WeightSymmetric": True}),
+    "tensorrt": QuantTypes("QInt8", "QInt8", {"ActivationSymmetric": True, "WeightSymmetric": True,
+                                              "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}),
     "arm": QuantTypes("QInt8", "QInt8"),
     "x86": QuantTypes("QUInt8", "QInt8", reduce_range=True),
 }
@@ -84,7 +95,8 @@ def quantize(model: onnx.ModelProto, feeds: list[dict], target, method: str = "m
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=types.reduce_range, activation_type=getattr(QuantType, types.activation),
                         weight_type=getattr(QuantType, types.weight), op_types_to_quantize=["MatMul", "Gemm"],
-                        calibrate_method=calib, extra_options=dict(types.extra))
+                        calibrate_method=calib,
+                        extra_options={k: list(v) if isinstance(v, list) else v for k, v in types.extra.items()})
         q = onnx.load(str(out))
     q.producer_name = "m3edge"
     return q

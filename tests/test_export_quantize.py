@@ -10,6 +10,8 @@ from m3edge import bundle, targets
 from m3edge.checkpoint import build_agent
 from m3edge.export import pipeline, quantize
 from m3edge.export.capture import capture
+from m3edge.export.graphs import split
+from m3edge.export.onnx_export import export_module
 from m3edge.export.parity import Gates
 from m3edge.data import load_split
 from m3edge.runtime.agent import EdgeAgent
@@ -52,7 +54,8 @@ def test_quantization_types_follow_the_target():
     assert quantize.context_of(targets.load("jetson")) == "tensorrt"
     assert quantize.context_of(targets.load("rpi5")) == "arm"
     assert quantize.context_of(targets.load("host-cpu")) == "x86"
-    assert quantize.QUANT_TYPES["tensorrt"].extra == {"ActivationSymmetric": True, "WeightSymmetric": True}
+    assert quantize.QUANT_TYPES["tensorrt"].extra == {"ActivationSymmetric": True, "WeightSymmetric": True,
+                                                      "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
     assert quantize.QUANT_TYPES["arm"].activation == "QInt8"
 
 
@@ -83,3 +86,31 @@ def test_reference_rpi5_bundle_is_int8_and_meets_the_gates(tmp_path):
     assert r.returncode == 0, r.stderr
     v = json.loads(r.stdout)
     assert v["passed"] and v["routing_agreement"] >= 0.95 and v["top1_agreement"] >= 0.97
+
+
+def _router_int8(target_name: str):
+    agent, _ = build_agent(preset_name="tiny")
+    spec = next(s for s in split(agent, (4,), (1,)) if s.role == "router")
+    names = ([p.name for p in spec.inputs], [p.name for p in spec.outputs])
+    model = export_module(spec.module, spec.example(4), *names, 17)
+    cap = capture(agent, load_split(DATA, "calibration"), 64)
+    x, bias = cap.inputs[("router", 0, None)]
+    feeds = [{"x": x[i:i + 4], "bias": bias[i:i + 4]} for i in range(0, 64, 4)]
+    return quantize.quantize(model, feeds, targets.load(target_name), "minmax")
+
+
+def test_tensorrt_qdq_on_matmul_inputs_and_weights_not_on_outputs():
+    """TensorRT's placement: every Gemm/MatMul reads Q/DQ'd activations and weights (it runs in INT8), its
+    output stays float; the CPU contexts keep onnxruntime's default (outputs quantized too)."""
+    for name, output_qdq in (("jetson", False), ("rpi5", True)):
+        g = _router_int8(name).graph
+        producer = {o: n for n in g.node for o in n.output}
+        consumers = {}
+        for n in g.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        gemms = [n for n in g.node if n.op_type in ("Gemm", "MatMul")]
+        assert len(gemms) == 2
+        for n in gemms:
+            assert all(producer[i].op_type == "DequantizeLinear" for i in n.input[:2])
+            assert any(c.op_type == "QuantizeLinear" for c in consumers.get(n.output[0], [])) is output_qdq
