@@ -141,12 +141,13 @@ class SynapticStorage:
         prior_ids = np.asarray(prior[0], dtype=np.int64)
         rows, cols = np.nonzero(prior[1] >= ASSOCIATE_SIMILARITY)
         bounds = np.searchsorted(rows, np.arange(n + 1))
-        within = np.tril(units @ units.T >= ASSOCIATE_SIMILARITY, k=-1)
+        wr, wc = np.nonzero(np.tril(units @ units.T >= ASSOCIATE_SIMILARITY, k=-1))  # earlier rows of the batch
+        wbounds = np.searchsorted(wr, np.arange(n + 1))
         extras = extras if extras is not None else [None] * n
         new: list[int] = []
         for b in range(n):
             others = [i for i in prior_ids[cols[bounds[b]:bounds[b + 1]]].tolist() if i in self.memories]
-            others += [new[c] for c in np.nonzero(within[b, :b])[0].tolist() if new[c] in self.memories]
+            others += [new[c] for c in wc[wbounds[b]:wbounds[b + 1]].tolist() if new[c] in self.memories]
             new.append(self._insert(keys[b], values[b], priorities[b], memory_type, extras[b], others))
         return new
 
