@@ -154,7 +154,8 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle directory to write.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-@click.option("--precision", default="auto", show_default=True, help="auto (the profile's per role) | fp32 | int8")
+@click.option("--precision", default="auto", show_default=True,
+              help="auto (the profile's per role) | fp32 | fp16 (onnxruntime backend) | int8")
 @click.option("--calibration-method", default="percentile", show_default=True,
               type=click.Choice(["minmax", "entropy", "percentile"]), help="INT8 calibration (onnxruntime).")
 @click.option("--allow-accuracy-drop", is_flag=True, help="Keep a quantized bundle that misses the accuracy gates.")

@@ -51,16 +51,21 @@ def tiny_target(tmp_path_factory):
     return p
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_checkpoint, tiny_target):
-    """The trained tiny checkpoint exported for the tiny target: a real bundle for runtime tests."""
+def export_tiny(tmp_path_factory, checkpoint_dir, target_file, name: str):
+    """Export a checkpoint for a profile file into a fresh temporary folder; returns (bundle, parity report)."""
     from m3edge import checkpoint, targets
     from m3edge.export.pipeline import ExportOptions, export_bundle
 
-    agent, source = checkpoint.build_agent(tiny_checkpoint)
-    out = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_bundle(agent, source, targets.load(str(tiny_target)), out, DATA, opts=ExportOptions(parity_tokens=256))
-    return out
+    agent, source = checkpoint.build_agent(checkpoint_dir)
+    out = tmp_path_factory.mktemp(name) / "tiny"
+    report = export_bundle(agent, source, targets.load(str(target_file)), out, DATA, opts=ExportOptions(parity_tokens=256))
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint, tiny_target):
+    """The trained tiny checkpoint exported for the tiny target: a real bundle for runtime tests."""
+    return export_tiny(tmp_path_factory, tiny_checkpoint, tiny_target, "bundle")[0]
 
 
 # Prepended to a subprocess's code: importing torch fails there, as on a device without it.

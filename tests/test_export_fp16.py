@@ -5,7 +5,6 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 
 from m3edge import bundle, targets
@@ -60,7 +59,7 @@ def test_jetson_profile_builds_fp16_experts_judged_by_the_gates(tmp_path):
     weights = {f["path"]: f["bytes"] for f in m["files"] if f["path"].endswith(".weights")}
     expert = next(g for g in m["graphs"] if g["role"] == "expert" and g["precision"] == "fp16")
     acc = json.loads((out / "reports" / "accuracy.json").read_text())
-    assert acc["weights_bytes"] < 0.6 * acc["fp32_weights_bytes"]  # half the bytes, plus fp32 router
+    assert acc["weights_bytes"] < 0.6 * acc["fp32_weights_bytes"]  # fp16: about half the bytes
     assert weights[expert["weights"]] > 0
     with EdgeAgent.open(out) as agent:  # the runtime takes the fp16 graphs as they are
         assert len(agent.generate(b"def f(", 8)) == 8
@@ -72,3 +71,15 @@ def test_tflite_backend_refuses_fp16(tmp_path, tiny_target):
     p.write_text(json.dumps(d))
     r = run_cli("export", "--target", p, "--preset", "tiny", "-o", tmp_path / "b", "--precision", "fp16")
     assert r.returncode == 2 and "tflite backend builds fp32, int8" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reference_jetson_bundle_meets_the_gates(tmp_path):
+    out = tmp_path / "jetson"
+    r = run_cli("export", "--target", "jetson", "--checkpoint", "checkpoints/small", "-o", out, "--parity-tokens",
+                "1024", "--json")
+    assert r.returncode == 0, r.stderr
+    e2e = json.loads(r.stdout)["end_to_end"]
+    assert e2e["passed"] and e2e["routing_agreement"] >= 0.95 and e2e["top1_agreement"] >= 0.97
+    assert e2e["bits_per_byte_increase"] <= 0.02
+    m = bundle.open_bundle(out).manifest
+    assert {g["precision"] for g in m["graphs"] if g["role"] == "expert"} == {"fp16"}

@@ -167,7 +167,7 @@ def test_tampered_bundle_is_refused(tmp_path, tiny_target):
 def test_committed_reference_exports_for_a_real_profile(tmp_path):
     out = tmp_path / "jetson"
     r = run_cli("export", "--target", "jetson", "--checkpoint", "checkpoints/small", "-o", out,
-                "--parity-tokens", "512", "--json")
+                "--parity-tokens", "512", "--precision", "fp32", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["passed"] and all(row["failed"] == 0 for row in res["summary"])
@@ -175,7 +175,7 @@ def test_committed_reference_exports_for_a_real_profile(tmp_path):
     m = bundle.open_bundle(out).manifest
     assert sum(g["role"] == "expert" for g in m["graphs"]) == 64 * 2 * 5
     assert m["source"]["kind"] == "checkpoint" and m["target"]["name"] == "jetson-orin-nano"
-    assert any("fp16" in n for n in m["precision"]["notes"])  # fp16 requested, not built yet: said so
+    assert {g["precision"] for g in m["graphs"]} == {"fp32"} and m["precision"]["requested"] == "fp32"
 
 
 def test_eval_a_bundle_and_verify_from_another_directory(tmp_path, tiny_target, tiny_checkpoint):

@@ -14,11 +14,10 @@ from m3edge.config import MEMORY_TYPES
 from m3edge.errors import BadInput
 from m3edge.export import tflite
 from m3edge.export.graphs import split
-from m3edge.export.pipeline import ExportOptions, export_bundle
 from m3edge.runtime.agent import EdgeAgent
-from m3edge.runtime.graph import LiteRTGraph, open_graph
+from m3edge.runtime.graph import LiteRTGraph, SessionConfig, open_graph
 
-from conftest import BLOCK_TORCH, DATA, ROOT, run_cli
+from conftest import BLOCK_TORCH, ROOT, export_tiny, run_cli
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -41,13 +40,7 @@ def tflite_target(tmp_path_factory, tiny_target):
 
 @pytest.fixture(scope="module")
 def tflite_bundle(tmp_path_factory, tiny_checkpoint, tflite_target):
-    from m3edge import checkpoint
-
-    agent, source = checkpoint.build_agent(tiny_checkpoint)
-    out = tmp_path_factory.mktemp("tflite") / "b"
-    report = export_bundle(agent, source, targets.load(str(tflite_target)), out, DATA,
-                           opts=ExportOptions(parity_tokens=256))
-    return out, report
+    return export_tiny(tmp_path_factory, tiny_checkpoint, tflite_target, "tflite")
 
 
 def test_every_expert_kind_converts_int8_and_the_rest_as_documented(tflite_bundle, tiny_cfg):
@@ -79,7 +72,7 @@ def test_litert_graph_dequantizes_to_what_torch_computes(tflite_bundle, tiny_che
     agent, _ = checkpoint.build_agent(tiny_checkpoint)
     m = bundle.open_bundle(out).manifest
     entry = next(g for g in m["graphs"] if g["role"] == "expert" and g["bucket"] == 8 and g["memory_type"] == "semantic")
-    g = open_graph(out / entry["path"], entry, __import__("m3edge.runtime.graph", fromlist=["x"]).SessionConfig())
+    g = open_graph(out / entry["path"], entry, SessionConfig())
     assert isinstance(g, LiteRTGraph) and g.input_shapes == [[8, 16]]
     h = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
     (y,) = g.run(h)
@@ -96,8 +89,6 @@ def test_a_manifest_scale_that_is_not_the_files_is_refused(tflite_bundle):
                                        and any(p["scale"] for p in g["outputs"]))))
     port = next(p for p in entry["outputs"] if p["scale"])
     port["scale"] *= 2
-    from m3edge.runtime.graph import SessionConfig
-
     with pytest.raises(BadInput, match="manifest says"):
         open_graph(out / entry["path"], entry, SessionConfig())
 
