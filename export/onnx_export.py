@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
 ALIGN = 64
-INLINE_BELOW = 1024
+INLINE_BELOW = 128
 
 
 def export_module(module, example: tuple, input_names: list[str], output_names: list[str], opset: int) -> onnx.ModelProto:
@@ -77,9 +77,11 @@ def write_shared(models: dict[int, onnx.ModelProto], root: Path, stem: str) -> t
         for t in model.graph.initializer:
             arr = numpy_helper.to_array(t)
             raw = arr.tobytes()
-            # Small tensors and shape-like int32/int64 tensors stay in the graph (ONNX's own external-data
-            # threshold is 1 KiB): shape inference must read shape constants, and sharing them saves nothing.
-            if len(raw) < INLINE_BELOW or arr.dtype in (np.int32, np.int64):
+            # Tiny tensors and int64 shape constants stay in the graph: shape inference must read shape
+            # constants, and an external reference costs ~60 bytes. Everything else, per-channel scales and
+            # quantized biases included, is stored once for all buckets (a QDQ graph's scales were most of
+            # its bytes, repeated in every bucket's file).
+            if len(raw) < INLINE_BELOW or arr.dtype == np.int64:
                 continue
             key = hashlib.sha256(raw).hexdigest() + str(t.data_type) + str(list(t.dims))
             if key not in offsets:

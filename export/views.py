@@ -32,7 +32,10 @@ class LSTMStepView(nn.Module):
     def _direction(self, x, suffix: str):
         w = getattr(self.lstm, f"weight_ih_l0{suffix}")
         b = getattr(self.lstm, f"bias_ih_l0{suffix}") + getattr(self.lstm, f"bias_hh_l0{suffix}")
-        i, _, g, o = F.linear(x, w, b).chunk(4, dim=-1)  # torch's gate order: i, f, g, o
+        n = self.lstm.hidden_size
+        # torch's gate order is i, f, g, o; the forget gate multiplies c0 = 0, so it is not computed.
+        # Static slices of the parameters fold into three constant matrices at export.
+        i, g, o = (F.linear(x, w[k * n:(k + 1) * n], b[k * n:(k + 1) * n]) for k in (0, 2, 3))
         return torch.sigmoid(o) * torch.tanh(torch.sigmoid(i) * torch.tanh(g))
 
     def forward(self, x):
