@@ -154,14 +154,47 @@ def batching_section(b: dict) -> list[str]:
     return out
 
 
+def memory_goals(ms: dict) -> list[dict]:
+    """Issue 6's goals, judged from bench/memory_store.py's own result and thresholds."""
+    if "skipped" in ms or "goals" not in ms:
+        return []
+    g, out = ms["goals"], []
+    if "insert_per_s" in g and "insert" in ms:
+        m = ms["insert"]["per_s"]
+        out.append({"goal": f"memory store: >= {g['insert_per_s']:,} durable inserts/s", "measured": m,
+                    "target": g["insert_per_s"], "unit": "/s", "higher_is_better": True, "met": m >= g["insert_per_s"]})
+    if "p50_ms" in g and "retrieval_top10_ms" in ms:
+        m = ms["retrieval_top10_ms"]["p50"]
+        out.append({"goal": f"memory store: top-10 retrieval p50 < {g['p50_ms']} ms at {ms.get('memories', 0):,} "
+                            f"memories ({ms.get('device', '?')})", "measured": m, "target": g["p50_ms"], "unit": " ms",
+                    "higher_is_better": False, "met": m < g["p50_ms"]})
+    return out
+
+
 def memory_section(ms: dict) -> list[str]:
     if "skipped" in ms:
         return [f"Memory store: skipped ({ms['skipped']}).", ""]
-    flat = {k: v for k, v in ms.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    out = [f"Memory store (`bench/memory_store.py`{', ' + ms['source'] if 'source' in ms else ''}):", "",
-           "| measure | value |", "|---|---|"]
-    out += [f"| {k} | {num(v)} |" for k, v in sorted(flat.items())]
-    return out + [""]
+    out = [f"Memory store (`bench/memory_store.py`, issue 6): {ms.get('memories', 0):,} memories, durable batches of "
+           f"{ms.get('batch', '?')}, device `{ms.get('device', '?')}`: {num(ms['insert']['per_s'])} inserts/s, "
+           f"top-10 retrieval p50 {num(ms['retrieval_top10_ms']['p50'])} ms / p99 "
+           f"{num(ms['retrieval_top10_ms']['p99'])} ms, {mb(ms['bytes_on_disk'])} on disk "
+           f"({num(ms['bytes_per_memory'])} bytes per memory).", ""]
+    presets = ms.get("presets", {})
+    if presets:
+        out += ["| crossbar preset | recall@10 vs exact float | retrieval p50 / p99 ms | read energy / query | "
+                "write energy / memory |", "|---|---|---|---|---|"]
+        for name, p in presets.items():
+            out.append(f"| {name} | {p['recall_at_10']:.3f} | {num(p['retrieval_ms']['p50'])} / "
+                       f"{num(p['retrieval_ms']['p99'])} | {num(p['energy_pj']['read_per_query'] / 1e3)} nJ | "
+                       f"{num(p['energy_pj']['write_per_memory'] / 1e3)} nJ |")
+        out.append("")
+    ret = ms.get("retention")
+    if ret:
+        out += [f"Retention (the seed's forgetting policy against a FIFO of the same capacity, {ret['capacity']:,} "
+                f"slots, {ret['stream']:,} memories): high-importance memories live "
+                f"{ret['high_importance_vs_fifo']:.2f}x as long as under FIFO (the seed claims a 300% longer "
+                f"retention, i.e. 4x).", ""]
+    return out
 
 
 def render(res: dict) -> str:
@@ -176,7 +209,8 @@ def render(res: dict) -> str:
     lines += cache_section(res.get("cache_sweep", {"skipped": "not run"}))
     lines += batching_section(res.get("batching", {"skipped": "not run"}))
     lines += memory_section(res.get("memory_store", {"skipped": "not run"}))
-    lines += ["Goals:", ""] + [goal_line(g) for g in res.get("goals", [])]
+    goals = res.get("goals", []) + memory_goals(res.get("memory_store", {}))
+    lines += ["Goals:", ""] + [goal_line(g) for g in goals]
     return "\n".join(lines).rstrip() + "\n"
 
 
