@@ -28,11 +28,17 @@ class KnowledgeNode:
     sources: set[int] = field(default_factory=set)
 
 
-def cosine_to_rows(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """cos(rows[i], v) as torch's cosine_similarity computes it: x.y / sqrt(max(|x|^2 |y|^2, eps^2))."""
+def cosine_to_rows(rows: np.ndarray, v: np.ndarray, rows_sq: np.ndarray | None = None) -> np.ndarray:
+    """cos(rows[i], v) as torch's cosine_similarity computes it: x.y / sqrt(max(|x|^2 |y|^2, eps^2)).
+    ``rows_sq``: the rows' squared norms (``squared_norms(rows)``) when the caller keeps them."""
     dot = rows @ v
-    n2 = np.einsum("ij,ij->i", rows, rows) * float(v @ v)
+    n2 = (squared_norms(rows) if rows_sq is None else rows_sq) * float(v @ v)
     return dot / np.sqrt(np.maximum(n2, COSINE_EPS ** 2))
+
+
+def squared_norms(rows: np.ndarray) -> np.ndarray:
+    """Per-row x.x; a row's value does not depend on the other rows, so it can be kept per node."""
+    return np.einsum("ij,ij->i", rows, rows)
 
 
 class KnowledgeGraph:
@@ -43,6 +49,7 @@ class KnowledgeGraph:
         self.edges: set[tuple[int, int]] = set()
         self.node_of: dict[int, int] = {}  # memory id -> node
         self._mat = np.zeros((0, 0), dtype=np.float32)  # node vectors, row-aligned with ``nodes``
+        self._sq = np.zeros(0, dtype=np.float32)  # their squared norms, updated with each row
         self._changed_nodes: set[int] = set()
         self._new_edges: set[tuple[int, int]] = set()
         self._new_sources: dict[int, int] = {}
@@ -53,10 +60,13 @@ class KnowledgeGraph:
     def _set_row(self, i: int, v: np.ndarray) -> None:
         if self._mat.shape[1] != v.shape[0] or i >= len(self._mat):
             grown = np.zeros((max(16, 2 * len(self._mat), i + 1), v.shape[0]), dtype=np.float32)
+            sq = np.zeros(len(grown), dtype=np.float32)
             if self._mat.shape[1] == v.shape[0]:
                 grown[: len(self._mat)] = self._mat
-            self._mat = grown
+                sq[: len(self._sq)] = self._sq
+            self._mat, self._sq = grown, sq
         self._mat[i] = v
+        self._sq[i] = squared_norms(self._mat[i:i + 1])[0]
 
     def _link(self, a: int, b: int) -> None:
         e = (min(a, b), max(a, b))
@@ -74,7 +84,7 @@ class KnowledgeGraph:
         added = 0
         for m, v in zip(todo, distilled):
             n = len(self.nodes)
-            sims = cosine_to_rows(self._mat[:n], v) if n else np.zeros(0, dtype=np.float32)
+            sims = cosine_to_rows(self._mat[:n], v, self._sq[:n]) if n else np.zeros(0, dtype=np.float32)
             best = int(np.argmax(sims)) if n else -1
             if n and float(sims[best]) >= self.merge_similarity:
                 node = best
@@ -100,7 +110,7 @@ class KnowledgeGraph:
 
     def restore(self, nodes: list[KnowledgeNode], edges: Iterable[tuple[int, int]], node_of: dict[int, int]) -> None:
         self.nodes, self.edges, self.node_of = list(nodes), set(edges), dict(node_of)
-        self._mat = np.zeros((0, 0), dtype=np.float32)
+        self._mat, self._sq = np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
         for i, k in enumerate(self.nodes):
             self._set_row(i, k.vector)
         self.drain_changes()

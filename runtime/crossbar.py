@@ -344,6 +344,9 @@ class CrossbarArray:
         self._scale = np.zeros(0, dtype=np.float32)
         self._gsum = np.zeros(0, dtype=np.float32)
         self._epoch = np.zeros(0, dtype=np.int64)  # drift grid cell each column was evaluated at
+        # Reads at times in [_fresh_from, _fresh_until) find every column in the grid cell it was evaluated at
+        # (a cell only changes when a column's age crosses the next grid point), so they skip the check.
+        self._fresh_from, self._fresh_until = math.inf, -math.inf
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -373,6 +376,7 @@ class CrossbarArray:
         self._scale = np.concatenate([self._scale, scale])
         self._gsum = np.concatenate([self._gsum, gsum])
         self._epoch = np.concatenate([self._epoch, self._epochs(np.zeros(len(ids)))])
+        self._fresh_from, self._fresh_until = math.inf, -math.inf  # new columns: check them at the next read
         if account:
             pj, ns = write_cost(len(ids), self.dim, self.device)
             self.ledger.writes += len(ids)
@@ -403,12 +407,24 @@ class CrossbarArray:
 
     def _refresh_drift(self, weights: np.ndarray, now: float) -> None:
         """Re-evaluate drift for the columns whose age crossed a grid point since they were last evaluated."""
+        if self._fresh_from <= now < self._fresh_until:
+            return
         age = np.maximum(now - self.written, 0.0)
         epoch = self._epochs(age)
         stale = np.nonzero(epoch != self._epoch)[0]
         if len(stale):
             w, _, gsum = effective_weights(weights[stale], self.ids[stale], age[stale], self.device, self.seed)
             self._w[stale], self._gsum[stale], self._epoch[stale] = w, gsum, epoch[stale]
+        self._fresh_from, self._fresh_until = now, self._next_grid_time()
+
+    def _next_grid_time(self) -> float:
+        """The earliest time a column's age reaches its next grid point, a little early (1e-6 relative and
+        1 ms) so that rounding in ``_epochs`` can never cross one unseen: until then a read changes nothing."""
+        dev = self.device
+        if not len(self.ids) or not (dev.drift_nu or dev.drift_nu_std):
+            return math.inf
+        edge = dev.drift_t0 * np.exp((self._epoch + 1) * math.log1p(self.drift_grid))
+        return float(np.min(self.written + edge * (1 - 1e-6) - 1e-3))
 
     def read(self, x: np.ndarray, weights: np.ndarray, now: float = 0.0) -> np.ndarray:
         """Scores [N, n] ~ x @ weights.T for inputs x [N, dim]; ``weights`` are the caller's exact rows,
