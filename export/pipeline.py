@@ -90,7 +90,7 @@ class Built:
     precision: str
     files: list[str]
     graphs: dict[int, dict]  # bucket -> {path, weights, signature, inputs, outputs}
-    fp32_bytes: int  # weights an fp32 export of this module stores (one bucket)
+    fp32_bytes: int | None  # weights an fp32 export of this module stores (one bucket); None: not known
     note: str | None = None  # why the built precision differs from the requested one
 
 
@@ -126,7 +126,9 @@ def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibra
     """One .tflite per module, a signature per bucket. A module litert-torch cannot quantize is kept at
     fp32 and the report says why; one it cannot convert at all fails the export with its error."""
     examples = {b: spec.example(b) for b in spec.buckets}
-    fp32_bytes = sum(t.numel() * 4 for t in spec.module.state_dict().values() if t.is_floating_point())
+    # What an fp32 .tflite of this module would hold is only known by converting it: compare bundles with
+    # an `--precision fp32` export instead of guessing from parameters the graph may not use.
+    fp32_bytes = None
     note = None
     try:
         blob = tflite.convert(spec.module, examples, precision,
@@ -193,7 +195,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         build = BUILDERS[target.backend]
         for spec in specs:
             built = build(spec, precision[spec.role], cal, target, opts, calibration, tmp)
-            fp32_weights += built.fp32_bytes
+            fp32_weights = None if None in (fp32_weights, built.fp32_bytes) else fp32_weights + built.fp32_bytes
             if built.note:
                 notes.append(built.note)
                 calibration.setdefault("kept_fp32", []).append(built.note)
