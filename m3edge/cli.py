@@ -409,8 +409,10 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
 @click.option("--max-queue-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0))
 @click.option("--max-queue-size", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--timeout-ms", type=click.FloatRange(0), help="Reject a step still queued after this long.")
+@click.option("--expert-workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Threads running a batch's distinct experts side by side (the profile's threads are split).")
 def serve(bundle_dir, host, port, memory_dir, cache_experts, batching, max_batch_size, max_queue_delay_ms,
-          max_queue_size, timeout_ms):
+          max_queue_size, timeout_ms, expert_workers):
     """Serve a bundle over HTTP (JSON API, Prometheus metrics); needs the `serve` extra."""
     from m3edge.errors import BadInput
 
@@ -423,7 +425,8 @@ def serve(bundle_dir, host, port, memory_dir, cache_experts, batching, max_batch
     from m3edge.runtime.agent import EdgeAgent
     from m3edge.runtime.batcher import BatcherConfig
 
-    agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts)
+    agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts,
+                           expert_workers=expert_workers)
     if batching:
         buckets = tuple(b for b in agent.executor.token_buckets if b <= max_batch_size) or (max_batch_size,)
         agent.enable_batching(BatcherConfig(max_batch_size=max_batch_size, preferred_batch_sizes=buckets,

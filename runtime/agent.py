@@ -77,7 +77,7 @@ class EdgeAgent:
     @classmethod
     def open(cls, bundle_dir, memory_dir=None, cache_experts: int | None = None, policy: str = "lfu",
              prefetch: bool = False, strict: bool = False, threads: int | None = None, clock=None,
-             cache_bytes: int | None = None) -> "EdgeAgent":
+             cache_bytes: int | None = None, expert_workers: int = 1) -> "EdgeAgent":
         """Verify every file of the bundle, then set up sessions, the expert cache and the memory.
 
         Defaults are what ``m3edge bench`` measured on the small reference (README): LFU beats LRU at a
@@ -85,12 +85,15 @@ class EdgeAgent:
         on 2 cores, so it is off unless asked for.
 
         ``cache_experts``: experts kept loaded per layer (default: the profile's ``expert_cache_size``,
-        bounded by its ``expert_memory_budget_mb``)."""
+        bounded by its ``expert_memory_budget_mb``).
+
+        ``expert_workers``: run a batch's distinct experts on this many threads; the profile's threads are
+        then split between them, so the cores are shared, not oversubscribed."""
         from m3edge.targets import Target
 
         bundle = open_bundle(bundle_dir)
         target = Target.from_dict(bundle.manifest["target"], f"{bundle_dir}/manifest.json target")
-        session = SessionConfig(threads=threads or target.threads, strict=strict, target=target,
+        session = SessionConfig(threads=max(1, (threads or target.threads) // expert_workers), strict=strict, target=target,
                                 cache_dir=str(Path(bundle_dir).resolve()))
         if cache_experts is None and cache_bytes is None:
             cache_experts = target.expert_cache_size
@@ -99,7 +102,7 @@ class EdgeAgent:
         # cache_experts counts experts kept loaded per layer, as the profile's expert_cache_size does.
         max_items = None if cache_experts is None else cache_experts * n_layers
         cache = ExpertCache(None, max_items=max_items, max_bytes=cache_bytes, policy=policy)
-        executor = BundleExecutor(bundle, session, cache, prefetch=prefetch)
+        executor = BundleExecutor(bundle, session, cache, prefetch=prefetch, expert_workers=expert_workers)
         cfg = executor.cfg
         memory = LongTermMemory(cfg.d_model, cfg.memory_top_k, clock=clock)
         if memory_dir is not None:
@@ -187,6 +190,8 @@ class EdgeAgent:
         if self.batcher is not None:
             self.batcher.close(drain=True)
         self.executor.cache.close()
+        if self.executor.pool is not None:
+            self.executor.pool.shutdown()
         self.save_memory()
 
     def __enter__(self):

@@ -41,6 +41,16 @@ def test_greedy_generation_matches_torch_for_every_cache_size(tiny_bundle, torch
         assert stats["cache"]["evictions"] > 0
 
 
+def test_experts_on_worker_threads_give_the_same_bytes(tiny_bundle, torch_greedy):
+    with EdgeAgent.open(tiny_bundle, expert_workers=2, clock=clock) as agent:
+        assert agent.executor.pool is not None and agent.executor.session.threads == 1  # 2 profile threads, split
+        assert agent.generate(PROMPT, 256) == torch_greedy
+        windows = agent._windows(PROMPT * 4, np.arange(1, 33))
+        batched = agent._forward(windows, use_memory=False)[0]
+    with EdgeAgent.open(tiny_bundle, clock=clock) as agent:
+        assert np.array_equal(agent._forward(windows, use_memory=False)[0], batched)  # same sums, same order
+
+
 def test_step_logits_match_torch_on_eval_text(tiny_bundle, tiny_checkpoint):
     ref = checkpoint.load(tiny_checkpoint, clock=clock)
     text = load_split(DATA, "eval")[:3000]
