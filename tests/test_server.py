@@ -1,7 +1,6 @@
 """m3edge serve, as a real uvicorn process on loopback: load, bad requests, metrics, SIGTERM."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
