@@ -44,6 +44,14 @@ def prompts(data_dir: Path, n: int) -> list[bytes]:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a worker
+    would report its parent's size whenever the parent was the larger (measured: every row read 4 GB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
@@ -196,8 +204,13 @@ def worker(args: dict) -> dict:
 
 
 def measure(config: dict, timeout: int = 900) -> dict:
+    # OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep instead of spinning at each barrier, as the runtime's
+    # onnxruntime sessions do (allow_spinning 0). With any other load on the cores, spinning barriers made torch
+    # eager ~90x slower (small reference, batch 1: 229 ms per step spinning, 2.5 ms passive, same machine, same
+    # minute). A shared development machine is the normal case here, and the baseline should not lose to it.
+    env = os.environ | {"OMP_NUM_THREADS": str(config["threads"]), "OMP_WAIT_POLICY": "PASSIVE"}
     r = subprocess.run([sys.executable, "-m", "m3edge.bench", "worker", json.dumps(config)], capture_output=True,
-                       text=True, timeout=timeout, env=os.environ | {"OMP_NUM_THREADS": str(config["threads"])})
+                       text=True, timeout=timeout, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"bench worker failed for {config['engine']}: {r.stderr.strip().splitlines()[-1:]}")
     # The last line: libraries may print to stdout before it.

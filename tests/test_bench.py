@@ -89,7 +89,10 @@ def small_result():
                         "rows": [{"callers": 16, "batching": False, "steps_per_s": 100.0, "p50_ms": 1.0, "p99_ms": 20.0},
                                  {"callers": 16, "batching": True, "steps_per_s": 200.0, "p50_ms": 1.0, "p99_ms": 9.0,
                                   "avg_batch_size": 4.0}]},
-           "memory_store": {"skipped": "not here"}}
+           "memory_store": {"memories": 1000, "batch": 100, "device": "reram", "bytes_on_disk": 10 ** 6,
+                            "bytes_per_memory": 1000.0, "insert": {"per_s": 6000.0},
+                            "retrieval_top10_ms": {"p50": 25.0, "p99": 40.0},
+                            "goals": {"insert_per_s": 5000, "p50_ms": 20}}}
     res["goals"] = goals(res)
     return res
 
@@ -116,6 +119,8 @@ def test_report_regenerates_readme_tables_and_plots(tmp_path):
     assert "| m3edge runtime | int8 | 1 | 250 (225-275) | 2.5x |" in text
     assert "skipped: no tflite profile" in text and "- **missed**: m: runtime int8 within 3x" in text
     assert "(goal <= 3.00x; 1.3x over it)" in text  # by how much
+    assert "- **met**: memory store: >= 5,000 durable inserts/s" in text  # issue 6's goals, from its own result
+    assert "- **missed**: memory store: top-10 retrieval p50 < 20 ms at 1,000 memories (reram)" in text
     assert report.main([str(tmp_path / "r.json"), "--readme", str(readme), "--check"]) == 0  # in sync
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["batching.png", "cache.png", "engines.png"]
 
