@@ -163,9 +163,11 @@ class LiteRTGraph:
                 raise BadInput(f"{path}: {len(quants)} {kind}s in the file, {len(ports)} in the manifest")
             for port, q in zip(ports, quants):
                 want = (port.get("scale") or 0.0, port.get("zero_point") or 0)
-                if q.quantized and (abs(want[0] - q.scale) > 1e-9 * max(1.0, q.scale) or want[1] != q.zero_point):
-                    raise BadInput(f"{path}: {kind} {port['name']!r} is quantized with scale {q.scale:g}, "
-                                   f"zero point {q.zero_point}; the manifest says {want[0]:g}, {want[1]}")
+                if q.quantized != bool(want[0]) or (q.quantized and (abs(want[0] - q.scale) > 1e-9 * max(1.0, q.scale)
+                                                                or want[1] != q.zero_point)):
+                    has = f"scale {q.scale:g}, zero point {q.zero_point}" if q.quantized else "no quantization"
+                    says = f"scale {want[0]:g}, zero point {want[1]}" if want[0] else "no quantization"
+                    raise BadInput(f"{path}: {kind} {port['name']!r} has {has} in the file; the manifest says {says}")
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         out = self.runner(**{n: q.encode(a) for n, q, a in zip(self.input_names, self.inputs, inputs)})
