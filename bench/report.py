@@ -260,43 +260,42 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
     plt.close(fig)
     cs = res.get("cache_sweep", {})
     if cs.get("rows"):
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for p, f in dict.fromkeys((r["policy"], r["prefetch"]) for r in cs["rows"]):
-            rs = sorted((r for r in cs["rows"] if (r["policy"], r["prefetch"]) == (p, f)),
-                        key=lambda r: r["experts_per_layer"])
-            label = p.upper() + (" + prefetch" if f else "")
-            a1.plot([r["experts_per_layer"] for r in rs], [r["hit_rate"] for r in rs], marker="o", label=label)
-            a2.plot([r["experts_per_layer"] for r in rs], [r["bytes_per_s"] for r in rs], marker="o", label=label)
-        for a, yl in ((a1, "hit rate"), (a2, "bytes/s")):
-            a.set_xlabel("experts cached per layer")
-            a.set_ylabel(yl)
-            a.legend(fontsize=8)
-        a1.set_title(f"{cs['model']}: expert cache hit rate")
-        a2.set_title(f"{cs['model']}: decode speed")
-        fig.tight_layout()
-        written.append(out_dir / "cache.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        series = {}
+        for r in sorted(cs["rows"], key=lambda r: r["experts_per_layer"]):
+            label = r["policy"].upper() + (" + prefetch" if r["prefetch"] else "")
+            series.setdefault(label, []).append((r["experts_per_layer"], r["hit_rate"], r["bytes_per_s"]))
+        written.append(_two_panels(plt, out_dir / "cache.png", series, "experts cached per layer",
+                                   (f"{cs['model']}: expert cache hit rate", "hit rate"),
+                                   (f"{cs['model']}: decode speed", "bytes/s")))
     b = res.get("batching", {})
     if b.get("rows"):
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for on in (False, True):
-            rs = sorted((r for r in b["rows"] if r["batching"] == on), key=lambda r: r["callers"])
-            label = "batching on" if on else "batching off"
-            a1.plot([r["callers"] for r in rs], [r["steps_per_s"] for r in rs], marker="o", label=label)
-            a2.plot([r["callers"] for r in rs], [r["p99_ms"] for r in rs], marker="o", label=label)
-        for a, yl in ((a1, "steps/s"), (a2, "p99 latency, ms")):
-            a.set_xlabel("concurrent callers")
-            a.set_ylabel(yl)
-            a.set_xscale("log", base=2)
-            a.legend(fontsize=8)
-        a1.set_title(f"{b['model']}: throughput")
-        a2.set_title(f"{b['model']}: p99 latency")
-        fig.tight_layout()
-        written.append(out_dir / "batching.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        series = {}
+        for r in sorted(b["rows"], key=lambda r: r["callers"]):
+            label = "batching on" if r["batching"] else "batching off"
+            series.setdefault(label, []).append((r["callers"], r["steps_per_s"], r["p99_ms"]))
+        written.append(_two_panels(plt, out_dir / "batching.png", series, "concurrent callers",
+                                   (f"{b['model']}: throughput", "steps/s"),
+                                   (f"{b['model']}: p99 latency", "p99 latency, ms"), xlog2=True))
     return written
+
+
+def _two_panels(plt, path: Path, series: dict, xlabel: str, left: tuple, right: tuple, xlog2: bool = False) -> Path:
+    """Two line plots side by side over the same x: ``series`` maps a label to (x, left y, right y) points."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label, pts in series.items():
+        for ax, col in zip(axes, (1, 2)):
+            ax.plot([pt[0] for pt in pts], [pt[col] for pt in pts], marker="o", label=label)
+    for ax, (title, ylabel) in zip(axes, (left, right)):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if xlog2:
+            ax.set_xscale("log", base=2)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None) -> int:

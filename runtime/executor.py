@@ -153,11 +153,11 @@ class BundleExecutor:
             weight = np.where(keep, weight, 0).astype(weight.dtype)
         return h, LayerRouting(logits, index, weight, keep)
 
-    def _run_expert(self, layer: int, e: int, rows: np.ndarray) -> np.ndarray:
-        """One expert over its rows, in chunks of its capacity buckets (zero-padded, padding dropped)."""
+    def _run_expert(self, layer: int, e: int, rows: np.ndarray, chunks: list[tuple[int, int]]) -> np.ndarray:
+        """One expert over its rows, in the planned chunks of its capacity buckets (padding dropped)."""
         expert = self.cache.get((layer, e))
         ys, start = [], 0
-        for n, bucket in routing.plan_chunks(len(rows), self.capacity_buckets):
+        for n, bucket in chunks:
             ys.append(expert.run(bucket, pad_rows(rows[start:start + n], bucket))[:n])
             start += n
         return np.concatenate(ys)
@@ -171,18 +171,19 @@ class BundleExecutor:
         for e in np.flatnonzero(counts):
             pairs = order[bounds[e]:bounds[e + 1]]
             pairs = pairs[flat_keep[pairs]]
-            if pairs.size:
-                jobs.append((int(e), pairs // k, pairs))  # tokens are unique within one expert
-        self.expert_calls += sum(len(routing.plan_chunks(len(t), self.capacity_buckets)) for _, t, _ in jobs)
+            if pairs.size:  # tokens are unique within one expert
+                jobs.append((int(e), pairs // k, pairs, routing.plan_chunks(pairs.size, self.capacity_buckets)))
+        self.expert_calls += sum(len(chunks) for *_, chunks in jobs)
+        run = lambda job: self._run_expert(layer, job[0], h[job[1]], job[3])  # noqa: E731
         if self.pool is not None and len(jobs) > 1:
             # Distinct experts are independent graphs and onnxruntime releases the GIL while one runs, so
             # a batch's experts run side by side; results are added back in expert order below, so the
             # sums (and the bytes generated) are the same as run one after another.
-            ys = list(self.pool.map(lambda job: self._run_expert(layer, job[0], h[job[1]]), jobs))
+            ys = list(self.pool.map(run, jobs))
         else:
-            ys = [self._run_expert(layer, e, h[tokens]) for e, tokens, _ in jobs]
+            ys = [run(job) for job in jobs]
         out = np.zeros_like(h)
-        for (_, tokens, pairs), y in zip(jobs, ys):
+        for (_, tokens, pairs, _), y in zip(jobs, ys):
             out[tokens] += y * flat_w[pairs, None]
         return out
 

@@ -86,3 +86,23 @@ def run_cli(*args, env=None):
 
     return subprocess.run([sys.executable, "-m", "m3edge.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=600)
+
+
+def memory_step(ref, dev, state, rng, step):
+    """One retrieve-then-store step on the torch memory system and the device's, with the same inputs;
+    asserts the two retrievals agree. ``ref`` is an M3MemorySystem, ``dev`` a LongTermMemory."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    key, complexity = ref.sensory(state)
+    ctx_key = F.normalize(ref.associator.context_encoder(key), dim=-1)
+    a = ref.retrieve(key)
+    b = dev.retrieve(key.numpy(), ctx_key.numpy())
+    assert np.allclose(a.numpy(), b, atol=1e-5), step
+    n = state.shape[0]
+    nxt = torch.from_numpy(rng.integers(0, 256, n))
+    surprise = torch.rand(n)
+    ref.store(state, key, nxt, complexity, surprise)
+    dev.store(key.numpy(), ctx_key.numpy(), ref.encode_experience(state, nxt).numpy(), complexity.numpy(),
+              surprise.numpy())

@@ -2,10 +2,11 @@
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from m3edge.model.memory import M3MemorySystem
 from m3edge.runtime.memory import LongTermMemory
+
+from conftest import memory_step
 
 
 def test_retrieval_and_storage_match_the_torch_memory(tiny_cfg, tmp_path):
@@ -18,16 +19,7 @@ def test_retrieval_and_storage_match_the_torch_memory(tiny_cfg, tmp_path):
     with torch.no_grad():
         for step in range(6):
             state = torch.from_numpy(rng.normal(size=(5, tiny_cfg.d_model)).astype(np.float32))
-            key, complexity = ref.sensory(state)
-            ctx_key = F.normalize(ref.associator.context_encoder(key), dim=-1)
-            a = ref.retrieve(key)
-            b = dev.retrieve(key.numpy(), ctx_key.numpy())
-            assert np.allclose(a.numpy(), b, atol=1e-5), step
-            nxt = torch.from_numpy(rng.integers(0, 256, 5))
-            surprise = torch.rand(5)
-            ref.store(state, key, nxt, complexity, surprise)
-            dev.store(key.numpy(), ctx_key.numpy(), ref.encode_experience(state, nxt).numpy(), complexity.numpy(),
-                      surprise.numpy())
+            memory_step(ref, dev, state, rng, step)
             t[0] += 7200.0  # two hours: the forgetting rate applies
     for i, m in ref.storage.memories.items():
         d = dev.storage.memories[i]

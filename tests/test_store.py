@@ -15,7 +15,7 @@ import pytest
 from m3edge.runtime.store import DB_NAME, SCHEMA_VERSION, MemoryInputError, MemoryStore, topk_stable
 from m3edge.synaptic import DAY
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, memory_step, run_cli
 
 
 class Clock:
@@ -48,7 +48,6 @@ def test_parity_with_the_torch_memory_system_under_ideal(tiny_cfg, tmp_path):
     """The same operations on the torch M3MemorySystem and on the durable store give the same records,
     associations, forgetting, decay, consolidation graph and retrieved context; a reopened store equals both."""
     import torch
-    import torch.nn.functional as F
 
     from m3edge.model.memory import M3MemorySystem
     from m3edge.runtime.memory import LongTermMemory
@@ -65,16 +64,7 @@ def test_parity_with_the_torch_memory_system_under_ideal(tiny_cfg, tmp_path):
             state = torch.from_numpy(rng.normal(size=(6, tiny_cfg.d_model)).astype(np.float32))
             if step % 3 == 2:
                 state[3:] = state[:3] + 0.01  # near-duplicates: merges in the graph, strong associations
-            key, complexity = ref.sensory(state)
-            ctx_key = F.normalize(ref.associator.context_encoder(key), dim=-1)
-            a = ref.retrieve(key)
-            b = dev.retrieve(key.numpy(), ctx_key.numpy())
-            assert np.allclose(a.numpy(), b, atol=1e-5), step
-            nxt = torch.from_numpy(rng.integers(0, 256, 6))
-            surprise = torch.rand(6)
-            ref.store(state, key, nxt, complexity, surprise)
-            dev.store(key.numpy(), ctx_key.numpy(), ref.encode_experience(state, nxt).numpy(), complexity.numpy(),
-                      surprise.numpy())
+            memory_step(ref, dev, state, rng, step)
             clock.t += 0.3 * DAY  # decay applies; old memories age toward forgetting
     assert ref.storage.forgotten > 0 and len(ref.storage) == 40
     assert state_of(dev.storage) == state_of(ref.storage)
