@@ -296,6 +296,20 @@ class MemoryStore:
     def _load(self) -> None:
         """Rebuild the working set (records, graph, crossbar) from the database."""
         db = self.db
+        if db.in_transaction:  # inside our own write transaction: already one consistent view
+            self._read_all()
+            return
+        # data_version before the snapshot: a commit racing this load makes the next check reload, never miss.
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        db.execute("BEGIN")  # one read snapshot for every table; a writer committing mid-load is not half-seen
+        try:
+            self._read_all()
+        finally:
+            db.execute("COMMIT")
+        self._data_version = version
+
+    def _read_all(self) -> None:
+        db = self.db
         meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
         assoc: dict[int, dict[int, float]] = {}
         for src, dst, s in db.execute("SELECT src, dst, strength FROM associations ORDER BY src, dst"):

@@ -251,6 +251,8 @@ t_end = time.monotonic() + 60
 while seen < int(sys.argv[2]) and time.monotonic() < t_end:
     try:
         seen = max(seen, inspect(sys.argv[1])["count"])
+        with MemoryStore.open(sys.argv[1], readonly=True) as s:  # the whole working set, built beside the writer
+            assert len(s.storage) >= seen, (len(s.storage), seen)
     except Exception as e:
         print("ERR", type(e).__name__, e, flush=True)
         if not any(w in str(e) for w in ("no memory store", "empty memory store", "not a directory")):
