@@ -142,6 +142,31 @@ def test_max_queue_delay_runs_a_lone_request():
         assert b.metrics()["batch_size_histogram"] == {1: 1}
 
 
+def test_requests_queued_behind_a_running_batch_wait_for_the_callers_it_answers():
+    """Closed-loop callers: three requests pile up behind a running batch for longer than the delay. When the
+    batch returns, its caller comes straight back; the delay clock starts when the worker frees, so the
+    waiting three are joined by it (one batch of the target 4) instead of running at once as an "expired"
+    batch of 3, which is how 16 callers used to settle into two cohorts of 8 forever."""
+    gate = Gate()
+    cfg = BatcherConfig(max_batch_size=4, preferred_batch_sizes=(4,), max_queue_delay_ms=500)
+    with DynamicBatcher(gate, cfg) as b:
+        first = b.submit("first")
+        assert gate.entered.wait(10)  # alone: ran after the delay; now blocked inside fn
+        rest = [b.submit(x) for x in ("a", "b", "c")]
+        time.sleep(0.6)  # longer than the delay: by arrival time alone they are overdue
+
+        def caller():  # the first request's caller issues its next step as soon as it has the answer
+            first.result(10)
+            rest.append(b.submit("again"))
+
+        t = threading.Thread(target=caller)
+        t.start()
+        gate.release.set()
+        t.join(10)
+        assert [f.result(10) for f in rest] == [("ok", x) for x in ("a", "b", "c", "again")]
+    assert gate.batches == [["first"], ["a", "b", "c", "again"]]
+
+
 def test_timeouts_reject_waiting_requests_before_fn():
     gate = Gate()
     cfg = BatcherConfig(max_batch_size=8, preferred_batch_sizes=(), max_queue_delay_ms=1)
