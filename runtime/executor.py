@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -101,7 +101,10 @@ class BundleExecutor:
     def load(self, entry: dict):
         if entry.get("weights"):
             self.bundle.verified(entry["weights"])
-        return open_graph(self.bundle.verified(entry["path"]), entry, self.session)
+        weight_bytes = self.file_sizes[entry["path"]] + self.file_sizes.get(entry.get("weights"), 0)
+        threads = self.session.threads_for(weight_bytes, entry["bucket"])
+        cfg = self.session if threads == self.session.threads else replace(self.session, threads=threads)
+        return open_graph(self.bundle.verified(entry["path"]), entry, cfg)
 
     def _load_expert(self, key):
         g = ExpertGraphs(self, *key, warm=self.warm_buckets)

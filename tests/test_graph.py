@@ -55,3 +55,10 @@ def test_missing_litert_says_what_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_litert)
     with pytest.raises(BadInput, match=r"m3edge\[tflite\]"):
         graph.litert_interpreter()
+
+
+def test_small_graphs_get_one_thread_large_ones_the_profiles():
+    cfg = graph.SessionConfig(threads=2)
+    assert cfg.threads_for(100_000, 16) == 1  # `small`'s experts at batch 16: not worth a second thread
+    assert cfg.threads_for(25_000_000, 1) == 2  # `seed`'s experts: worth it from one row
+    assert graph.SessionConfig(threads=1).threads_for(10 ** 9, 256) == 1

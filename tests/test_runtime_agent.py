@@ -12,6 +12,7 @@ from m3edge import checkpoint
 from m3edge.data import load_split, windows
 from m3edge.errors import BadInput
 from m3edge.runtime.agent import EdgeAgent
+from m3edge.runtime import graph
 
 from conftest import BLOCK_TORCH, DATA, run_cli
 
@@ -49,6 +50,18 @@ def test_experts_on_worker_threads_give_the_same_bytes(tiny_bundle, torch_greedy
         batched = agent._forward(windows, use_memory=False)[0]
     with EdgeAgent.open(tiny_bundle, clock=clock) as agent:
         assert np.array_equal(agent._forward(windows, use_memory=False)[0], batched)  # same sums, same order
+
+
+def test_sessions_get_the_profiles_threads_only_where_the_work_is(tiny_bundle, monkeypatch):
+    def intra_op(agent):
+        expert = agent.executor.cache.get((0, 0)).session(agent.executor.capacity_buckets[0])
+        return expert.session.get_session_options().intra_op_num_threads
+
+    with EdgeAgent.open(tiny_bundle, threads=2, clock=clock) as agent:
+        assert intra_op(agent) == 1  # a tiny expert: a second thread costs more than it saves
+    monkeypatch.setattr(graph, "PARALLEL_WORK", 0)
+    with EdgeAgent.open(tiny_bundle, threads=2, clock=clock) as agent:
+        assert intra_op(agent) == 2
 
 
 def test_step_logits_match_torch_on_eval_text(tiny_bundle, tiny_checkpoint):
