@@ -317,13 +317,16 @@ def batching_bench(bundle: str | Path, data_dir: Path, callers=(1, 4, 16, 32), s
                                                 max_queue_delay_ms=max_queue_delay_ms, max_queue_size=4096))
         for pos in range(0, 4000, 97):  # warm-up: load every expert the workload touches
             agent._forward(agent._windows(text, np.arange(pos, pos + 64)), False)
+        for b in agent.executor.token_buckets:  # and every per-token graph a batch size opens on first use
+            agent._forward(agent._windows(text, np.arange(1000, 1000 + b)), False)
         for n in callers:
             runs = []
             for _ in range(repeats):
-                lat, lock = [], threading.Lock()
+                lat, lock, together = [], threading.Lock(), threading.Barrier(n)
 
                 def caller(c):
                     mine = []
+                    together.wait()  # steady state from the first step, not threads trickling in as they start
                     for s in range(steps_per_caller):
                         at = (c * 7919 + s * 131) % (len(text) - 64)
                         t = time.perf_counter()

@@ -13,7 +13,9 @@ when none are given).
 1. The worker sleeps on a condition variable until the queue holds at least the target, or until
    ``max_queue_delay_ms`` has passed since the OLDEST queued request arrived or the worker last became
    free, whichever is later. It also wakes at the nearest request deadline, so a timed-out request is
-   rejected on time, as Triton does.
+   rejected on time, as Triton does. Right after a batch the target is at most the requests then queued
+   plus the ones just answered: callers in a loop come straight back, so once they have, nobody else is
+   known to be coming and waiting longer only adds latency.
 2. On every wake-up, requests past their timeout are taken out of the queue and failed with
    ``RequestTimeout`` (and cancelled futures are dropped); they never reach ``fn``.
 3. Then it takes everything queued, up to ``max_batch_size``, from the front of the queue (Triton's
@@ -28,8 +30,9 @@ size or the delay: an MoE batch costs more with every distinct expert it touches
 batches are where the savings are. And the delay clock does not run while the worker is busy: time spent
 behind a running batch is not time chosen for batching. Counting it split 16 closed-loop callers into two
 cohorts of 8 for good (a batch outlasting the delay left the other half "expired" every time the worker
-freed); waiting up to the delay after the worker frees lets the callers it just answered rejoin. A request
-still waits at most the delay plus the batch ahead of it, so p99 stays within delay + 2 x compute.
+freed); waiting up to the delay after the worker frees lets the callers it just answered rejoin, and no
+longer than that (the target above). A request still waits at most the delay plus the batch ahead of it,
+so p99 stays within delay + 2 x compute.
 
 Ordering: one worker runs FIFO batches, so results always complete in submission order. With
 ``preserve_ordering`` a rejection (timeout, ``close(drain=False)``) is held back too, until every earlier
@@ -112,6 +115,7 @@ class DynamicBatcher:
         self._target = self._preferred[-1] if self._preferred else config.max_batch_size
         self._delay_s = config.max_queue_delay_ms / 1000.0
         self._free_at = -math.inf  # when the worker last finished delivering a batch; worker-only
+        self._expect = math.inf  # after a batch: requests queued then plus those it answered (who may be back)
 
         self._cond = threading.Condition()
         self._queue: deque[_Request] = deque()
@@ -153,10 +157,11 @@ class DynamicBatcher:
             self._queue.append(_Request(self._seq, item, fut, now, timeout_ms, deadline))
             self._seq += 1
             # The worker's decision only changes when the first request starts the delay clock or the
-            # queue reaches the target; waking it on every submit would just make it sleep again.
+            # queue reaches the target (or the callers it just answered are back); waking it on every
+            # submit would just make it sleep again.
             # A deadline earlier than its planned wake-up must also wake it, to reject that request on time.
             early = deadline is not None and deadline < self._wake_at
-            if len(self._queue) == 1 or len(self._queue) >= self._target or early:
+            if len(self._queue) == 1 or len(self._queue) >= min(self._target, self._expect) or early:
                 self._cond.notify()
         return fut
 
@@ -210,9 +215,11 @@ class DynamicBatcher:
                 head = self._queue[0].seq if self._queue and self.config.preserve_ordering else math.inf
             if batch:
                 self._execute(batch)
+                with self._cond:  # counted before delivery: an answered caller may be back at once
+                    self._expect = len(self._queue) + len(batch)
             self._deliver(batch, head)
             if batch:
-                self._free_at = time.monotonic()  # worker-only, like _rejections
+                self._free_at = time.monotonic()
             if stop:
                 return
 
@@ -239,7 +246,8 @@ class DynamicBatcher:
                 return [], False
             due = max(q[0].arrival, self._free_at) + self._delay_s
             # Once closed nothing more can arrive, so waiting for a fuller batch is pointless.
-            if len(q) >= self._target or now >= due or self._closed:
+            if len(q) >= min(self._target, self._expect) or now >= due or self._closed:
+                self._expect = math.inf  # only the first batch after a free is sized by who was answered
                 batch = self._take(q)
                 if batch:
                     return batch, False

@@ -8,6 +8,7 @@ never over tokens.
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -97,6 +98,8 @@ class BundleExecutor:
         self.warm_buckets: tuple[int, ...] = (self.capacity_buckets[0],)
         self.expert_calls = 0
         self.pool = ThreadPoolExecutor(expert_workers, thread_name_prefix="m3edge-expert") if expert_workers > 1 else None
+        # Chunk plans depend only on the row count: planned once per count, not once per expert call.
+        self._plan = functools.lru_cache(maxsize=None)(lambda n: routing.plan_chunks(n, self.capacity_buckets))
 
     def load(self, entry: dict):
         if entry.get("weights"):
@@ -156,9 +159,13 @@ class BundleExecutor:
             weight = np.where(keep, weight, 0).astype(weight.dtype)
         return h, LayerRouting(logits, index, weight, keep)
 
-    def _run_expert(self, layer: int, e: int, rows: np.ndarray, chunks: list[tuple[int, int]]) -> np.ndarray:
+    def _run_expert(self, layer: int, e: int, rows: np.ndarray) -> np.ndarray:
         """One expert over its rows, in the planned chunks of its capacity buckets (padding dropped)."""
         expert = self.cache.get((layer, e))
+        chunks = self._plan(rows.shape[0])
+        if len(chunks) == 1:  # the usual case: one call
+            n, bucket = chunks[0]
+            return expert.run(bucket, pad_rows(rows, bucket))[:n]
         ys, start = [], 0
         for n, bucket in chunks:
             ys.append(expert.run(bucket, pad_rows(rows[start:start + n], bucket))[:n])
@@ -166,18 +173,17 @@ class BundleExecutor:
         return np.concatenate(ys)
 
     def experts(self, layer: int, h: np.ndarray, r: LayerRouting) -> np.ndarray:
-        k = self.cfg.top_k
         order, counts = routing.group_by_expert(r.index, self.cfg.n_experts)
-        flat_w, flat_keep = r.weight.reshape(-1), r.keep.reshape(-1)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        jobs = []
-        for e in np.flatnonzero(counts):
-            pairs = order[bounds[e]:bounds[e + 1]]
-            pairs = pairs[flat_keep[pairs]]
-            if pairs.size:  # tokens are unique within one expert
-                jobs.append((int(e), pairs // k, pairs, routing.plan_chunks(pairs.size, self.capacity_buckets)))
-        self.expert_calls += sum(len(chunks) for *_, chunks in jobs)
-        run = lambda job: self._run_expert(layer, job[0], h[job[1]], job[3])  # noqa: E731
+        keep = r.keep.reshape(-1)
+        if not keep.all():  # capacity mode dropped some pairs: they are neither run nor added
+            order = order[keep[order]]
+            counts = np.bincount(r.index.reshape(-1)[order], minlength=self.cfg.n_experts)
+        tokens = order // self.cfg.top_k
+        rows = h[tokens]  # every pair's input, grouped by expert in token order: one gather, sliced below
+        ends = np.cumsum(counts).tolist()
+        jobs = [(e, ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c]
+        self.expert_calls += sum(len(self._plan(b - a)) for _, a, b in jobs)
+        run = lambda job: self._run_expert(layer, job[0], rows[job[1]:job[2]])  # noqa: E731
         if self.pool is not None and len(jobs) > 1:
             # Distinct experts are independent graphs and onnxruntime releases the GIL while one runs, so
             # a batch's experts run side by side; results are added back in expert order below, so the
@@ -186,8 +192,9 @@ class BundleExecutor:
         else:
             ys = [run(job) for job in jobs]
         out = np.zeros_like(h)
-        for (_, tokens, pairs, _), y in zip(jobs, ys):
-            out[tokens] += y * flat_w[pairs, None]
+        if ys:
+            # Unbuffered adds in pair order: each token's outputs are summed in expert order, as a loop would.
+            np.add.at(out, tokens, np.concatenate(ys) * r.weight.reshape(-1)[order, None])
         return out
 
     def head(self, x: np.ndarray) -> np.ndarray:

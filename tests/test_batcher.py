@@ -167,6 +167,40 @@ def test_requests_queued_behind_a_running_batch_wait_for_the_callers_it_answers(
     assert gate.batches == [["first"], ["a", "b", "c", "again"]]
 
 
+def test_once_the_callers_it_answered_are_back_the_batch_runs_without_waiting_for_the_delay():
+    """Four callers in a loop, a target of 64 they can never fill, and (after the first batch) a delay longer
+    than the test's patience: each batch runs as soon as the four are queued again."""
+    batches, enough = [], threading.Event()
+
+    def fn(items):
+        batches.append(list(items))
+        b._delay_s = 60.0  # from now on only "the answered callers are back" can start a batch early
+        if len(batches) >= 40:
+            enough.set()
+        return items
+
+    b = DynamicBatcher(fn, BatcherConfig(max_batch_size=64, preferred_batch_sizes=(64,), max_queue_delay_ms=0))
+    stop, together = threading.Event(), threading.Barrier(4)
+
+    def caller(c):
+        s = 0
+        together.wait(10)
+        while not stop.is_set():
+            assert b.submit((c, s)).result(30) == (c, s)
+            s += 1
+
+    ts = [threading.Thread(target=caller, args=(c,)) for c in range(4)]
+    for t in ts:
+        t.start()
+    assert enough.wait(10)  # under a plain delay rule the second batch would still be waiting its 60 s
+    stop.set()
+    b.close()  # a caller that left is not coming back: closing runs what is still queued
+    for t in ts:
+        t.join(10)
+    # A thread slow off the barrier misses the first batches; once all are in, every caller is in every batch.
+    assert [len(batch) for batch in batches[30:40]] == [4] * 10
+
+
 def test_timeouts_reject_waiting_requests_before_fn():
     gate = Gate()
     cfg = BatcherConfig(max_batch_size=8, preferred_batch_sizes=(), max_queue_delay_ms=1)
