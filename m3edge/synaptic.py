@@ -266,8 +266,13 @@ class SynapticStorage:
         return a * (1.0 - cols.get("priority")) + b / (1.0 + cols.get("access_count")) + c * days
 
     def forget_one(self) -> int:
-        now = self.clock()
-        victim = int(self._cols.ids[int(np.argmax(self.forgetting_scores(now)))])  # ties: the older memory
+        return self._drop(self.victim())
+
+    def victim(self) -> int:
+        """The memory forgetting takes next: the highest forgetting score (ties: the older memory)."""
+        return int(self._cols.ids[int(np.argmax(self.forgetting_scores(self.clock())))])
+
+    def _drop(self, victim: int) -> int:
         for j in self.memories[victim].associations:
             self.memories[j].associations.pop(victim, None)
         del self.memories[victim]

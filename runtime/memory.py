@@ -165,7 +165,7 @@ def import_records(directory, mems: list[Memory], next_id, last_decay, forgotten
         ms.storage.restore(mems, next_id, last_decay)
         ms.storage.forgotten = forgotten
         ms.storage.new = [m.id for m in mems]
-        ms.storage.pairs = {(m.id, j) for m in mems for j in m.associations}
+        ms.storage.pairs = {(m.id, j) for m in mems for j in m.associations if m.id > j}  # (newer, older)
         if graph is not None:
             ms.graph.restore(graph.nodes, graph.edges, graph.node_of)
             ms.graph._changed_nodes = set(range(len(graph.nodes)))

@@ -149,6 +149,34 @@ def test_another_schema_version_is_refused_and_nothing_is_written(tmp_path):
     assert r.returncode == 2 and "schema version 99" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_version_1_store_is_read_as_it_is_and_migrated_by_a_writer(tmp_path):
+    """Version 1 kept a row per link direction and an index on dst; version 2 keeps one row per link."""
+    from m3edge.runtime.store import inspect
+
+    s = make(tmp_path, capacity=30)
+    rng = np.random.default_rng(3)
+    for _ in range(8):  # past capacity: forgetting removes linked memories too
+        s.store(rows(rng, 6, base=rng.normal(size=(2, 8))), rng.normal(size=(6, 4)), rng.random(6))
+    s.search(rng.normal(size=8), k=4)  # reconsolidation strengthens links
+    want, links = state_of(s.storage), inspect(tmp_path / "m")["associations"]
+    assert s.storage.forgotten and links and s.db.execute("SELECT count(*) FROM associations WHERE src < dst").fetchone()[0] == 0
+    with s.transaction():  # what version 1 wrote
+        s.db.execute("INSERT INTO associations SELECT dst, src, strength FROM associations")
+        s.db.execute("CREATE INDEX associations_dst ON associations (dst)")
+        s.db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    s.close()
+    assert inspect(tmp_path / "m")["associations"] == links
+    with MemoryStore.open(tmp_path / "m", readonly=True, clock=Clock()) as r:
+        assert state_of(r.storage) == want
+    assert inspect(tmp_path / "m")["schema_version"] == 1  # a reader changes nothing
+    with MemoryStore.open(tmp_path / "m", clock=Clock()) as w:
+        assert state_of(w.storage) == want
+        assert w.db.execute("SELECT count(*) FROM associations WHERE src < dst").fetchone()[0] == 0
+        assert w.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'associations_dst'").fetchone()[0] == 0
+    info = inspect(tmp_path / "m")
+    assert info["schema_version"] == SCHEMA_VERSION == 2 and info["associations"] == links
+
+
 def test_open_checks_what_it_is_given(tmp_path):
     make(tmp_path).close()
     with pytest.raises(MemoryInputError, match="key_dim 8, asked for 16"):
