@@ -96,7 +96,6 @@ class BundleExecutor:
         self.transitions = [np.asarray(t, dtype=np.float64) for t in usage.get("transitions", [])]
         self.file_sizes = {f["path"]: f["bytes"] for f in bundle.manifest["files"]}
         self.warm_buckets: tuple[int, ...] = (self.capacity_buckets[0],)
-        self.expert_calls = 0
         self.pool = ThreadPoolExecutor(expert_workers, thread_name_prefix="m3edge-expert") if expert_workers > 1 else None
         # Chunk plans depend only on the row count: planned once per count, not once per expert call.
         self._plan = functools.lru_cache(maxsize=None)(lambda n: routing.plan_chunks(n, self.capacity_buckets))
@@ -182,15 +181,13 @@ class BundleExecutor:
         rows = h[tokens]  # every pair's input, grouped by expert in token order: one gather, sliced below
         ends = np.cumsum(counts).tolist()
         jobs = [(e, ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c]
-        self.expert_calls += sum(len(self._plan(b - a)) for _, a, b in jobs)
-        run = lambda job: self._run_expert(layer, job[0], rows[job[1]:job[2]])  # noqa: E731
         if self.pool is not None and len(jobs) > 1:
             # Distinct experts are independent graphs and onnxruntime releases the GIL while one runs, so
             # a batch's experts run side by side; results are added back in expert order below, so the
             # sums (and the bytes generated) are the same as run one after another.
-            ys = list(self.pool.map(run, jobs))
+            ys = list(self.pool.map(lambda job: self._run_expert(layer, job[0], rows[job[1]:job[2]]), jobs))
         else:
-            ys = [run(job) for job in jobs]
+            ys = [self._run_expert(layer, e, rows[a:b]) for e, a, b in jobs]
         out = np.zeros_like(h)
         if ys:
             # Unbuffered adds in pair order: each token's outputs are summed in expert order, as a loop would.
