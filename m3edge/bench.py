@@ -292,7 +292,7 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def batching_bench(bundle: str | Path, data_dir: Path, callers=(1, 4, 16, 32), steps_per_caller: int = 40,
+def batching_bench(bundle: str | Path, data_dir: Path, callers=(1, 4, 16, 32), steps_per_caller: int = 160,
                    threads: int = 2, max_queue_delay_ms: float = 2.0, repeats: int = 1, progress=None) -> dict:
     """Concurrent callers each issue single-window ``step`` calls; batching off vs on, in one process.
 
@@ -491,7 +491,7 @@ class FullConfig:
     cache_bytes: int = 32  # per prompt: at 1 expert per layer a miss-bound decode runs at ~40 bytes/s
     cache_passes: int = 2
     callers: tuple = (1, 4, 16, 32)
-    steps_per_caller: int = 40
+    steps_per_caller: int = 160  # a 16-caller batched run lasts ~0.6 s: steady state, not threads starting
     batching_repeats: int = 3
     max_queue_delay_ms: float = 2.0
     bandwidth_mb: int = 512
