@@ -104,7 +104,7 @@ class BundleExecutor:
         if entry.get("weights"):
             self.bundle.verified(entry["weights"])
         weight_bytes = self.file_sizes[entry["path"]] + self.file_sizes.get(entry.get("weights"), 0)
-        threads = self.session.threads_for(weight_bytes, entry["bucket"])
+        threads = self.session.threads_for(weight_bytes, entry["bucket"], entry.get("precision", "fp32"))
         cfg = self.session if threads == self.session.threads else replace(self.session, threads=threads)
         return open_graph(self.bundle.verified(entry["path"]), entry, cfg)
 

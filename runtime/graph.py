@@ -49,7 +49,8 @@ def resolve_providers(wanted: list[tuple[str, dict]], strict: bool = False) -> l
     return chosen or [("CPUExecutionProvider", {})]
 
 
-PARALLEL_WORK = 8 * 2 ** 20  # weight bytes x rows per call from which a graph gets the profile's threads
+PARALLEL_WORK = 2 * 2 ** 20  # parameters x rows per call from which a graph gets the profile's threads
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 @dataclass
@@ -60,13 +61,15 @@ class SessionConfig:
     target: object = None  # a targets.Target: providers per graph (TensorRT needs each graph's shapes)
     cache_dir: str | None = None  # where TensorRT engines are cached
 
-    def threads_for(self, weight_bytes: int, rows: int) -> int:
+    def threads_for(self, weight_bytes: int, rows: int, precision: str = "fp32") -> int:
         """Intra-op threads for one graph: the profile's only where a call has the work to share. On a graph
-        whose weights times rows is below PARALLEL_WORK, waking a second thread costs more than it saves.
-        Measured on 2 cores, one forward at batch 16: `small` (100 KB experts) 4.2 ms with 2 threads everywhere,
-        3.1 ms with 1, 3.2 ms with this rule; `seed` (25 MB experts) 43 ms with 2, 66 ms with 1, 43 ms with this
-        rule (4 and 64 MB thresholds were each worse on one of the two)."""
-        return self.threads if weight_bytes * rows >= PARALLEL_WORK else 1
+        whose parameters times rows is below PARALLEL_WORK, waking a second thread costs more than it saves.
+        Measured on 2 cores, one forward at batch 16: `small` (25k-parameter experts) 4.2 ms with 2 threads
+        everywhere, 3.1 ms with 1, 3.2 ms with this rule; `seed` (6.3M) 43 ms with 2, 66 ms with 1, 43 ms with
+        this rule (1M and 16M thresholds were each worse on one of the two). Parameters, not bytes: an INT8
+        graph does the same multiply-adds as its fp32 source in a quarter of the bytes."""
+        params = weight_bytes // BYTES_PER_PARAM.get(precision, 4)
+        return self.threads if params * rows >= PARALLEL_WORK else 1
 
     def providers_for(self, input_shapes: dict | None) -> list[tuple[str, dict]]:
         if self.target is not None:

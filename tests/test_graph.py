@@ -61,4 +61,6 @@ def test_small_graphs_get_one_thread_large_ones_the_profiles():
     cfg = graph.SessionConfig(threads=2)
     assert cfg.threads_for(100_000, 16) == 1  # `small`'s experts at batch 16: not worth a second thread
     assert cfg.threads_for(25_000_000, 1) == 2  # `seed`'s experts: worth it from one row
+    assert cfg.threads_for(6_300_000, 1, "int8") == 2  # the same work in a quarter of the bytes
+    assert cfg.threads_for(6_300_000, 1, "fp32") == 1
     assert graph.SessionConfig(threads=1).threads_for(10 ** 9, 256) == 1
