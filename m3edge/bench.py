@@ -307,9 +307,10 @@ def batching_bench(bundle: str | Path, data_dir: Path, callers=(1, 4, 16, 32), s
     from m3edge.runtime.batcher import BatcherConfig
 
     text = load_split(data_dir, "eval").tobytes()
-    rows, compute_ms = [], {}
+    agents = {}
     for batching in (False, True):
-        agent = EdgeAgent.open(bundle, cache_experts=None, cache_bytes=None, threads=threads, clock=lambda: 0.0)
+        agent = agents[batching] = EdgeAgent.open(bundle, cache_experts=None, cache_bytes=None, threads=threads,
+                                                  clock=lambda: 0.0)
         agent.executor.cache.max_items = None  # every expert resident: measure batching, not the cache
         if batching:
             buckets = tuple(agent.executor.token_buckets)
@@ -319,56 +320,66 @@ def batching_bench(bundle: str | Path, data_dir: Path, callers=(1, 4, 16, 32), s
             agent._forward(agent._windows(text, np.arange(pos, pos + 64)), False)
         for b in agent.executor.token_buckets:  # and every per-token graph a batch size opens on first use
             agent._forward(agent._windows(text, np.arange(1000, 1000 + b)), False)
+
+    def one_run(batching: bool, n: int) -> dict:
+        agent = agents[batching]
+        lat, lock, together = [], threading.Lock(), threading.Barrier(n)
+
+        def caller(c):
+            mine = []
+            together.wait()  # steady state from the first step, not threads trickling in as they start
+            for s in range(steps_per_caller):
+                at = (c * 7919 + s * 131) % (len(text) - 64)
+                t = time.perf_counter()
+                agent.step(text[at:at + 32], use_memory=False)
+                mine.append(time.perf_counter() - t)
+            with lock:
+                lat.extend(mine)
+
+        before = agent.batcher.metrics() if batching else None
+        ts = [threading.Thread(target=caller, args=(c,)) for c in range(n)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        wall = time.perf_counter() - t0
+        run = {"steps_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50) * 1e3),
+               "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+        if batching:  # this run's batches alone (the batcher's counters are cumulative)
+            m = agent.batcher.metrics()
+            run["avg_batch_size"] = ((m["inference_count"] - before["inference_count"])
+                                     / max(1, m["execution_count"] - before["execution_count"]))
+        return run
+
+    # Off and on alternate, each repeat and caller count side by side, with the single-batch compute measured
+    # in between: the host's speed drifts over minutes, and a slow spell must not land on one side only.
+    runs = {(batching, n): [] for batching in (False, True) for n in callers}
+    times = {str(b): [] for b in (1, 16, 32)}
+    for _ in range(repeats):
         for n in callers:
-            runs = []
-            for _ in range(repeats):
-                lat, lock, together = [], threading.Lock(), threading.Barrier(n)
-
-                def caller(c):
-                    mine = []
-                    together.wait()  # steady state from the first step, not threads trickling in as they start
-                    for s in range(steps_per_caller):
-                        at = (c * 7919 + s * 131) % (len(text) - 64)
-                        t = time.perf_counter()
-                        agent.step(text[at:at + 32], use_memory=False)
-                        mine.append(time.perf_counter() - t)
-                    with lock:
-                        lat.extend(mine)
-
-                before = agent.batcher.metrics() if batching else None
-                ts = [threading.Thread(target=caller, args=(c,)) for c in range(n)]
-                t0 = time.perf_counter()
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join()
-                wall = time.perf_counter() - t0
-                run = {"steps_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50) * 1e3),
-                       "p99_ms": float(np.percentile(lat, 99) * 1e3)}
-                if batching:  # this run's batches alone (the batcher's counters are cumulative)
-                    m = agent.batcher.metrics()
-                    run["avg_batch_size"] = ((m["inference_count"] - before["inference_count"])
-                                             / max(1, m["execution_count"] - before["execution_count"]))
-                runs.append(run)
-            row = {"batching": batching, "callers": n}
-            for key in runs[0]:
-                row[key] = float(np.median([r[key] for r in runs]))
-                if repeats > 1:
-                    row[key + "_spread"] = spread([r[key] for r in runs])
-            rows.append(row)
-            if progress:
-                progress(f"batching {'on' if batching else 'off'}, {n} callers: {row['steps_per_s']:.1f} steps/s, "
-                         f"p99 {row['p99_ms']:.1f} ms")
-        if not batching:
-            for b in (1, 16, 32):
-                w = agent._windows(text, np.arange(1000, 1000 + b))
-                agent._forward(w, False)
-                times = []
-                for _ in range(max(5, 3 * repeats)):
-                    t = time.perf_counter()
-                    agent._forward(w, False)
-                    times.append(time.perf_counter() - t)
-                compute_ms[str(b)] = float(np.median(times) * 1e3)
+            for batching in (False, True):
+                runs[batching, n].append(one_run(batching, n))
+        for b in (1, 16, 32):
+            w = agents[False]._windows(text, np.arange(1000, 1000 + b))
+            agents[False]._forward(w, False)
+            for _ in range(5):
+                t = time.perf_counter()
+                agents[False]._forward(w, False)
+                times[str(b)].append(time.perf_counter() - t)
+    compute_ms = {b: float(np.median(t) * 1e3) for b, t in times.items()}
+    rows = []
+    for (batching, n), got in runs.items():
+        row = {"batching": batching, "callers": n}
+        for key in got[0]:
+            row[key] = float(np.median([r[key] for r in got]))
+            if repeats > 1:
+                row[key + "_spread"] = spread([r[key] for r in got])
+        rows.append(row)
+        if progress:
+            progress(f"batching {'on' if batching else 'off'}, {n} callers: {row['steps_per_s']:.1f} steps/s, "
+                     f"p99 {row['p99_ms']:.1f} ms")
+    for agent in agents.values():
         agent.close()
     return {"threads": threads, "max_queue_delay_ms": max_queue_delay_ms, "steps_per_caller": steps_per_caller,
             "repeats": repeats, "single_batch_compute_ms": compute_ms, "rows": rows}
