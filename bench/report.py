@@ -141,7 +141,8 @@ def batching_section(b: dict) -> list[str]:
     at = {(r["callers"], r["batching"]): r for r in b["rows"]}
     callers = sorted({r["callers"] for r in b["rows"]})
     out = [f"Dynamic batching on `{b['model']}`: concurrent callers each issuing {b['steps_per_caller']} single-window "
-           f"steps (max queue delay {num(b['max_queue_delay_ms'])} ms, every expert resident), batching off then on; "
+           f"steps (max queue delay {num(b['max_queue_delay_ms'])} ms, every expert resident), batching off and on "
+           f"alternating per run and caller count; "
            f"median of {b['repeats']} runs:", "",
            "| callers | off: steps/s | off: p50 / p99 ms | on: steps/s | on: p50 / p99 ms | on: mean batch | on / off |",
            "|---|---|---|---|---|---|---|"]

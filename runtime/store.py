@@ -356,7 +356,6 @@ class MemoryStore:
         self.crossbar.ledger.write_pj, self.crossbar.ledger.read_pj = lg["write_pj"], lg["read_pj"]
         self.crossbar.ledger.write_ns, self.crossbar.ledger.read_ns = lg["write_ns"], lg["read_ns"]
         self._saved_ledger = dict(lg)
-        self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
 
     # ---- transactions --------------------------------------------------------------------------------------
 
