@@ -148,15 +148,15 @@ def test_requests_queued_behind_a_running_batch_wait_for_the_callers_it_answers(
     waiting three are joined by it (one batch of the target 4) instead of running at once as an "expired"
     batch of 3, which is how 16 callers used to settle into two cohorts of 8 forever."""
     gate = Gate()
-    cfg = BatcherConfig(max_batch_size=4, preferred_batch_sizes=(4,), max_queue_delay_ms=500)
+    cfg = BatcherConfig(max_batch_size=4, preferred_batch_sizes=(4,), max_queue_delay_ms=2_000)
     with DynamicBatcher(gate, cfg) as b:
-        first = b.submit("first")
-        assert gate.entered.wait(10)  # alone: ran after the delay; now blocked inside fn
+        first = [b.submit(x) for x in range(4)]  # the target: runs at once, then blocks inside fn
+        assert gate.entered.wait(10)
         rest = [b.submit(x) for x in ("a", "b", "c")]
-        time.sleep(0.6)  # longer than the delay: by arrival time alone they are overdue
+        time.sleep(2.1)  # longer than the delay: by arrival time alone they are overdue
 
-        def caller():  # the first request's caller issues its next step as soon as it has the answer
-            first.result(10)
+        def caller():  # one answered caller issues its next step as soon as it has the answer
+            first[0].result(10)
             rest.append(b.submit("again"))
 
         t = threading.Thread(target=caller)
@@ -164,7 +164,7 @@ def test_requests_queued_behind_a_running_batch_wait_for_the_callers_it_answers(
         gate.release.set()
         t.join(10)
         assert [f.result(10) for f in rest] == [("ok", x) for x in ("a", "b", "c", "again")]
-    assert gate.batches == [["first"], ["a", "b", "c", "again"]]
+    assert gate.batches == [[0, 1, 2, 3], ["a", "b", "c", "again"]]
 
 
 def test_once_the_callers_it_answered_are_back_the_batch_runs_without_waiting_for_the_delay():
@@ -186,7 +186,10 @@ def test_once_the_callers_it_answered_are_back_the_batch_runs_without_waiting_fo
         s = 0
         together.wait(10)
         while not stop.is_set():
-            assert b.submit((c, s)).result(30) == (c, s)
+            try:
+                assert b.submit((c, s)).result(30) == (c, s)
+            except BatcherClosed:  # it checked `stop` just before the test closed the batcher
+                return
             s += 1
 
     ts = [threading.Thread(target=caller, args=(c,)) for c in range(4)]
