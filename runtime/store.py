@@ -66,6 +66,20 @@ class MemoryInputError(BadInput, ValueError):
     """Bad input to the memory store: a ValueError for library callers, exit 2 for the CLI."""
 
 
+@contextlib.contextmanager
+def _sql_transaction(db: sqlite3.Connection, begin: str = "BEGIN"):
+    """``begin`` ... COMMIT, or ROLLBACK when anything raises (a read snapshot with plain BEGIN, a write with
+    BEGIN IMMEDIATE)."""
+    db.execute(begin)
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # a failed COMMIT may have rolled back already
+            db.execute("ROLLBACK")
+        raise
+
+
 def _blob(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f4").tobytes()
 
@@ -272,16 +286,11 @@ class MemoryStore:
     def _migrate_v1(db: sqlite3.Connection) -> None:
         """Version 1 -> 2 in one transaction: keep one row per link (links are symmetric, so the other
         direction holds the same strength) and drop the index on dst that only the reverse rows needed."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _sql_transaction(db, "BEGIN IMMEDIATE"):
             if json.loads(db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]) == 1:
                 db.execute("DELETE FROM associations WHERE src < dst")
                 db.execute("DROP INDEX IF EXISTS associations_dst")
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def _create(db, key_dim, value_dim, context_dim, capacity, device, seed, clock) -> dict:
@@ -296,17 +305,12 @@ class MemoryStore:
                 "ledger": {"writes": 0, "reads": 0, "write_pj": 0.0, "read_pj": 0.0, "write_ns": 0.0, "read_ns": 0.0}}
         if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             db.execute("PRAGMA journal_mode = WAL")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _sql_transaction(db, "BEGIN IMMEDIATE"):
             if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0:
                 for stmt in SCHEMA.strip().split(";"):
                     if stmt.strip():
                         db.execute(stmt)
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
 
     def _load(self) -> None:
@@ -317,11 +321,9 @@ class MemoryStore:
             return
         # data_version before the snapshot: a commit racing this load makes the next check reload, never miss.
         version = db.execute("PRAGMA data_version").fetchone()[0]
-        db.execute("BEGIN")  # one read snapshot for every table; a writer committing mid-load is not half-seen
-        try:
+        # One read snapshot for every table: a writer committing mid-load is not half-seen.
+        with _sql_transaction(db):
             self._read_all()
-        finally:
-            db.execute("COMMIT")
         self._data_version = version
 
     def _read_all(self) -> None:
@@ -371,23 +373,21 @@ class MemoryStore:
             return
         if self.readonly:
             raise MemoryInputError(f"{self.path}: opened read-only")
-        self.db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
-            if self.db.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
-                self._load()  # another process committed since our last look
-            self.storage.clear_journal()
-            self.graph.drain_changes()
-            yield
-            self._flush()
-            self.db.execute("COMMIT")
-            self._data_version = self.db.execute("PRAGMA data_version").fetchone()[0]
+            with _sql_transaction(self.db, "BEGIN IMMEDIATE"):
+                if self.db.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
+                    self._load()  # another process committed since our last look
+                self.storage.clear_journal()
+                self.graph.drain_changes()
+                yield
+                self._flush()
         except BaseException:
-            self.db.execute("ROLLBACK")
-            self._load()  # the database is the truth: drop what the failed operation changed in memory
+            self._load()  # rolled back; the database is the truth: drop what the operation changed in memory
             raise
         finally:
             self._depth = 0
+        self._data_version = self.db.execute("PRAGMA data_version").fetchone()[0]
 
     def _flush(self) -> None:
         st, db = self.storage, self.db
@@ -593,16 +593,16 @@ def inspect(directory) -> dict:
         db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            db.execute("BEGIN")  # one snapshot for every number below
-            meta = MemoryStore._read_meta(db, path)
-            if meta is None:
-                raise MemoryInputError(f"{path}: empty memory store")
-            count, oldest, newest = db.execute("SELECT count(*), min(created), max(created) FROM memories").fetchone()
-            assoc = db.execute("SELECT count(*) FROM associations").fetchone()[0]
-            assoc //= 2 if meta["schema_version"] == 1 else 1  # version 1 kept a row per direction
-            nodes = db.execute("SELECT count(*) FROM nodes").fetchone()[0]
-            edges = db.execute("SELECT count(*) FROM edges").fetchone()[0]
-            db.execute("COMMIT")
+            with _sql_transaction(db):  # one snapshot for every number below
+                meta = MemoryStore._read_meta(db, path)
+                if meta is None:
+                    raise MemoryInputError(f"{path}: empty memory store")
+                count, oldest, newest = db.execute(
+                    "SELECT count(*), min(created), max(created) FROM memories").fetchone()
+                assoc = db.execute("SELECT count(*) FROM associations").fetchone()[0]
+                assoc //= 2 if meta["schema_version"] == 1 else 1  # version 1 kept a row per direction
+                nodes = db.execute("SELECT count(*) FROM nodes").fetchone()[0]
+                edges = db.execute("SELECT count(*) FROM edges").fetchone()[0]
         finally:
             db.close()
     except sqlite3.DatabaseError as e:
