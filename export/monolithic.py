@@ -9,7 +9,7 @@ Why the step is rewritten before export, not traced as is: the reference ``Memor
 loops over ``counts.tolist()`` and skips idle experts in Python, so tracing it bakes the example's routing
 into the graph (a wrong model, not a slow one). The traceable form here is the one Hugging Face's MoE blocks
 use (optimum exports Mixtral this way): per expert, ``nonzero`` selects its tokens, the expert runs on them,
-``index_add`` scatters the weighted rows back. Two onnxruntime facts shape the details, both measured:
+``scatter_add`` adds the weighted rows back. Two onnxruntime facts shape the details, both measured:
   - an expert whose selection is empty aborts the process (``LSTM`` with batch 0 calls std::terminate) or
     fails a ``Reshape`` (the exporter's computed shapes put a literal 0 where ONNX reads 0 as "copy this
     dimension"); so every expert gets one extra zero-weight pad row and no shape is ever empty;
@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from m3edge.errors import BadInput
 
 OPSET = 17
 INPUT, OUTPUT = "windows", "logits"
@@ -67,6 +69,8 @@ class MonolithicStep(nn.Module):
 
 def export_monolithic(agent, out: str | Path, opset: int = OPSET, example_tokens: int = 2) -> Path:
     """Write ``out`` (one .onnx; weights beside it as ``<name>.data`` when over protobuf's 2 GB)."""
+    if agent.cfg.routing != "dropless":  # the rewritten step has no capacity rule: it would be another model
+        raise BadInput(f"the monolithic baseline computes dropless routing; this model routes {agent.cfg.routing!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     step = MonolithicStep(agent.eval()).eval()

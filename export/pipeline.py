@@ -138,7 +138,10 @@ def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibra
             raise ValidationError(f"{spec.label}: litert-torch cannot convert it ({e})") from None
         note = f"{spec.label}: {precision} conversion failed ({e}); kept fp32"
         precision = "fp32"
-        blob = tflite.convert(spec.module, examples, precision)
+        try:
+            blob = tflite.convert(spec.module, examples, precision)
+        except tflite.ConversionError as e2:
+            raise ValidationError(f"{spec.label}: litert-torch cannot convert it ({e2})") from None
     rel = f"graphs/{spec.stem}.tflite"
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_bytes(blob)
@@ -151,6 +154,21 @@ def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibra
 
 
 BUILDERS = {"onnxruntime": build_onnx, "tflite": build_tflite}
+
+
+def calibrator_onnx(target, opts: ExportOptions) -> dict:
+    ctx = q.context_of(target)
+    return {"calibrator": "onnxruntime quantize_static (QDQ)", "method": opts.calibration_method, "context": ctx,
+            "types": vars(q.QUANT_TYPES[ctx]) | {}}
+
+
+def calibrator_tflite(target, opts: ExportOptions) -> dict:
+    # --calibration-method picks onnxruntime's calibrator; the PT2E quantizer keeps its own observers.
+    return {"calibrator": "litert-torch PT2E", "method": "the PT2E quantizer's observers",
+            "scheme": "symmetric int8, per-channel weights"}
+
+
+CALIBRATORS = {"onnxruntime": calibrator_onnx, "tflite": calibrator_tflite}  # what reports/calibration.json records
 
 
 def stage_check(root: Path, entry: dict, spec, cal, session, opts: ExportOptions) -> GraphCheck:
@@ -187,8 +205,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
     cal = capture(agent, load_split(data_dir, "calibration"), n_cal)
     eval_text = load_split(data_dir, "eval")
     session = SessionConfig(threads=1)
-    calibration = {"method": opts.calibration_method, "context": q.context_of(target),
-                   "types": vars(q.QUANT_TYPES[q.context_of(target)]) | {}, "graphs": {}, "fallback": []}
+    calibration = CALIBRATORS[target.backend](target, opts) | {"graphs": {}, "fallback": []}
     with bfmt.staging(Path(out), force) as tmp:
         checks, entries, files = [], [], []
         fp32_weights = 0  # one bucket per module: what an fp32 bundle would store
@@ -238,15 +255,17 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         (tmp / "reports" / "parity.json").write_text(bfmt.dumps(report))
         if quantized:
             weights = sum(f["bytes"] for f in files if f["path"].endswith((".weights", ".tflite")))
-            accuracy = {"precision": precision, "calibration_method": opts.calibration_method,
+            accuracy = {"precision": precision, "calibration_method": calibration["method"],
                         "sqnr_db": {f"{c.graph}.b{c.bucket}": c.sqnr_db for c in checks},
                         "routing_agreement": e2e["routing_agreement"], "top1_agreement": e2e["top1_agreement"],
                         "bits_per_byte": e2e["bits_per_byte"], "bits_per_byte_increase": e2e["bits_per_byte_increase"],
                         "weights_bytes": weights, "fp32_weights_bytes": fp32_weights,
                         "passed": e2e["passed"], "accuracy_drop_allowed": accepted_drop}
             (tmp / "reports" / "accuracy.json").write_text(bfmt.dumps(accuracy))
+            written.append("reports/accuracy.json")
+        if any(e["precision"] == "int8" for e in entries):  # fp16 needs no calibration
             (tmp / "reports" / "calibration.json").write_text(bfmt.dumps(calibration))
-            written += ["reports/accuracy.json", "reports/calibration.json"]
+            written.append("reports/calibration.json")
         manifest["files"] = sorted(files + [bfmt.file_entry(tmp, w) for w in written], key=lambda f: f["path"])
         (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
         if failed:

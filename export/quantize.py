@@ -1,8 +1,9 @@
 """INT8 by onnxruntime's static quantization, fed with routing-aware calibration rows.
 
 QDQ format, per-channel weights, ``quant_pre_process`` first. Only MatMul and Gemm are quantized: they
-hold the weights and the compute; LayerNorm, Softmax, the residual adds and the recurrent LSTM cell stay
-float (onnxruntime's QDQ path has no LSTM; measured per graph as SQNR in the parity report).
+hold the weights and the compute; LayerNorm, Softmax and the residual adds stay float (measured per graph as
+SQNR in the parity report). Experts export as single-token views (``export/views.py``), so no graph holds a
+recurrent cell.
 
 Activation and weight types follow onnxruntime's guidance per execution context (a registry, keyed by
 what the target profile runs on): ARM S8/S8; x86 U8/S8 with reduce_range (no VNNI assumed);
@@ -100,7 +101,7 @@ def quantize(model: onnx.ModelProto, feeds: list[dict], target, method: str = "m
         warnings.simplefilter("ignore")
         src, pre, out = Path(d, "in.onnx"), Path(d, "pre.onnx"), Path(d, "q.onnx")
         onnx.save(model, src)
-        # No graph optimisation here: it would fold bucket-sized constants (the LSTM's zero state) into
+        # No graph optimisation here: it would fold bucket-sized constants (Shape/Expand results) into
         # initializers that differ per bucket and could no longer be shared.
         quant_pre_process(str(src), str(pre), skip_optimization=True, skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,

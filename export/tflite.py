@@ -56,13 +56,19 @@ def _litert_torch():
 
 @contextlib.contextmanager
 def _quiet():
-    """litert-torch and the MLIR converter print progress bars and banners; --json owns stdout."""
-    logging.getLogger().setLevel(logging.ERROR)
+    """litert-torch and the MLIR converter print progress bars and banners; --json owns stdout. The root
+    logger's level is put back afterwards, so the caller's warnings are not hidden for good."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # The MLIR converter logs every op count to fd 2 from C++; its errors still arrive as exceptions.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _stderr_closed():
-        warnings.simplefilter("ignore")
-        yield
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _stderr_closed():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
 
 
 def _signatures(module, examples: dict[int, tuple]):
@@ -114,7 +120,8 @@ def convert(module, examples: dict[int, tuple], precision: str, rows: list[np.nd
     except ConversionError:
         raise
     except Exception as e:  # litert-torch and the MLIR converter raise many types; keep the first line
-        raise ConversionError(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from None
+        first = (str(e).strip().splitlines() or ["no message"])[0]  # torch.export raises bare AssertionErrors
+        raise ConversionError(f"{type(e).__name__}: {first[:300]}") from None
 
 
 def port_quant(path: Path, signature: str) -> tuple[list[dict], list[dict]]:

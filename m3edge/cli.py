@@ -165,7 +165,7 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, force, precision, calibration_method,
            allow_accuracy_drop, data_dir, parity_tokens, as_json):
-    """Export per-expert static-shape ONNX graphs for a target, validated against torch."""
+    """Export per-expert static-shape graphs (ONNX or TFLite, as the target says), validated against torch."""
     import time
 
     from tqdm import tqdm

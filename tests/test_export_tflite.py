@@ -119,3 +119,16 @@ def test_conversion_errors_are_typed(tiny_agent):
     spec = next(s for s in split(tiny_agent, [2], [2]) if s.role == "expert")
     with pytest.raises(tflite.ConversionError, match="fp32 and int8"):
         tflite.convert(spec.module, {2: spec.example(2)}, "fp16")
+
+
+def test_a_converter_error_without_a_message_is_a_conversion_error_and_logging_is_restored(monkeypatch):
+    import logging
+
+    def bare(*a, **k):
+        raise AssertionError()  # what torch.export raises from many internal checks
+
+    monkeypatch.setattr(tflite, "_signatures", bare)
+    before = logging.getLogger().level
+    with pytest.raises(tflite.ConversionError, match="AssertionError: no message"):
+        tflite.convert(torch.nn.Linear(4, 4), {1: (torch.zeros(1, 4),)}, "fp32")
+    assert logging.getLogger().level == before

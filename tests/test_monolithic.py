@@ -23,3 +23,17 @@ def test_one_token_batches_leave_most_experts_idle_without_failing(tiny_agent, t
     g = session(export_monolithic(tiny_agent, tmp_path / "agent.onnx"), threads=1)
     out = g.run(np.zeros((1, tiny_agent.cfg.context), dtype=np.int64))[0]
     assert out.shape == (1, 256) and np.isfinite(out).all()
+
+
+def test_capacity_routing_is_refused_not_exported_as_another_model(tiny_cfg, tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from m3edge.errors import BadInput
+    from m3edge.model.agent import MemoryMoEAgent
+
+    agent = MemoryMoEAgent(dataclasses.replace(tiny_cfg, routing="capacity")).eval()
+    with pytest.raises(BadInput, match="dropless"):
+        export_monolithic(agent, tmp_path / "agent.onnx")
+    assert not (tmp_path / "agent.onnx").exists()
