@@ -347,8 +347,9 @@ def store_experiences(storage: SynapticStorage, keys: np.ndarray, values: np.nda
     n = len(keys)
     extras = extras or [None] * n
     m0, forgotten0 = len(storage), storage.forgotten
-    # Forgetting during the batch moves rows; novelty still compares with the memories before the batch.
-    before = storage.unit_keys().copy() if m0 and m0 + n > storage.capacity else None
+    # Forgetting during the batch moves rows; novelty still compares with the memories before the batch. Only a
+    # chunk after the first can see rows moved, so a batch of one chunk needs no copy (a full store's every step).
+    before = storage.unit_keys().copy() if m0 and m0 + n > storage.capacity and n > rows else None
     ids: list[int] = []
     for s in range(0, n, rows):
         e = min(n, s + rows)

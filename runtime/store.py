@@ -370,6 +370,9 @@ class MemoryStore:
                 yield
             finally:
                 self._depth -= 1
+                if self.db is None and not self._depth:  # nothing to write the changes to: forget them
+                    self.storage.clear_journal()
+                    self.graph.drain_changes()
             return
         if self.readonly:
             raise MemoryInputError(f"{self.path}: opened read-only")

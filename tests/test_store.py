@@ -78,6 +78,18 @@ def test_parity_with_the_torch_memory_system_under_ideal(tiny_cfg, tmp_path):
     again.close()
 
 
+def test_a_store_without_a_database_keeps_no_journal_of_its_changes():
+    s = MemoryStore(key_dim=8, value_dim=4, capacity=20, device="ideal", clock=Clock())
+    rng = np.random.default_rng(1)
+    for _ in range(10):  # past capacity: stores, links, forgetting, consolidation
+        s.store(rows(rng, 6, base=rng.normal(size=(2, 8))), rng.normal(size=(6, 4)), np.full(6, 0.9))
+        s.search(rng.normal(size=8), k=3)
+    assert s.storage.forgotten and s.graph.nodes
+    st = s.storage
+    assert (st.new, st.touched, st.gone, st.pairs, st.decays) == ([], set(), set(), set(), [])
+    assert s.graph.drain_changes() == (set(), set(), {})
+
+
 def test_topk_matches_a_stable_sort_with_ties():
     rng = np.random.default_rng(0)
     s = rng.integers(0, 5, size=(4, 3000)).astype(np.float32)  # many ties

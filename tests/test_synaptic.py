@@ -78,3 +78,20 @@ def test_consolidation_candidates_use_the_threshold():
     s.store(vec(1, 0), vec(1), 0.69)
     hi = s.store(vec(0, 1), vec(1), 0.7)
     assert [m.id for m in s.consolidation_candidates()] == [hi]
+
+
+def test_a_batch_into_a_full_store_gives_the_same_result_in_any_chunking():
+    """Chunks after the first see rows moved by forgetting; novelty still compares with the store before the
+    batch, so cutting the batch into chunks changes nothing."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(3, 8)).astype(np.float32)
+    fill = base[rng.integers(0, 3, 30)] + 0.4 * rng.normal(size=(30, 8)).astype(np.float32)
+    batch = [base[rng.integers(0, 3, 12)] + 0.4 * rng.normal(size=(12, 8)).astype(np.float32),
+             rng.normal(size=(12, 4)), rng.random(12), rng.random(12)]
+    states = []
+    for rows in (4, 1024):
+        s = SynapticStorage(capacity=30, clock=Clock())
+        st.store_experiences(s, fill, np.zeros((30, 4)), np.full(30, 0.5), np.full(30, 0.5))
+        ids = st.store_experiences(s, *batch, rows=rows)
+        states.append((ids, s.forgotten, {i: (m.priority, dict(m.associations)) for i, m in s.memories.items()}))
+    assert states[0][1] == 12 and states[0] == states[1]
