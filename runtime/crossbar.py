@@ -378,10 +378,14 @@ class CrossbarArray:
         self._epoch = np.concatenate([self._epoch, self._epochs(np.zeros(len(ids)))])
         self._fresh_from, self._fresh_until = math.inf, -math.inf  # new columns: check them at the next read
         if account:
-            pj, ns = write_cost(len(ids), self.dim, self.device)
-            self.ledger.writes += len(ids)
-            self.ledger.write_pj += pj
-            self.ledger.write_ns += ns
+            self.account_writes(len(ids))
+
+    def account_writes(self, n: int) -> None:
+        """Charge the ledger for programming n columns (a caller that programs lazily charges at store time)."""
+        pj, ns = write_cost(n, self.dim, self.device)
+        self.ledger.writes += n
+        self.ledger.write_pj += pj
+        self.ledger.write_ns += ns
 
     def sync(self, ids, weights: np.ndarray, written, account: bool = True) -> None:
         """Make the columns match the caller's rows: drop the ids it no longer holds, program the new ones.

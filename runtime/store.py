@@ -464,6 +464,7 @@ class MemoryStore:
         with self.transaction():
             ids = store_experiences(self.storage, keys, values, complexity, surprise,
                                     self._extras(context_keys, len(keys)))
+            self.crossbar.account_writes(len(ids))
             self.consolidate()
         return ids
 
@@ -473,6 +474,7 @@ class MemoryStore:
         priorities = _finite_vector(priorities, "priorities", len(keys))
         with self.transaction():
             ids = self.storage.store_many(keys, values, priorities.tolist(), self._extras(context_keys, len(keys)))
+            self.crossbar.account_writes(len(ids))
             self.storage.decay()
             self.consolidate()
         return ids
@@ -514,7 +516,9 @@ class MemoryStore:
         st = self.storage
         ids, _, _, ages = st.arrays()
         c = st._cols
-        self.crossbar.sync(c.id_array(), st.unit_keys(), c.get("created"))
+        # Programmed lazily, at the first read; the writes were charged when the memories were stored, so a
+        # memory forgotten or closed before any read still counts.
+        self.crossbar.sync(c.id_array(), st.unit_keys(), c.get("created"), account=False)
         spatial = self.crossbar.read(unit(query), st.unit_keys(), self.clock())
         key_ctx = st.extra_array("context_key") if query_ctx is not None else None
         return ids, fuse(spatial, query_ctx, key_ctx, ages).astype(np.float32)

@@ -231,6 +231,17 @@ def test_store_reads_through_the_crossbar_and_keeps_its_ledger(tmp_path):
     again.close()
 
 
+def test_write_energy_is_charged_at_store_time_even_if_nothing_is_ever_read(tmp_path):
+    s = make(tmp_path, device="reram")
+    s.store(np.random.default_rng(1).normal(size=(10, 8)), np.ones((10, 4)), np.full(10, 0.5))
+    assert s.stats()["writes"] == 10 and s.stats()["energy_pj"]["write"] > 0
+    s.close()
+    again = MemoryStore.open(tmp_path / "m")
+    again.search(np.ones(8), k=3)  # programs the array: no second charge
+    assert again.stats()["writes"] == 10
+    again.close()
+
+
 WRITER = """
 import sys, numpy as np
 from m3edge.runtime.store import MemoryStore
