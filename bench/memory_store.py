@@ -126,7 +126,7 @@ def per_preset(store: MemoryStore, q: np.ndarray, qc: np.ndarray, now: float) ->
         lat_ms = np.array(lat) * 1e3
         out[name] = {"recall_at_10": recall(np.array(got), exact_top),
                      "recall_at_10_spatial_only": recall(np.array(got_spatial), exact_spatial_top),
-                     "retrieval_ms": {"p50": float(np.percentile(lat_ms, 50)), "p99": float(np.percentile(lat_ms, 99))},
+                     "retrieval_ms": pcts(lat_ms),
                      "energy_pj": {"write_per_memory": w_pj / len(ids), "read_per_query": arr.ledger.read_pj / len(q)},
                      "latency_ns": {"write_per_memory": arr.ledger.write_ns / len(ids),
                                     "read_per_query": arr.ledger.read_ns / len(q)}}

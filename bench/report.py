@@ -74,12 +74,24 @@ def engine_table(m: dict, torch_speed: dict) -> list[str]:
     return lines
 
 
+def gates_cell(m: dict, artefact: str) -> str:
+    """A quantized bundle is built with --allow-accuracy-drop (the run measures speed): say whether it passed."""
+    acc = m.get("accuracy", {}).get(artefact.removeprefix("bundle-"))
+    if not acc:
+        return ""
+    verdict = ("passed" if acc["passed"]
+               else "**missed** (built with --allow-accuracy-drop; its speed is not a shippable bundle's)")
+    return f"{verdict}: top-1 {acc['top1_agreement']:.1%}, routing {acc['routing_agreement']:.1%}"
+
+
 def model_section(name: str, m: dict, bandwidth: float) -> list[str]:
     cfg = m["config"]
     torch_speed = {r["batch"]: r["bytes_per_s"] for r in m["rows"]
                    if r["engine"] == "torch-eager" and "skipped" not in r}
     out = [f"#### `{name}`: d_model {cfg['d_model']}, {cfg['n_layers']} MoE layer(s) x {cfg['n_experts']} experts, "
-           f"top-{cfg['top_k']}", "", f"{m['note'][0].upper()}{m['note'][1:].rstrip('.')}.", ""]
+           f"top-{cfg['top_k']}", ""]
+    if m["note"]:
+        out += [f"{m['note'][0].upper()}{m['note'][1:].rstrip('.')}.", ""]
     out += engine_table(m, torch_speed)
     out.append("")
     mp = m.get("monolithic_parity")
@@ -93,14 +105,14 @@ def model_section(name: str, m: dict, bandwidth: float) -> list[str]:
     names = {"checkpoint": "checkpoint (safetensors, what torch loads)", "monolithic": "monolithic onnx",
              "bundle-fp32": "bundle fp32", "bundle-int8": "bundle INT8 (onnxruntime)",
              "bundle-litert": "bundle INT8 (LiteRT)"}
-    out.append("| artefact | bytes on disk | built in |")
-    out.append("|---|---|---|")
+    out.append("| artefact | bytes on disk | built in | accuracy gates (export's own check against torch) |")
+    out.append("|---|---|---|---|")
     for key, a in arts.items():
         if "skipped" in a:
-            out.append(f"| {names.get(key, key)} | skipped: {a['skipped']} | |")
+            out.append(f"| {names.get(key, key)} | skipped: {a['skipped']} | | |")
         else:
             built = "reused" if a["build_s"] < 0.5 else f"{num(a['build_s'])} s"  # from an earlier run, or committed
-            out.append(f"| {names.get(key, key)} | {mb(a['bytes'])} | {built} |")
+            out.append(f"| {names.get(key, key)} | {mb(a['bytes'])} | {built} | {gates_cell(m, key)} |")
     out.append("")
     if m.get("target_floors"):
         out.append(f"Bandwidth floor at batch 1 on each target (this machine: {num(bandwidth)} GB/s measured):")

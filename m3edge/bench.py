@@ -107,8 +107,7 @@ class RuntimeEngine:
         self.agent = EdgeAgent.open(args["bundle"], cache_experts=args.get("cache"), policy=args.get("policy", "lfu"),
                                     prefetch=args.get("prefetch", False), threads=args["threads"], clock=lambda: 0.0)
         if args.get("cache") is None:
-            self.agent.executor.cache.max_items = None  # every expert resident: measure the engine, not the cache
-            self.agent.executor.cache.max_bytes = None
+            self.agent.executor.cache.unbounded()  # every expert resident: measure the engine, not the cache
         n = self.agent.cfg
         self.touched = np.zeros((n.n_layers, n.n_experts), dtype=np.int64)  # steps in which each expert ran
 
@@ -186,10 +185,9 @@ def _decode_workload(eng, args: dict, t0: float, t_open: float) -> dict:
             times.append(time.perf_counter() - t)
         out[name] = {"bytes_per_s_runs": [n_bytes / t for t in times], "bytes": n_bytes, "streams": streams,
                      "outputs_sha": hashlib.sha256(b"".join(outs)).hexdigest()[:16],
-                     "peak_rss_mb": peak_rss_mb()}  # ru_maxrss only grows: the peak up to this phase
+                     "peak_rss_mb": peak_rss_mb()}  # the high-water mark only grows: the peak up to this phase
         if touched is not None:  # per step, the fraction of steps in which each expert ran
             out[name]["touched"] = (touched / (len(times) * steps)).tolist()
-    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -311,7 +309,7 @@ def batching_bench(bundle: str | Path, data_dir: Path, callers=(1, 4, 16, 32), s
     for batching in (False, True):
         agent = agents[batching] = EdgeAgent.open(bundle, cache_experts=None, cache_bytes=None, threads=threads,
                                                   clock=lambda: 0.0)
-        agent.executor.cache.max_items = None  # every expert resident: measure batching, not the cache
+        agent.executor.cache.unbounded()  # every expert resident: measure batching, not the cache
         if batching:
             buckets = tuple(agent.executor.token_buckets)
             agent.enable_batching(BatcherConfig(max_batch_size=max(buckets), preferred_batch_sizes=buckets,

@@ -105,6 +105,10 @@ class ExpertCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def unbounded(self) -> None:
+        """Keep every expert once loaded: no limit in experts or bytes (benchmarks of everything else)."""
+        self.max_items = self.max_bytes = None
+
     def __contains__(self, key) -> bool:
         return key in self._items
 

@@ -76,7 +76,10 @@ def small_result():
            "models": {"m": {"note": "a test model", "rows": rows, "fp32_outputs_identical": True,
                             "config": {"d_model": 8, "n_layers": 1, "n_experts": 4, "top_k": 2},
                             "artefacts": {"checkpoint": {"path": "c", "bytes": 1000, "build_s": 0.0},
+                                          "bundle-int8": {"path": "b", "bytes": 500, "build_s": 3.0},
                                           "bundle-litert": {"skipped": "no tflite profile"}},
+                            "accuracy": {"int8": {"passed": False, "top1_agreement": 0.95, "routing_agreement": 0.98,
+                                                  "bits_per_byte_increase": 0.001}},
                             "target_floors": [{"target": "rpi5", "dram_bandwidth_gbps": 17, "precision": "int8",
                                                "expert_bytes_per_token": 1e6, "bytes_basis": "int8 bundle",
                                                "floor_bytes_per_s": 17000.0}]}},
@@ -118,6 +121,8 @@ def test_report_regenerates_readme_tables_and_plots(tmp_path):
     assert "stale" not in text and "hand-written" in text and text.endswith("## Next\n")
     assert "| m3edge runtime | int8 | 1 | 250 (225-275) | 2.5x |" in text
     assert "skipped: no tflite profile" in text and "- **missed**: m: runtime int8 within 3x" in text
+    assert "| bundle INT8 (onnxruntime) | 0.0 MB | 3.00 s | **missed** (built with --allow-accuracy-drop" in text
+    assert "top-1 95.0%, routing 98.0% |" in text  # a bundle that failed its gates says so next to its speed
     assert "(goal <= 3.00x; 1.3x over it)" in text  # by how much
     assert "- **met**: memory store: >= 5,000 durable inserts/s" in text  # issue 6's goals, from its own result
     assert "- **missed**: memory store: top-10 retrieval p50 < 20 ms at 1,000 memories (reram)" in text
@@ -165,3 +170,10 @@ def test_full_suite_cli_usage_errors(tiny_bundle):
     assert r.returncode == 2 and "pass BUNDLE" in r.stderr
     r = run_cli("bench", "--suite", "full", "--models", "nope")
     assert r.returncode == 2 and "unknown model 'nope'" in r.stderr
+
+
+def test_a_model_without_a_note_gets_no_note_line():
+    report = load_report()
+    m = small_result()["models"]["m"] | {"note": ""}  # ModelPlan.note defaults to ""
+    lines = report.model_section("m", m, 10.0)
+    assert lines[0].startswith("#### `m`") and lines[2].startswith("| engine")

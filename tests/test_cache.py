@@ -43,6 +43,14 @@ def test_byte_capacity_and_pinning():
     assert c.get(7) == "graph7"
 
 
+def test_unbounded_lifts_both_limits():
+    c = ExpertCache(Loader(size=40), max_items=2, max_bytes=100)
+    c.unbounded()
+    for k in range(6):
+        c.get(k)
+    assert len(c) == 6 and c.bytes == 240 and c.stats.evictions == 0
+
+
 def test_prefetch_loads_in_background_and_counts_its_hits():
     loader = Loader(delay=0.01)
     c = ExpertCache(loader, max_items=10)
