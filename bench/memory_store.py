@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from m3edge.runtime import crossbar as xb  # noqa: E402
 from m3edge.runtime.store import MemoryStore, fuse, topk_stable  # noqa: E402
-from m3edge.synaptic import DAY, SynapticStorage, unit  # noqa: E402
+from m3edge.synaptic import SynapticStorage, unit  # noqa: E402
 
 KEY, VALUE, CTX = 128, 64, 128
 

@@ -89,9 +89,6 @@ class Columns:
         self.ids: list[int] = []
         self.cols: dict[str, np.ndarray] = {}
 
-    def append(self, mid: int, rows: dict) -> None:
-        self.extend([mid], {name: np.asarray(row)[None] for name, row in rows.items()})
-
     def extend(self, mids: list[int], rows: dict) -> None:
         """Append len(mids) rows at once; ``rows`` maps each column to an array of that many rows."""
         k = len(mids)
@@ -197,10 +194,6 @@ class SynapticStorage:
         while len(self.memories) > self.capacity:
             self.forget_one()
         return mem.id
-
-    def _add(self, mem: Memory) -> None:
-        self.memories[mem.id] = mem
-        self._add_columns([mem])
 
     def _add_columns(self, mems: list[Memory], units: np.ndarray | None = None) -> None:
         """Append the records' rows (in id order) to the columns; ``units`` = their unit keys if known."""

@@ -145,20 +145,11 @@ def _uniform(base: np.ndarray, stream: int) -> np.ndarray:
     return ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
-def hash_uniform(seed: int, ids: np.ndarray, dim: int, stream: int) -> np.ndarray:
-    """Uniforms in (0, 1), [len(ids), dim], a pure function of (seed, id, row, stream)."""
-    return _uniform(_base(seed, ids, dim), stream)
-
-
 def _normal_pair(base: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
     """Two independent standard normals per cell by Box-Muller over two hashed uniforms."""
     r = np.sqrt(-2.0 * np.log(_uniform(base, 2 * stream)))
     a = 2.0 * math.pi * _uniform(base, 2 * stream + 1)
     return r * np.cos(a), r * np.sin(a)
-
-
-def hash_normal(seed: int, ids: np.ndarray, dim: int, stream: int) -> np.ndarray:
-    return _normal_pair(_base(seed, ids, dim), stream)[0]
 
 
 _PROG, _NU, _STUCK = 0, 1, 2  # streams: programming noise, drift exponents, faults
@@ -273,10 +264,6 @@ class Ledger:
     read_pj: float = 0.0
     write_ns: float = 0.0
     read_ns: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {"writes": self.writes, "reads": self.reads, "energy_pj": {"write": self.write_pj, "read": self.read_pj},
-                "latency_ns": {"write": self.write_ns, "read": self.read_ns}}
 
 
 def write_cost(n: int, dim: int, dev: DeviceModel) -> tuple[float, float]:

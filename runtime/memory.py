@@ -21,17 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from m3edge.errors import BadInput
-from m3edge.runtime.store import DB_NAME, FUSION, MemoryStore, fuse, topk_stable  # noqa: F401
-from m3edge.synaptic import RETRIEVAL_TEMPERATURE, Clock, Memory, unit
+from m3edge.runtime.store import DB_NAME, MemoryStore, topk_stable
+from m3edge.synaptic import RETRIEVAL_TEMPERATURE, Clock, Memory
 
 SNAPSHOT = "memory.npz"
 SNAPSHOT_VERSION = 1
 AGENT_DEVICE = "ideal"  # the torch agent's default memory device; parity depends on it
-
-
-def retrieval_scores(query, query_ctx, unit_keys, key_ctx, ages) -> np.ndarray:
-    """Fused scores [N, M] with exact spatial cosines (the ideal device's read)."""
-    return fuse(unit(query) @ unit_keys.T, query_ctx, key_ctx, ages)
 
 
 class LongTermMemory:
