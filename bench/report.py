@@ -170,23 +170,6 @@ def batching_section(b: dict) -> list[str]:
     return out
 
 
-def memory_goals(ms: dict) -> list[dict]:
-    """Issue 6's goals, judged from bench/memory_store.py's own result and thresholds."""
-    if "skipped" in ms or "goals" not in ms:
-        return []
-    g, out = ms["goals"], []
-    if "insert_per_s" in g and "insert" in ms:
-        m = ms["insert"]["per_s"]
-        out.append({"goal": f"memory store: >= {g['insert_per_s']:,} durable inserts/s", "measured": m,
-                    "target": g["insert_per_s"], "unit": "/s", "higher_is_better": True, "met": m >= g["insert_per_s"]})
-    if "p50_ms" in g and "retrieval_top10_ms" in ms:
-        m = ms["retrieval_top10_ms"]["p50"]
-        out.append({"goal": f"memory store: top-10 retrieval p50 < {g['p50_ms']} ms at {ms.get('memories', 0):,} "
-                            f"memories ({ms.get('device', '?')})", "measured": m, "target": g["p50_ms"], "unit": " ms",
-                    "higher_is_better": False, "met": m < g["p50_ms"]})
-    return out
-
-
 def memory_section(ms: dict) -> list[str]:
     if "skipped" in ms:
         return [f"Memory store: skipped ({ms['skipped']}).", ""]
@@ -225,8 +208,7 @@ def render(res: dict) -> str:
     lines += cache_section(res.get("cache_sweep", {"skipped": "not run"}))
     lines += batching_section(res.get("batching", {"skipped": "not run"}))
     lines += memory_section(res.get("memory_store", {"skipped": "not run"}))
-    goals = res.get("goals", []) + memory_goals(res.get("memory_store", {}))
-    lines += ["Goals:", ""] + [goal_line(g) for g in goals]
+    lines += ["Goals:", ""] + [goal_line(g) for g in res.get("goals", [])]
     return "\n".join(lines).rstrip() + "\n"
 
 

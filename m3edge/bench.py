@@ -894,6 +894,15 @@ def goals(res: dict) -> list[dict]:
                 out.append(_goal("batching: 16 callers' p99 <= max queue delay + 2 x single-batch compute",
                                  at[16, True]["p99_ms"], b["max_queue_delay_ms"] + 2 * c16, higher_is_better=False,
                                  unit="ms", issue=7))
+    ms = res.get("memory_store", {})
+    g = {} if "skipped" in ms else ms.get("goals", {})  # bench/memory_store.py states its own thresholds
+    if "insert_per_s" in g and "insert" in ms:
+        out.append(_goal(f"memory store: >= {g['insert_per_s']:,} durable inserts/s", ms["insert"]["per_s"],
+                         g["insert_per_s"], unit="/s", issue=6))
+    if "p50_ms" in g and "retrieval_top10_ms" in ms:
+        out.append(_goal(f"memory store: top-10 retrieval p50 <= {g['p50_ms']} ms at {ms.get('memories', 0):,} "
+                         f"memories ({ms.get('device', '?')})", ms["retrieval_top10_ms"]["p50"], g["p50_ms"],
+                         higher_is_better=False, unit=" ms", issue=6))
     return out
 
 
