@@ -188,9 +188,7 @@ class EdgeAgent:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close(drain=True)
-        self.executor.cache.close()
-        if self.executor.pool is not None:
-            self.executor.pool.shutdown()
+        self.executor.close()
         self.save_memory()
 
     def __enter__(self):

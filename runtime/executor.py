@@ -100,6 +100,12 @@ class BundleExecutor:
         # Chunk plans depend only on the row count: planned once per count, not once per expert call.
         self._plan = functools.lru_cache(maxsize=None)(lambda n: routing.plan_chunks(n, self.capacity_buckets))
 
+    def close(self) -> None:
+        """Stop the cache's prefetch thread and the expert workers."""
+        self.cache.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+
     def load(self, entry: dict):
         if entry.get("weights"):
             self.bundle.verified(entry["weights"])
