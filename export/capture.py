@@ -49,6 +49,9 @@ class Captured:
         return list(self.inputs[(role, layer, expert)]), False
 
     def for_bucket(self, role: str, layer, expert, bucket: int) -> tuple[np.ndarray, ...]:
+        if role == "bank":  # each expert's own rows, one block per expert
+            n = sum(1 for key in self.routed if key[0] == layer)
+            return (np.concatenate([self.for_bucket("expert", layer, e, bucket)[0] for e in range(n)]),)
         arrays = self.inputs[(role, layer, expert)]
         if role == "expert":
             routed = self.routed[(layer, expert)]

@@ -7,6 +7,8 @@
   router L   x [T, d], bias [T, E]          -> h [T, d] (the layer's pre-norm), logits [T, E]
   expert L,e h [C, d]                       -> y [C, d]      one graph per expert, exported on its own
                                                                (its exact single-token view: export/views.py)
+  bank L     x [E*C, d]                     -> y [E*C, d]    every expert of layer L, C rows each (export/bank.py;
+                                                               optional, built from the expert graphs)
   head       x [T, d]                       -> logits [T, 256]
 T runs over the profile's token buckets, C over its capacity buckets.
 """
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m3edge.export.bank import BankReference
 from m3edge.export.views import export_view
 
 
@@ -77,6 +80,10 @@ class HeadGraph(nn.Module):
         return self.head(self.norm(x))
 
 
+# File stems (under graphs/) of the per-layer roles; the others are named after their role.
+STEMS = {"expert": "layer{layer}/expert_{expert:02d}", "router": "layer{layer}/router", "bank": "layer{layer}/experts"}
+
+
 @dataclass
 class Port:
     name: str
@@ -95,6 +102,7 @@ class GraphSpec:
     expert: int | None = None
     memory_type: str | None = None
     reference: nn.Module | None = None  # what the graph is checked against, when ``module`` is an export view
+    blocks: int = 1  # a bank stacks one block of ``bucket`` rows per expert
 
     @property
     def checked_against(self) -> nn.Module:
@@ -102,25 +110,23 @@ class GraphSpec:
 
     @property
     def stem(self) -> str:
-        if self.role == "expert":
-            return f"layer{self.layer}/expert_{self.expert:02d}"
-        if self.role == "router":
-            return f"layer{self.layer}/router"
-        return self.role
+        return STEMS.get(self.role, self.role).format(layer=self.layer, expert=self.expert)
 
     @property
     def label(self) -> str:
         return self.stem.replace("/", ".")
 
     def shape(self, port: Port, bucket: int) -> list[int]:
-        return [bucket, *port.dims]
+        return [bucket * self.blocks, *port.dims]
 
     def example(self, bucket: int) -> tuple[torch.Tensor, ...]:
         dtypes = {"int64": torch.long, "float32": torch.float32}
         return tuple(torch.zeros(self.shape(p, bucket), dtype=dtypes[p.dtype]) for p in self.inputs)
 
 
-def split(agent, token_buckets, capacity_buckets) -> list[GraphSpec]:
+def split(agent, token_buckets, capacity_buckets, bank_rows: int | None = None) -> list[GraphSpec]:
+    """Every graph of a bundle, in build order. ``bank_rows``: add a bank per layer with that many rows per
+    expert (a capacity bucket), after the layer's experts it is merged from."""
     cfg = agent.cfg
     d, e, m = cfg.d_model, cfg.n_experts, cfg.memory_dim
     tb, cb = tuple(token_buckets), tuple(capacity_buckets)
@@ -138,5 +144,9 @@ def split(agent, token_buckets, capacity_buckets) -> list[GraphSpec]:
             expert = agent.layers[layer].experts[ex]
             specs.append(GraphSpec("expert", export_view(expert), [Port("h", (d,))], [Port("y", (d,))],
                                    cb, layer, ex, cfg.expert_type(ex), reference=expert))
+        if bank_rows:
+            experts = list(agent.layers[layer].experts)
+            specs.append(GraphSpec("bank", BankReference(experts, bank_rows), [Port("x", (d,))], [Port("y", (d,))],
+                                   (bank_rows,), layer, blocks=len(experts)))
     specs.append(GraphSpec("head", HeadGraph(agent), [Port("x", (d,))], [Port("logits", (cfg.vocab,))], tb))
     return specs

@@ -20,6 +20,7 @@ from m3edge.data import load_split
 from m3edge.errors import BadInput, CheckFailed
 from m3edge.export.capture import capture
 from m3edge.export.graphs import split
+from m3edge.export import bank
 from m3edge.export import quantize as q
 from m3edge.export.onnx_export import compact, export_module, write_shared
 from m3edge.export.parity import Gates, end_to_end
@@ -43,6 +44,7 @@ class ExportOptions:
     parity_tokens: int = 2048
     allow_accuracy_drop: bool = False
     gates: Gates = field(default_factory=Gates)
+    bank_rows: int = 4  # a bank per layer at the smallest capacity bucket holding this many rows; 0: none
 
 
 class ExportFailed(CheckFailed):
@@ -60,8 +62,9 @@ def resolve_precision(target, requested: str) -> tuple[dict, list[str]]:
         raise BadInput(f"--precision {requested}: the {target.backend} backend builds {', '.join(built)}")
     if requested != "auto":
         return {role: requested for role in bfmt.ROLES}, []
-    # The memory encoder has no profile entry: it runs beside the encoder, at its precision.
-    wanted = dict(target.precision) | {"memory": target.precision["encoder"]}
+    # The memory encoder has no profile entry: it runs beside the encoder, at its precision. A bank is
+    # its experts' graphs.
+    wanted = dict(target.precision) | {"memory": target.precision["encoder"], "bank": target.precision["expert"]}
     chosen = {role: p if p in built else "fp32" for role, p in wanted.items()}
     notes = [f"{role}: profile asks for {p}, exported as fp32 ({target.backend} builds {', '.join(built)})"
              for role, p in sorted(wanted.items()) if p not in built]
@@ -153,7 +156,41 @@ def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibra
     return Built(precision, [rel], graphs, fp32_bytes, note)
 
 
+def build_bank(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path) -> Built:
+    """The layer's expert graphs, already written at this bucket, merged into one (export/bank.py). Their
+    weights files are the bank's: it stores no weights of its own."""
+    (bucket,) = spec.buckets
+    experts = [f"graphs/layer{spec.layer}/expert_{e:02d}" for e in range(spec.blocks)]
+    models = [onnx.load(str(root / f"{stem}.b{bucket}.onnx"), load_external_data=False) for stem in experts]
+    model = bank.merge(models, bucket, spec.inputs[0].dims[0])
+    rel = f"graphs/{spec.stem}.b{bucket}.onnx"
+    (root / rel).write_bytes(model.SerializeToString(deterministic=True))
+    graph = {"path": rel, "weights": [f"{stem}.weights" for stem in experts],
+             "inputs": _io(spec, spec.inputs, bucket), "outputs": _io(spec, spec.outputs, bucket)}
+    return Built(precision, [rel], {bucket: graph}, 0)
+
+
 BUILDERS = {"onnxruntime": build_onnx, "tflite": build_tflite}
+# Backends whose graphs can be merged into banks: ONNX external data lets a bank share the experts' weights
+# files. A TFLite file embeds its weights, so a bank would be a second copy of every expert.
+BANK_BUILDERS = {"onnxruntime": build_bank}
+ROLE_BUILDERS = {"bank": BANK_BUILDERS}  # roles built from other graphs rather than from a torch module
+
+
+# A bank runs every expert of its layer, the idle ones too, so it streams all their weights. It pays where
+# an expert's weights cost less to read than an onnxruntime call's fixed cost (~20 us here, about 200 kB
+# at a Pi's ~10 GB/s): experts up to 64k parameters (the small reference's are 12k-50k; seed's 12.6M).
+BANK_MAX_PARAMS = 64 * 1024
+
+
+def bank_rows(agent, target, opts: ExportOptions) -> int | None:
+    """Rows per expert in this export's banks, or None for no banks."""
+    if not opts.bank_rows or target.backend not in BANK_BUILDERS:
+        return None
+    biggest = max(sum(p.numel() for p in e.parameters()) for layer in agent.layers for e in layer.experts)
+    if biggest > BANK_MAX_PARAMS:
+        return None
+    return next((b for b in target.capacity_buckets if b >= opts.bank_rows), None)
 
 
 def calibrator_onnx(target, opts: ExportOptions) -> dict:
@@ -200,7 +237,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
     agent.eval()
     cfg = agent.cfg
     precision, notes = resolve_precision(target, opts.precision)
-    specs = split(agent, target.token_buckets, target.capacity_buckets)
+    specs = split(agent, target.token_buckets, target.capacity_buckets, bank_rows(agent, target, opts))
     n_cal = max(opts.calibration_tokens, max(target.token_buckets), max(target.capacity_buckets))
     cal = capture(agent, load_split(data_dir, "calibration"), n_cal)
     eval_text = load_split(data_dir, "eval")
@@ -209,8 +246,8 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
     with bfmt.staging(Path(out), force) as tmp:
         checks, entries, files = [], [], []
         fp32_weights = 0  # one bucket per module: what an fp32 bundle would store
-        build = BUILDERS[target.backend]
         for spec in specs:
+            build = ROLE_BUILDERS.get(spec.role, BUILDERS)[target.backend]
             built = build(spec, precision[spec.role], cal, target, opts, calibration, tmp)
             fp32_weights = None if None in (fp32_weights, built.fp32_bytes) else fp32_weights + built.fp32_bytes
             if built.note:

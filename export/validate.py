@@ -115,7 +115,7 @@ def compare(graph, module, inputs: tuple[np.ndarray, ...]) -> tuple[float, float
 def summarise(checks: list[GraphCheck]) -> list[dict]:
     """One row per role: graphs, failures, the worst diff and where it is."""
     rows = []
-    for role in ("encoder", "memory", "alignment", "router", "expert", "head"):
+    for role in ("encoder", "memory", "alignment", "router", "expert", "bank", "head"):
         mine = [c for c in checks if c.role == role]
         if not mine:
             continue

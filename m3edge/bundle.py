@@ -1,7 +1,8 @@
 """The bundle: what export writes and the runtime reads. Stdlib only.
 
     bundle/manifest.json   schema, versions, model config, resolved target, routing, graphs, files
-    bundle/graphs/...      one ONNX file per (graph, bucket); weights shared by a module's buckets
+    bundle/graphs/...      one ONNX file per (graph, bucket); weights shared by a module's buckets (and by
+                           a layer's expert bank, which reads its experts' weights files)
     bundle/reports/...     parity.json (and, later, calibration.json, accuracy.json)
 
 Paths are relative and must stay inside the bundle. ``open_bundle`` checks every file's sha256 before
@@ -22,7 +23,7 @@ SCHEMA_VERSION = 1
 FORMAT = "m3edge-bundle"
 MANIFEST = "manifest.json"
 ENGINE_CACHE = "trt_engines"  # TensorRT writes its engines here on the device; not part of the bundle
-ROLES = ("encoder", "memory", "alignment", "router", "expert", "head")
+ROLES = ("encoder", "memory", "alignment", "router", "expert", "bank", "head")
 
 
 def sha256_file(path: Path) -> str:
@@ -93,6 +94,18 @@ class Bundle:
         return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _listed_weights(weights, listed: set) -> bool:
+    """A graph's weights: none, one listed file, or (a bank) a list of listed files."""
+    if isinstance(weights, list):
+        return bool(weights) and all(isinstance(w, str) and w in listed for w in weights)
+    return weights is None or weights in listed
+
+
+def weights_files(entry: dict) -> list[str]:
+    w = entry.get("weights")
+    return list(w) if isinstance(w, list) else [w] if w else []
+
+
 def _check_entries(m: dict, mpath: Path) -> None:
     """Types of every file and graph entry, and every graph the model and buckets imply."""
     from m3edge.config import ModelConfig
@@ -109,7 +122,7 @@ def _check_entries(m: dict, mpath: Path) -> None:
     have = set()
     for g in m["graphs"]:
         if not (isinstance(g, dict) and g.get("role") in ROLES and isinstance(g.get("bucket"), int)
-                and isinstance(g.get("path"), str) and g["path"] in listed and g.get("weights") in listed | {None}
+                and isinstance(g.get("path"), str) and g["path"] in listed and _listed_weights(g.get("weights"), listed)
                 and all(isinstance(g.get(k), (int, type(None))) for k in ("layer", "expert"))):
             bad(f"malformed or unlisted graph entry {json.dumps(g)[:80]}")
         have.add((g["role"], g["bucket"], g["layer"], g["expert"]))

@@ -162,9 +162,12 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("--parity-tokens", default=2048, show_default=True, type=click.IntRange(1),
               help="Eval tokens for the end-to-end parity check.")
+@click.option("--bank-rows", default=4, show_default=True, type=click.IntRange(0),
+              help="Add each layer's expert bank (all its experts in one graph, for large batches) at the smallest "
+                   "capacity bucket holding this many rows per expert; 0: no banks.")
 @click.option("--json", "as_json", is_flag=True)
 def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, force, precision, calibration_method,
-           allow_accuracy_drop, data_dir, parity_tokens, as_json):
+           allow_accuracy_drop, data_dir, parity_tokens, bank_rows, as_json):
     """Export per-expert static-shape graphs (ONNX or TFLite, as the target says), validated against torch."""
     import time
 
@@ -180,13 +183,13 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
     target = targets.load(target_name)
     agent, source = checkpoint.build_agent(checkpoint_dir, preset_name, config_file, seed)
     data = Path(data_dir) if data_dir else default_data_dir()
-    n_graphs = 4 + agent.cfg.n_layers * (1 + agent.cfg.n_experts)
+    n_graphs = 4 + agent.cfg.n_layers * (2 + agent.cfg.n_experts)  # a bank per layer, where built
     bar = tqdm(total=n_graphs, desc=f"export {target.name}", unit="module", file=sys.stderr, disable=None)
     try:
         report = export_bundle(agent, source, target, output, data, force,
                                ExportOptions(precision=precision, parity_tokens=parity_tokens,
                                              calibration_method=calibration_method,
-                                             allow_accuracy_drop=allow_accuracy_drop),
+                                             allow_accuracy_drop=allow_accuracy_drop, bank_rows=bank_rows),
                                lambda label: bar.update(1))
         ok = True
     except ExportFailed as e:

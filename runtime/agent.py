@@ -76,7 +76,7 @@ class EdgeAgent:
     @classmethod
     def open(cls, bundle_dir, memory_dir=None, cache_experts: int | None = None, policy: str = "lfu",
              prefetch: bool = False, strict: bool = False, threads: int | None = None, clock=None,
-             cache_bytes: int | None = None, expert_workers: int = 1) -> "EdgeAgent":
+             cache_bytes: int | None = None, expert_workers: int = 1, banks: bool = True) -> "EdgeAgent":
         """Verify every file of the bundle, then set up sessions, the expert cache and the memory.
 
         Defaults are what ``m3edge bench`` measured on the small reference (README): LFU beats LRU at a
@@ -87,7 +87,10 @@ class EdgeAgent:
         bounded by its ``expert_memory_budget_mb``).
 
         ``expert_workers``: run a batch's distinct experts on this many threads; the profile's threads are
-        then split between them, so the cores are shared, not oversubscribed."""
+        then split between them, so the cores are shared, not oversubscribed.
+
+        ``banks``: run a batch that touches most of a layer's experts through the layer's expert bank, where
+        the bundle has one and the cache may hold every expert (``BundleExecutor._bank_for``)."""
         from m3edge.targets import Target
 
         bundle = open_bundle(bundle_dir)
@@ -101,7 +104,7 @@ class EdgeAgent:
         # cache_experts counts experts kept loaded per layer, as the profile's expert_cache_size does.
         max_items = None if cache_experts is None else cache_experts * n_layers
         cache = ExpertCache(None, max_items=max_items, max_bytes=cache_bytes, policy=policy)
-        executor = BundleExecutor(bundle, session, cache, prefetch=prefetch, expert_workers=expert_workers)
+        executor = BundleExecutor(bundle, session, cache, prefetch=prefetch, expert_workers=expert_workers, banks=banks)
         cfg = executor.cfg
         memory = LongTermMemory(cfg.d_model, cfg.memory_top_k, clock=clock)
         if memory_dir is not None:

@@ -109,6 +109,11 @@ class ExpertCache:
         """Keep every expert once loaded: no limit in experts or bytes (benchmarks of everything else)."""
         self.max_items = self.max_bytes = None
 
+    def holds(self, items: int, nbytes: int) -> bool:
+        """Whether ``items`` entries of ``nbytes`` in all fit within the capacity."""
+        return ((self.max_items is None or self.max_items >= items)
+                and (self.max_bytes is None or self.max_bytes >= nbytes))
+
     def __contains__(self, key) -> bool:
         return key in self._items
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from m3edge.bundle import Bundle
+from m3edge.bundle import Bundle, weights_files
 from m3edge.config import ModelConfig
 from m3edge.runtime import routing
 from m3edge.runtime.cache import ExpertCache
@@ -78,7 +78,7 @@ class ExpertGraphs:
 
 class BundleExecutor:
     def __init__(self, bundle: Bundle, session: SessionConfig | None = None, cache: ExpertCache | None = None,
-                 prefetch: bool = False, expert_workers: int = 1):
+                 prefetch: bool = False, expert_workers: int = 1, banks: bool = True):
         self.bundle = bundle
         self.cfg = ModelConfig.from_dict(bundle.manifest["model_config"])
         r = bundle.manifest["routing"]
@@ -97,6 +97,8 @@ class BundleExecutor:
         self.file_sizes = {f["path"]: f["bytes"] for f in bundle.manifest["files"]}
         self.warm_buckets: tuple[int, ...] = (self.capacity_buckets[0],)
         self.pool = ThreadPoolExecutor(expert_workers, thread_name_prefix="m3edge-expert") if expert_workers > 1 else None
+        # layer -> its expert bank's entry (export/bank.py), when the bundle has banks and they may be used.
+        self.banks = {g["layer"]: g for g in bundle.graphs if g["role"] == "bank"} if banks else {}
         # Chunk plans depend only on the row count: planned once per count, not once per expert call.
         self._plan = functools.lru_cache(maxsize=None)(lambda n: routing.plan_chunks(n, self.capacity_buckets))
 
@@ -107,9 +109,12 @@ class BundleExecutor:
             self.pool.shutdown()
 
     def load(self, entry: dict):
-        if entry.get("weights"):
-            self.bundle.verified(entry["weights"])
-        weight_bytes = self.file_sizes[entry["path"]] + self.file_sizes.get(entry.get("weights"), 0)
+        weights = weights_files(entry)
+        for w in weights:
+            self.bundle.verified(w)
+        # A bank runs its experts one after another: each gets the threads one expert call would.
+        weight_bytes = self.file_sizes[entry["path"]] // max(1, len(weights)) + sum(
+            self.file_sizes[w] for w in weights) // max(1, len(weights))
         threads = self.session.threads_for(weight_bytes, entry["bucket"], entry.get("precision", "fp32"))
         cfg = self.session if threads == self.session.threads else replace(self.session, threads=threads)
         return open_graph(self.bundle.verified(entry["path"]), entry, cfg)
@@ -164,6 +169,43 @@ class BundleExecutor:
             weight = np.where(keep, weight, 0).astype(weight.dtype)
         return h, LayerRouting(logits, index, weight, keep)
 
+    def _bank_for(self, layer: int, active: int):
+        """The layer's bank graph if this batch should use it, else None.
+
+        A bank runs every expert of the layer, so it pays when most of them are active: on the small
+        reference one fp32 bank call (64 experts, 4 rows each) costs about what 17 expert calls do, an INT8
+        one about 28 (README, batching). Half the experts is the rule. And a bank holds every expert's
+        weights, so it is used only where the expert cache may hold them all too."""
+        entry = self.banks.get(layer)
+        if entry is None or 2 * active < self.cfg.n_experts or not self.cache.holds(self.cfg.n_layers * self.cfg.n_experts,
+                                                                                    self.expert_bytes):
+            return None
+        return self.graph("bank", entry["bucket"], layer)
+
+    @functools.cached_property
+    def expert_bytes(self) -> int:
+        """Every expert's files, once each: what the cache would hold with all experts resident."""
+        files = {f for g in self.bundle.graphs if g["role"] == "expert" for f in [g["path"], *weights_files(g)]}
+        return sum(self.file_sizes[f] for f in files)
+
+    def _run_bank(self, layer: int, bank, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Every pair's expert output, in ``rows``' order, through the bank: each expert's first C rows in
+        its block of the bank's input (zero rows elsewhere), rows beyond C through the expert's own graph."""
+        c = self.banks[layer]["bucket"]
+        starts = np.cumsum(counts) - counts
+        expert = np.repeat(np.arange(len(counts)), counts)
+        rank = np.arange(len(rows)) - starts[expert]  # position of each pair within its expert's rows
+        first = rank < c
+        slot = expert[first] * c + rank[first]
+        x = np.zeros((len(counts) * c, rows.shape[1]), dtype=rows.dtype)
+        x[slot] = rows[first]
+        y = np.empty_like(rows)
+        y[first] = bank.run(x)[0][slot]
+        for e in np.flatnonzero(counts > c).tolist():
+            a, b = int(starts[e]) + c, int(starts[e] + counts[e])
+            y[a:b] = self._run_expert(layer, e, rows[a:b])
+        return y
+
     def _run_expert(self, layer: int, e: int, rows: np.ndarray) -> np.ndarray:
         """One expert over its rows, in the planned chunks of its capacity buckets (padding dropped)."""
         expert = self.cache.get((layer, e))
@@ -187,7 +229,10 @@ class BundleExecutor:
         rows = h[tokens]  # every pair's input, grouped by expert in token order: one gather, sliced below
         ends = np.cumsum(counts).tolist()
         jobs = [(e, ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c]
-        if self.pool is not None and len(jobs) > 1:
+        bank = self._bank_for(layer, len(jobs))
+        if bank is not None:
+            ys = [self._run_bank(layer, bank, rows, counts)]
+        elif self.pool is not None and len(jobs) > 1:
             # Distinct experts are independent graphs and onnxruntime releases the GIL while one runs, so
             # a batch's experts run side by side; results are added back in expert order below, so the
             # sums (and the bytes generated) are the same as run one after another.

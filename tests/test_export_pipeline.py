@@ -31,6 +31,12 @@ def test_tiny_preset_bundle_is_complete_static_and_within_gates(tmp_path, tiny_t
     roles = [g["role"] for g in m["graphs"]]
     assert roles.count("expert") == 8 * 2 and roles.count("router") == 2 and roles.count("encoder") == 2
     assert roles.count("memory") == 2
+    # One expert bank per layer, at the smallest capacity bucket holding 4 rows (8 here), reading its
+    # experts' weights files: it has none of its own.
+    banks = [g for g in m["graphs"] if g["role"] == "bank"]
+    assert [(g["layer"], g["bucket"]) for g in banks] == [(0, 8)]
+    assert banks[0]["weights"] == [f"graphs/layer0/expert_{e:02d}.weights" for e in range(8)]
+    assert banks[0]["inputs"][0]["shape"] == [8 * 8, 16] == banks[0]["outputs"][0]["shape"]
     assert {g["memory_type"] for g in m["graphs"] if g["role"] == "expert"} == {
         "episodic", "semantic", "procedural", "emotional", "working", "associative"}
     for g in m["graphs"]:
@@ -38,7 +44,8 @@ def test_tiny_preset_bundle_is_complete_static_and_within_gates(tmp_path, tiny_t
         for v in list(model.graph.input) + list(model.graph.output):
             dims = v.type.tensor_type.shape.dim
             assert all(d.HasField("dim_value") for d in dims), (g["path"], v.name)  # no dynamic axes
-        assert [i["shape"][0] for i in g["inputs"]] == [g["bucket"]] * len(g["inputs"])
+        blocks = 8 if g["role"] == "bank" else 1
+        assert [i["shape"][0] for i in g["inputs"]] == [g["bucket"] * blocks] * len(g["inputs"])
     report = json.loads((out / "reports" / "parity.json").read_text())
     assert all(c["status"] == "ok" and c["max_abs_diff"] <= 1e-5 for c in report["graphs"])
     assert m["source"]["kind"] == "random-init" and m["target"]["name"] == "tiny-test"

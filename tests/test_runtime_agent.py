@@ -23,6 +23,10 @@ def clock():
     return 5000.0
 
 
+def make_windows(text: bytes, n: int) -> np.ndarray:
+    return windows(np.frombuffer(text, dtype=np.uint8), np.arange(1, n + 1), 8)
+
+
 @pytest.fixture(scope="module")
 def torch_greedy(tiny_checkpoint):
     agent = checkpoint.load(tiny_checkpoint, clock=clock)
@@ -43,13 +47,32 @@ def test_greedy_generation_matches_torch_for_every_cache_size(tiny_bundle, torch
 
 
 def test_experts_on_worker_threads_give_the_same_bytes(tiny_bundle, torch_greedy):
-    with EdgeAgent.open(tiny_bundle, expert_workers=2, clock=clock) as agent:
+    # Without banks: a batch this size would run through the layer's bank, not the workers.
+    with EdgeAgent.open(tiny_bundle, expert_workers=2, banks=False, clock=clock) as agent:
         assert agent.executor.pool is not None and agent.executor.session.threads == 1  # 2 profile threads, split
         assert agent.generate(PROMPT, 256) == torch_greedy
         windows = agent._windows(PROMPT * 4, np.arange(1, 33))
         batched = agent._forward(windows, use_memory=False)[0]
-    with EdgeAgent.open(tiny_bundle, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, banks=False, clock=clock) as agent:
         assert np.array_equal(agent._forward(windows, use_memory=False)[0], batched)  # same sums, same order
+
+
+def test_a_batch_touching_most_experts_runs_through_the_layers_bank(tiny_bundle, monkeypatch):
+    windows = make_windows(PROMPT * 4, 32)
+    with EdgeAgent.open(tiny_bundle, clock=clock) as agent:
+        ex, used = agent.executor, []
+        run_bank = ex._run_bank
+        monkeypatch.setattr(ex, "_run_bank", lambda layer, *a: used.append(layer) or run_bank(layer, *a))
+        banked = agent._forward(windows, use_memory=False)[0]
+        assert used == [0]
+        agent._forward(windows[:1], use_memory=False)  # one token: 2 of 8 experts, one call each
+        assert used == [0]
+    with EdgeAgent.open(tiny_bundle, banks=False, clock=clock) as agent:
+        assert np.array_equal(agent._forward(windows, use_memory=False)[0], banked)
+    # A bank holds every expert: not with a cache that may not.
+    with EdgeAgent.open(tiny_bundle, cache_experts=4, clock=clock) as agent:
+        assert agent.executor._bank_for(0, 8) is None
+        assert agent.executor._bank_for(0, 3) is None
 
 
 def test_sessions_get_the_profiles_threads_only_where_the_work_is(tiny_bundle, monkeypatch):
