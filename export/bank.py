@@ -25,10 +25,15 @@ def merge(experts: list[onnx.ModelProto], rows: int, width: int, in_name: str = 
     """One graph running ``experts[e]`` on rows [e*rows, (e+1)*rows) of its input. The experts take
     ``in_name`` [rows, width] and give ``out_name`` [rows, width], as every expert graph of a bundle does."""
     nodes, inits, ys = [], [], []
+    opsets: dict[str, int] = {}
     for i, model in enumerate(experts):
         g = model.graph
         if [v.name for v in g.input] != [in_name] or [v.name for v in g.output] != [out_name]:
             raise ValueError(f"expert {i}: expected one input {in_name!r} and one output {out_name!r}")
+        if model.functions:  # their names would clash across experts; the exporter writes none
+            raise ValueError(f"expert {i}: graphs with local functions are not merged")
+        for o in model.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
 
         def name(n: str, i=i) -> str:
             return f"e{i}/{n}" if n else n  # an empty name is an omitted optional input
@@ -41,6 +46,7 @@ def merge(experts: list[onnx.ModelProto], rows: int, width: int, in_name: str = 
         for n in g.node:
             n2 = onnx.NodeProto()
             n2.CopyFrom(n)
+            n2.name = name(n.name)
             del n2.input[:], n2.output[:]
             n2.input.extend(name(x) for x in n.input)
             n2.output.extend(name(x) for x in n.output)
@@ -54,9 +60,9 @@ def merge(experts: list[onnx.ModelProto], rows: int, width: int, in_name: str = 
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n * rows, width])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n * rows, width])],
                               [sizes, *inits])
-    first = experts[0]
-    model = helper.make_model(graph, opset_imports=list(first.opset_import), producer_name="m3edge")
-    model.ir_version = first.ir_version
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+                              producer_name="m3edge")
+    model.ir_version = max(m.ir_version for m in experts)
     return model
 
 

@@ -19,7 +19,7 @@ from m3edge import bundle as bfmt
 from m3edge.data import load_split
 from m3edge.errors import BadInput, CheckFailed
 from m3edge.export.capture import capture
-from m3edge.export.graphs import split
+from m3edge.export.graphs import STEMS, split
 from m3edge.export import bank
 from m3edge.export import quantize as q
 from m3edge.export.onnx_export import compact, export_module, write_shared
@@ -61,10 +61,9 @@ def resolve_precision(target, requested: str) -> tuple[dict, list[str]]:
     if requested != "auto" and requested not in built:
         raise BadInput(f"--precision {requested}: the {target.backend} backend builds {', '.join(built)}")
     if requested != "auto":
-        return {role: requested for role in bfmt.ROLES}, []
-    # The memory encoder has no profile entry: it runs beside the encoder, at its precision. A bank is
-    # its experts' graphs.
-    wanted = dict(target.precision) | {"memory": target.precision["encoder"], "bank": target.precision["expert"]}
+        return {role: requested for role in bfmt.ROLES if role not in ROLE_BUILDERS}, []
+    # The memory encoder has no profile entry: it runs beside the encoder, at its precision.
+    wanted = dict(target.precision) | {"memory": target.precision["encoder"]}
     chosen = {role: p if p in built else "fp32" for role, p in wanted.items()}
     notes = [f"{role}: profile asks for {p}, exported as fp32 ({target.backend} builds {', '.join(built)})"
              for role, p in sorted(wanted.items()) if p not in built]
@@ -160,7 +159,7 @@ def build_bank(spec, precision: str, cal, target, opts: ExportOptions, calibrati
     """The layer's expert graphs, already written at this bucket, merged into one (export/bank.py). Their
     weights files are the bank's: it stores no weights of its own."""
     (bucket,) = spec.buckets
-    experts = [f"graphs/layer{spec.layer}/expert_{e:02d}" for e in range(spec.blocks)]
+    experts = ["graphs/" + STEMS["expert"].format(layer=spec.layer, expert=e) for e in range(spec.blocks)]
     models = [onnx.load(str(root / f"{stem}.b{bucket}.onnx"), load_external_data=False) for stem in experts]
     model = bank.merge(models, bucket, spec.inputs[0].dims[0])
     rel = f"graphs/{spec.stem}.b{bucket}.onnx"
@@ -184,8 +183,10 @@ BANK_MAX_PARAMS = 64 * 1024
 
 
 def bank_rows(agent, target, opts: ExportOptions) -> int | None:
-    """Rows per expert in this export's banks, or None for no banks."""
-    if not opts.bank_rows or target.backend not in BANK_BUILDERS:
+    """Rows per expert in this export's banks, or None for no banks: none where the backend cannot share
+    the experts' weights, where experts are too big to pay, or where the profile's expert cache holds fewer
+    than all of a layer's experts (the runtime would never use the bank: it holds them all)."""
+    if not opts.bank_rows or target.backend not in BANK_BUILDERS or target.expert_cache_size < agent.cfg.n_experts:
         return None
     biggest = max(sum(p.numel() for p in e.parameters()) for layer in agent.layers for e in layer.experts)
     if biggest > BANK_MAX_PARAMS:
@@ -237,7 +238,10 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
     agent.eval()
     cfg = agent.cfg
     precision, notes = resolve_precision(target, opts.precision)
-    specs = split(agent, target.token_buckets, target.capacity_buckets, bank_rows(agent, target, opts))
+    rows = bank_rows(agent, target, opts)
+    specs = split(agent, target.token_buckets, target.capacity_buckets, rows)
+    if rows:  # a bank is its experts' graphs
+        precision["bank"] = precision["expert"]
     n_cal = max(opts.calibration_tokens, max(target.token_buckets), max(target.capacity_buckets))
     cal = capture(agent, load_split(data_dir, "calibration"), n_cal)
     eval_text = load_split(data_dir, "eval")

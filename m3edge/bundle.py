@@ -19,7 +19,8 @@ from pathlib import Path, PurePosixPath
 from m3edge.atomic import atomic_dir
 from m3edge.errors import BadInput
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: expert banks (role "bank", a list of weights files)
+READS = (1, 2)  # a version 1 bundle is a version 2 bundle without banks
 FORMAT = "m3edge-bundle"
 MANIFEST = "manifest.json"
 ENGINE_CACHE = "trt_engines"  # TensorRT writes its engines here on the device; not part of the bundle
@@ -94,11 +95,12 @@ class Bundle:
         return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _listed_weights(weights, listed: set) -> bool:
-    """A graph's weights: none, one listed file, or (a bank) a list of listed files."""
-    if isinstance(weights, list):
-        return bool(weights) and all(isinstance(w, str) and w in listed for w in weights)
-    return weights is None or weights in listed
+def _listed_weights(g: dict, listed: set) -> bool:
+    """A graph's weights: none or one listed file; a bank's, a list of listed files (its experts')."""
+    weights = g.get("weights")
+    if g["role"] == "bank":
+        return isinstance(weights, list) and bool(weights) and all(isinstance(w, str) and w in listed for w in weights)
+    return weights is None or (isinstance(weights, str) and weights in listed)
 
 
 def weights_files(entry: dict) -> list[str]:
@@ -122,7 +124,7 @@ def _check_entries(m: dict, mpath: Path) -> None:
     have = set()
     for g in m["graphs"]:
         if not (isinstance(g, dict) and g.get("role") in ROLES and isinstance(g.get("bucket"), int)
-                and isinstance(g.get("path"), str) and g["path"] in listed and _listed_weights(g.get("weights"), listed)
+                and isinstance(g.get("path"), str) and g["path"] in listed and _listed_weights(g, listed)
                 and all(isinstance(g.get(k), (int, type(None))) for k in ("layer", "expert"))):
             bad(f"malformed or unlisted graph entry {json.dumps(g)[:80]}")
         have.add((g["role"], g["bucket"], g["layer"], g["expert"]))
@@ -132,6 +134,9 @@ def _check_entries(m: dict, mpath: Path) -> None:
     need |= {("router", b, layer, None) for layer in range(cfg.n_layers) for b in r["token_buckets"]}
     need |= {("expert", b, layer, e) for layer in range(cfg.n_layers) for e in range(cfg.n_experts)
              for b in r["capacity_buckets"]}
+    for g in m["graphs"]:
+        if g["role"] == "bank" and (g["layer"] not in range(cfg.n_layers) or len(g["weights"]) != cfg.n_experts):
+            bad(f"bank {g['path']} does not fit the model ({cfg.n_layers} layers of {cfg.n_experts} experts)")
     missing = sorted(need - have, key=str)
     if missing:
         role, bucket, layer, expert = missing[0]
@@ -151,8 +156,9 @@ def read_manifest(root: str | Path) -> dict:
         raise BadInput(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise BadInput(f"{mpath}: not an {FORMAT} manifest")
-    if m.get("schema_version") != SCHEMA_VERSION:
-        raise BadInput(f"{mpath}: schema_version {m.get('schema_version')!r}, this m3edge reads {SCHEMA_VERSION}")
+    if m.get("schema_version") not in READS:
+        raise BadInput(f"{mpath}: schema_version {m.get('schema_version')!r}, this m3edge reads "
+                       f"{' and '.join(map(str, READS))}")
     for key in ("graphs", "files", "model_config", "target", "routing"):
         if key not in m:
             raise BadInput(f"{mpath}: missing key {key!r}")

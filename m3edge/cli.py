@@ -175,7 +175,7 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
 
     from m3edge import checkpoint, targets
     from m3edge.data import default_data_dir
-    from m3edge.export.pipeline import ExportFailed, ExportOptions, export_bundle
+    from m3edge.export.pipeline import ExportFailed, ExportOptions, bank_rows as banks_at, export_bundle
     from m3edge.export.validate import format_table
     from m3edge.export.parity import format_end_to_end
 
@@ -183,14 +183,12 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
     target = targets.load(target_name)
     agent, source = checkpoint.build_agent(checkpoint_dir, preset_name, config_file, seed)
     data = Path(data_dir) if data_dir else default_data_dir()
-    n_graphs = 4 + agent.cfg.n_layers * (2 + agent.cfg.n_experts)  # a bank per layer, where built
+    opts = ExportOptions(precision=precision, parity_tokens=parity_tokens, calibration_method=calibration_method,
+                         allow_accuracy_drop=allow_accuracy_drop, bank_rows=bank_rows)
+    n_graphs = 4 + agent.cfg.n_layers * (1 + agent.cfg.n_experts + bool(banks_at(agent, target, opts)))
     bar = tqdm(total=n_graphs, desc=f"export {target.name}", unit="module", file=sys.stderr, disable=None)
     try:
-        report = export_bundle(agent, source, target, output, data, force,
-                               ExportOptions(precision=precision, parity_tokens=parity_tokens,
-                                             calibration_method=calibration_method,
-                                             allow_accuracy_drop=allow_accuracy_drop, bank_rows=bank_rows),
-                               lambda label: bar.update(1))
+        report = export_bundle(agent, source, target, output, data, force, opts, lambda label: bar.update(1))
         ok = True
     except ExportFailed as e:
         report, ok, err = e.report, False, e

@@ -169,16 +169,21 @@ class BundleExecutor:
             weight = np.where(keep, weight, 0).astype(weight.dtype)
         return h, LayerRouting(logits, index, weight, keep)
 
-    def _bank_for(self, layer: int, active: int):
+    def _bank_for(self, layer: int, counts: np.ndarray):
         """The layer's bank graph if this batch should use it, else None.
 
-        A bank runs every expert of the layer, so it pays when most of them are active: on the small
-        reference one fp32 bank call (64 experts, 4 rows each) costs about what 17 expert calls do, an INT8
-        one about 28 (README, batching). Half the experts is the rule. And a bank holds every expert's
-        weights, so it is used only where the expert cache may hold them all too."""
+        A bank runs every expert of the layer, so it pays when it replaces most of their calls: when at
+        least half the experts have rows and all of them fit the bank's block (an expert with more rows
+        still makes its own call for the rest). On the small reference one fp32 bank call (64 experts,
+        4 rows each) costs about what 17 expert calls do, an INT8 one about 28 (README). A bank's session
+        holds its own copy of every expert's weights, so it is used only where the expert cache's budget
+        fits all experts twice."""
         entry = self.banks.get(layer)
-        if entry is None or 2 * active < self.cfg.n_experts or not self.cache.holds(self.cfg.n_layers * self.cfg.n_experts,
-                                                                                    self.expert_bytes):
+        if entry is None:
+            return None
+        fitting = np.count_nonzero((counts > 0) & (counts <= entry["bucket"]))
+        n = self.cfg.n_layers * self.cfg.n_experts
+        if 2 * fitting < self.cfg.n_experts or not self.cache.holds(n, 2 * self.expert_bytes):
             return None
         return self.graph("bank", entry["bucket"], layer)
 
@@ -195,13 +200,17 @@ class BundleExecutor:
         starts = np.cumsum(counts) - counts
         expert = np.repeat(np.arange(len(counts)), counts)
         rank = np.arange(len(rows)) - starts[expert]  # position of each pair within its expert's rows
-        first = rank < c
-        slot = expert[first] * c + rank[first]
+        slot = expert * c + rank
         x = np.zeros((len(counts) * c, rows.shape[1]), dtype=rows.dtype)
-        x[slot] = rows[first]
+        over = np.flatnonzero(counts > c).tolist()
+        if not over:  # the usual case at batch 16: every expert's rows fit its block
+            x[slot] = rows
+            return bank.run(x)[0][slot]
+        first = rank < c
+        x[slot[first]] = rows[first]
         y = np.empty_like(rows)
-        y[first] = bank.run(x)[0][slot]
-        for e in np.flatnonzero(counts > c).tolist():
+        y[first] = bank.run(x)[0][slot[first]]
+        for e in over:
             a, b = int(starts[e]) + c, int(starts[e] + counts[e])
             y[a:b] = self._run_expert(layer, e, rows[a:b])
         return y
@@ -229,7 +238,7 @@ class BundleExecutor:
         rows = h[tokens]  # every pair's input, grouped by expert in token order: one gather, sliced below
         ends = np.cumsum(counts).tolist()
         jobs = [(e, ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c]
-        bank = self._bank_for(layer, len(jobs))
+        bank = self._bank_for(layer, counts)
         if bank is not None:
             ys = [self._run_bank(layer, bank, rows, counts)]
         elif self.pool is not None and len(jobs) > 1:

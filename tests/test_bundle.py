@@ -68,6 +68,40 @@ def test_malformed_and_incomplete_manifests(tiny_bundle, tmp_path):
         bundle.open_bundle(b)
 
 
+def index(m, role):
+    return next(i for i, g in enumerate(m["graphs"]) if g["role"] == role)
+
+
+@pytest.mark.parametrize("edit, message", [
+    # only a bank reads a list of weights files (its experts'); an expert has one
+    (lambda m: m["graphs"][index(m, "expert")].update(weights=[m["graphs"][index(m, "expert")]["weights"]]),
+     "malformed or unlisted graph entry"),
+    (lambda m: m["graphs"][index(m, "bank")].update(weights="graphs/layer0/expert_00.weights"),
+     "malformed or unlisted graph entry"),
+    (lambda m: m["graphs"][index(m, "bank")]["weights"].append("graphs/elsewhere.weights"),
+     "malformed or unlisted graph entry"),
+    (lambda m: m["graphs"][index(m, "bank")].update(layer=3), "does not fit the model"),
+    (lambda m: m["graphs"][index(m, "bank")]["weights"].pop(), "does not fit the model"),
+])
+def test_malformed_bank_entries(tiny_bundle, tmp_path, edit, message):
+    b = copy(tiny_bundle, tmp_path, "bank")
+    rewrite(b, edit)
+    with pytest.raises(BadInput, match=message):
+        bundle.open_bundle(b)
+
+
+def test_a_version_1_bundle_without_banks_still_opens(tiny_bundle, tmp_path):
+    b = copy(tiny_bundle, tmp_path, "v1")
+
+    def v1(m):
+        bank = m["graphs"].pop(index(m, "bank"))
+        m["files"] = [f for f in m["files"] if f["path"] != bank["path"]]
+        m["schema_version"] = 1
+    rewrite(b, v1)
+    (b / "graphs" / "layer0" / "experts.b8.onnx").unlink()
+    assert not [g for g in bundle.open_bundle(b).graphs if g["role"] == "bank"]
+
+
 def test_bad_manifests(tiny_bundle, tmp_path):
     with pytest.raises(BadInput, match="not found"):
         bundle.open_bundle(tmp_path / "none")

@@ -65,7 +65,20 @@ def test_other_configs_export_within_gates(tmp_path, tiny_target, cfg):
     assert r.returncode == 0, r.stderr + r.stdout
     res = json.loads(r.stdout)
     assert res["passed"] and res["end_to_end"]["routing_agreement"] == 1.0
-    assert sum(g["role"] == "expert" for g in bundle.open_bundle(out).graphs) == cfg.n_experts * cfg.n_layers * 2
+    graphs = bundle.open_bundle(out).graphs
+    assert sum(g["role"] == "expert" for g in graphs) == cfg.n_experts * cfg.n_layers * 2
+    assert sorted(g["layer"] for g in graphs if g["role"] == "bank") == list(range(cfg.n_layers))
+
+
+def test_bank_rows_0_leaves_the_banks_out(tmp_path, tiny_target):
+    p = tmp_path / "cfg.json"
+    p.write_text(ModelConfig(d_model=8, n_layers=2, n_experts=5, top_k=2, context=4, sensory_dims=(16, 12, 8),
+                             n_heads=2).to_json())
+    out, r = export(tmp_path, tiny_target, "b", "--config", p, "--bank-rows", "0")
+    assert r.returncode == 0, r.stderr + r.stdout
+    m = bundle.open_bundle(out).manifest
+    assert not [g for g in m["graphs"] if g["role"] == "bank"] and "bank" not in m["precision"]["graphs"]
+    assert not list(out.rglob("experts.b*.onnx"))
 
 
 def test_same_inputs_give_byte_identical_bundles(tmp_path, tiny_target):

@@ -58,21 +58,26 @@ def test_experts_on_worker_threads_give_the_same_bytes(tiny_bundle, torch_greedy
 
 
 def test_a_batch_touching_most_experts_runs_through_the_layers_bank(tiny_bundle, monkeypatch):
-    windows = make_windows(PROMPT * 4, 32)
+    sizes = (8, 32)
     with EdgeAgent.open(tiny_bundle, clock=clock) as agent:
-        ex, used = agent.executor, []
+        ex, most = agent.executor, []
         run_bank = ex._run_bank
-        monkeypatch.setattr(ex, "_run_bank", lambda layer, *a: used.append(layer) or run_bank(layer, *a))
-        banked = agent._forward(windows, use_memory=False)[0]
-        assert used == [0]
-        agent._forward(windows[:1], use_memory=False)  # one token: 2 of 8 experts, one call each
-        assert used == [0]
+        monkeypatch.setattr(ex, "_run_bank", lambda layer, bank, rows, counts: most.append(int(counts.max()))
+                            or run_bank(layer, bank, rows, counts))
+        banked = [agent._forward(make_windows(PROMPT * 4, n), use_memory=False)[0] for n in sizes]
+        # 8 tokens: every expert's rows fit its block of 8; 32: some run the rest through their own graph
+        assert len(most) == 2 and most[0] <= 8 < most[1]
+        agent._forward(make_windows(PROMPT, 1), use_memory=False)  # one token: 2 of 8 experts, a call each
+        assert len(most) == 2
+        everything = ex.expert_bytes
     with EdgeAgent.open(tiny_bundle, banks=False, clock=clock) as agent:
-        assert np.array_equal(agent._forward(windows, use_memory=False)[0], banked)
-    # A bank holds every expert: not with a cache that may not.
-    with EdgeAgent.open(tiny_bundle, cache_experts=4, clock=clock) as agent:
-        assert agent.executor._bank_for(0, 8) is None
-        assert agent.executor._bank_for(0, 3) is None
+        for n, want in zip(sizes, banked):
+            assert np.array_equal(agent._forward(make_windows(PROMPT * 4, n), use_memory=False)[0], want)
+    # A bank holds every expert (a second copy of their weights): only where the cache may hold them all twice.
+    busy = np.full(8, 2)
+    for experts, nbytes, used in ((4, None, False), (8, 2 * everything - 1, False), (8, 2 * everything, True)):
+        with EdgeAgent.open(tiny_bundle, cache_experts=experts, cache_bytes=nbytes, clock=clock) as agent:
+            assert (agent.executor._bank_for(0, busy) is not None) == used
 
 
 def test_sessions_get_the_profiles_threads_only_where_the_work_is(tiny_bundle, monkeypatch):
