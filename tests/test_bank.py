@@ -11,21 +11,26 @@ from m3edge.export.bank import BankReference, merge
 from m3edge.runtime.graph import SessionConfig, open_graph
 
 
-def test_a_bank_is_its_experts_side_by_side(tiny_bundle):
-    b = bundle.open_bundle(tiny_bundle)
-    entry = b.find("bank", 8, 0)
+def assert_bank_is_its_experts(root, layer: int = 0) -> None:
+    """Every block of the layer's bank equals its expert's own graph on the same rows, to the bit (the same
+    kernels on the same rows), and the bank reads the experts' weights files: it stores no weights."""
+    b = bundle.open_bundle(root)
+    entry = next(g for g in b.graphs if g["role"] == "bank" and g["layer"] == layer)
+    c, (n, d) = entry["bucket"], entry["inputs"][0]["shape"]
     bank = open_graph(b.path(entry["path"]), entry, SessionConfig())
-    x = np.random.default_rng(0).standard_normal((8 * 8, 16)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
     y = bank.run(x)[0]
-    for e in range(8):
-        g = b.find("expert", 8, 0, e)
-        # The same kernels on the same rows: equal to the bit, not within a tolerance.
-        assert np.array_equal(open_graph(b.path(g["path"]), g, SessionConfig()).run(x[8 * e:8 * e + 8])[0],
-                              y[8 * e:8 * e + 8])
-    # Its initializers are the experts' own, read from their weights files: the bank stores no weights.
+    for e in range(n // c):
+        g = b.find("expert", c, layer, e)
+        assert np.array_equal(open_graph(b.path(g["path"]), g, SessionConfig()).run(x[c * e:c * e + c])[0],
+                              y[c * e:c * e + c]), f"expert {e}"
     model = onnx.load(str(b.path(entry["path"])), load_external_data=False)
     locations = {d.value for t in model.graph.initializer for d in t.external_data if d.key == "location"}
-    assert locations == {f"expert_{e:02d}.weights" for e in range(8)}
+    assert locations == {f"expert_{e:02d}.weights" for e in range(n // c)}
+
+
+def test_a_bank_is_its_experts_side_by_side(tiny_bundle):
+    assert_bank_is_its_experts(tiny_bundle)
 
 
 def test_the_reference_runs_each_expert_on_its_block(tiny_agent):

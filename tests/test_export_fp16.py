@@ -14,6 +14,7 @@ from m3edge.export.onnx_export import export_module
 from m3edge.runtime.agent import EdgeAgent
 
 from conftest import run_cli
+from test_bank import assert_bank_is_its_experts
 
 
 def kinds(agent):
@@ -64,6 +65,7 @@ def test_jetson_profile_builds_fp16_experts_judged_by_the_gates(tmp_path):
     assert weights[expert["weights"]] > 0
     with EdgeAgent.open(out) as agent:  # the runtime takes the fp16 graphs as they are
         assert len(agent.generate(b"def f(", 8)) == 8
+    assert_bank_is_its_experts(out)
 
 
 def test_tflite_backend_refuses_fp16(tmp_path, tiny_target):

@@ -17,6 +17,7 @@ from m3edge.data import load_split
 from m3edge.runtime.agent import EdgeAgent
 
 from conftest import DATA, run_cli
+from test_bank import assert_bank_is_its_experts
 
 
 @pytest.mark.parametrize("method", quantize.METHODS)
@@ -39,6 +40,7 @@ def test_int8_export_with_each_calibration_method(tmp_path, tiny_target, tiny_ch
     assert cal["context"] == "x86" and cal["types"]["reduce_range"] is True  # host-cpu runs on x86
     with EdgeAgent.open(out) as agent:
         assert len(agent.generate(b"x = ", 4)) == 4
+    assert_bank_is_its_experts(out)  # its Q/DQ scales are each expert's own
 
 
 def test_an_expert_never_routed_falls_back_to_its_layer_rows(tiny_agent):
