@@ -599,11 +599,28 @@ def _monolithic(ctx: dict) -> Path:
     return out
 
 
+def _current(bundle_dir: Path, checkpoint_dir) -> bool:
+    """Whether a bundle left by an earlier run may be reused: built in this bundle format from these weights.
+    Anything else is rebuilt, not measured as if it were this checkpoint's export."""
+    from m3edge import bundle, checkpoint
+
+    try:
+        m = json.loads((bundle_dir / bundle.MANIFEST).read_text())
+        return (m.get("schema_version") == bundle.SCHEMA_VERSION
+                and m["source"].get("weights_sha256") == checkpoint.read_meta(checkpoint_dir)[1]["weights_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _bundle(target: str):
     """``m3edge export`` for a target, as a user runs it. Quantized bundles pass --allow-accuracy-drop: this
     measures speed; the accuracy the export measured is recorded next to the artefact either way."""
     def build(ctx: dict) -> Path:
         out = ctx["dir"] / f"bundle-{ctx['row_key']}"
+        if (out / "manifest.json").is_file() and not _current(out, ctx["artefacts"]["checkpoint"]):
+            import shutil
+
+            shutil.rmtree(out)
         if not (out / "manifest.json").is_file():  # a rebuild starts from an empty folder
             _cli("export", "--target", _profile(ctx, target), "--checkpoint", ctx["artefacts"]["checkpoint"],
                  "-o", out, "--force", "--allow-accuracy-drop")

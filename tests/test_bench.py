@@ -177,3 +177,22 @@ def test_a_model_without_a_note_gets_no_note_line():
     m = small_result()["models"]["m"] | {"note": ""}  # ModelPlan.note defaults to ""
     lines = report.model_section("m", m, 10.0)
     assert lines[0].startswith("#### `m`") and lines[2].startswith("| engine")
+
+
+def test_a_cached_bundle_is_reused_only_if_built_from_these_weights_in_this_format(tiny_bundle, tiny_checkpoint,
+                                                                                    tmp_path):
+    import shutil
+
+    from m3edge.bench import _current
+
+    assert _current(tiny_bundle, tiny_checkpoint)
+    for name, edit in (("other weights", lambda m: m["source"].update(weights_sha256="0" * 64)),
+                       ("older format", lambda m: m.update(schema_version=1)),
+                       ("a preset", lambda m: m.update(source={"kind": "random-init"}))):
+        b = tmp_path / name
+        shutil.copytree(tiny_bundle, b)
+        m = json.loads((b / "manifest.json").read_text())
+        edit(m)
+        (b / "manifest.json").write_text(json.dumps(m))
+        assert not _current(b, tiny_checkpoint), name
+    assert not _current(tmp_path / "none", tiny_checkpoint)
