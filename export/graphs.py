@@ -51,6 +51,17 @@ class MemoryGraph(nn.Module):
         return self.memory.memory_encoder(torch.cat([x, onehot], dim=-1))
 
 
+class MemoryReference(nn.Module):
+    """What MemoryGraph is checked against: the agent's own ``encode_experience`` (F.one_hot and all)."""
+
+    def __init__(self, agent):
+        super().__init__()
+        self.memory = agent.memory
+
+    def forward(self, x, next_byte):
+        return self.memory.encode_experience(x, next_byte)
+
+
 class AlignmentGraph(nn.Module):
     def __init__(self, agent):
         super().__init__()
@@ -134,7 +145,7 @@ def split(agent, token_buckets, capacity_buckets, bank_rows: int | None = None) 
         GraphSpec("encoder", EncoderGraph(agent), [Port("windows", (cfg.context,), "int64")],
                   [Port("x", (d,)), Port("key", (m,)), Port("complexity", (1,)), Port("context_key", (m,))], tb),
         GraphSpec("memory", MemoryGraph(agent), [Port("x", (d,)), Port("next_byte", (), "int64")],
-                  [Port("value", (d,))], tb),
+                  [Port("value", (d,))], tb, reference=MemoryReference(agent)),
         GraphSpec("alignment", AlignmentGraph(agent), [Port("x", (d,)), Port("memory", (d,))], [Port("bias", (e,))], tb),
     ]
     for layer in range(cfg.n_layers):
