@@ -495,9 +495,11 @@ class MemoryStore:
 
     def reconsolidate(self, groups) -> None:
         """Each group is one retrieval's ids: priorities, access counts and co-retrieved links strengthen."""
-        groups = [self._check_ids(g) for g in groups]
+        groups = [list(g) for g in groups]
         with self.transaction():
-            for g in groups:
+            # Checked inside: the transaction first reloads what other writers committed, and one of them
+            # may have forgotten an id this handle still held.
+            for g in [self._check_ids(g) for g in groups]:
                 self.storage.reconsolidate(g)
 
     def get(self, mid) -> Memory:

@@ -215,6 +215,19 @@ def test_two_handles_see_each_others_writes(tmp_path):
     a.close(), b.close()
 
 
+def test_reconsolidating_a_memory_another_writer_forgot_is_an_input_error(tmp_path):
+    a = make(tmp_path, capacity=2)
+    b = MemoryStore.open(tmp_path / "m", clock=a.clock)
+    a.store(np.eye(8)[:2], np.ones((2, 4)), [0.5, 0.5])
+    b.refresh()
+    a.store(np.eye(8)[2:3], np.ones((1, 4)), [0.9])  # full: a forgets one that b still holds
+    (gone,) = set(b.storage.memories) - set(a.storage.memories)
+    with pytest.raises(MemoryInputError, match=f"unknown memory id {gone}"):  # checked after b reloads
+        b.reconsolidate([[gone]])
+    assert sorted(b.storage.memories) == sorted(a.storage.memories)
+    a.close(), b.close()
+
+
 def test_store_reads_through_the_crossbar_and_keeps_its_ledger(tmp_path):
     rng = np.random.default_rng(0)
     keys = rng.normal(size=(200, 8)).astype(np.float32)
