@@ -3,7 +3,7 @@
 import torch
 
 from m3edge.config import preset
-from m3edge.export.graphs import split
+from m3edge.export.graphs import MemoryReference, split
 from m3edge.export.views import EncoderStepView, LSTMStepView, export_view
 from m3edge.model.experts import EpisodicExpert, MLPExpert, SemanticExpert
 
@@ -31,5 +31,7 @@ def test_split_exports_views_and_checks_against_the_agents_experts(tiny_agent):
     for s in split(tiny_agent, [1], [1]):
         if s.role == "expert":
             assert s.checked_against is tiny_agent.layers[s.layer].experts[s.expert]
+        elif s.role == "memory":  # its view writes one_hot as a comparison; judged by the agent's own method
+            assert isinstance(s.checked_against, MemoryReference)
         else:
             assert s.checked_against is s.module
