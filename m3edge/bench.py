@@ -617,11 +617,7 @@ def _bundle(target: str):
     measures speed; the accuracy the export measured is recorded next to the artefact either way."""
     def build(ctx: dict) -> Path:
         out = ctx["dir"] / f"bundle-{ctx['row_key']}"
-        if (out / "manifest.json").is_file() and not _current(out, ctx["artefacts"]["checkpoint"]):
-            import shutil
-
-            shutil.rmtree(out)
-        if not (out / "manifest.json").is_file():  # a rebuild starts from an empty folder
+        if not _current(out, ctx["artefacts"]["checkpoint"]):  # missing, or stale: --force replaces it
             _cli("export", "--target", _profile(ctx, target), "--checkpoint", ctx["artefacts"]["checkpoint"],
                  "-o", out, "--force", "--allow-accuracy-drop")
         acc = out / "reports" / "accuracy.json"

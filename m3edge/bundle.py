@@ -108,6 +108,12 @@ def weights_files(entry: dict) -> list[str]:
     return list(w) if isinstance(w, list) else [w] if w else []
 
 
+def entry_files(entries) -> set[str]:
+    """Every file some graph entries read, once each: ONNX buckets share a weights file, TFLite buckets are
+    signatures of one file, a bank reads its experts' weights files."""
+    return {f for e in entries for f in (e["path"], *weights_files(e))}
+
+
 def _check_entries(m: dict, mpath: Path) -> None:
     """Types of every file and graph entry, and every graph the model and buckets imply."""
     from m3edge.config import ModelConfig

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from m3edge.bundle import Bundle, weights_files
+from m3edge.bundle import Bundle, entry_files, weights_files
 from m3edge.config import ModelConfig
 from m3edge.runtime import routing
 from m3edge.runtime.cache import ExpertCache
@@ -57,9 +57,7 @@ class ExpertGraphs:
         self.entries = {b: executor.bundle.find("expert", b, layer, expert) for b in executor.capacity_buckets}
         self.graphs: dict[int, object] = {}
         self._lock = threading.Lock()
-        # Files, not entries: ONNX buckets share a weights file, TFLite buckets are signatures of one file.
-        files = {e["path"] for e in self.entries.values()} | {e["weights"] for e in self.entries.values() if e.get("weights")}
-        self.bytes = sum(executor.file_sizes[f] for f in files)
+        self.bytes = sum(executor.file_sizes[f] for f in entry_files(self.entries.values()))
         for b in warm:
             self.session(b)
 
@@ -113,8 +111,7 @@ class BundleExecutor:
         for w in weights:
             self.bundle.verified(w)
         # A bank runs its experts one after another: each gets the threads one expert call would.
-        weight_bytes = self.file_sizes[entry["path"]] // max(1, len(weights)) + sum(
-            self.file_sizes[w] for w in weights) // max(1, len(weights))
+        weight_bytes = (self.file_sizes[entry["path"]] + sum(self.file_sizes[w] for w in weights)) // max(1, len(weights))
         threads = self.session.threads_for(weight_bytes, entry["bucket"], entry.get("precision", "fp32"))
         cfg = self.session if threads == self.session.threads else replace(self.session, threads=threads)
         return open_graph(self.bundle.verified(entry["path"]), entry, cfg)
@@ -190,8 +187,7 @@ class BundleExecutor:
     @functools.cached_property
     def expert_bytes(self) -> int:
         """Every expert's files, once each: what the cache would hold with all experts resident."""
-        files = {f for g in self.bundle.graphs if g["role"] == "expert" for f in [g["path"], *weights_files(g)]}
-        return sum(self.file_sizes[f] for f in files)
+        return sum(self.file_sizes[f] for f in entry_files(g for g in self.bundle.graphs if g["role"] == "expert"))
 
     def _run_bank(self, layer: int, bank, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Every pair's expert output, in ``rows``' order, through the bank: each expert's first C rows in
@@ -236,18 +232,19 @@ class BundleExecutor:
             counts = np.bincount(r.index.reshape(-1)[order], minlength=self.cfg.n_experts)
         tokens = order // self.cfg.top_k
         rows = h[tokens]  # every pair's input, grouped by expert in token order: one gather, sliced below
-        ends = np.cumsum(counts).tolist()
-        jobs = [(e, ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c]
         bank = self._bank_for(layer, counts)
         if bank is not None:
             ys = [self._run_bank(layer, bank, rows, counts)]
-        elif self.pool is not None and len(jobs) > 1:
-            # Distinct experts are independent graphs and onnxruntime releases the GIL while one runs, so
-            # a batch's experts run side by side; results are added back in expert order below, so the
-            # sums (and the bytes generated) are the same as run one after another.
-            ys = list(self.pool.map(lambda job: self._run_expert(layer, job[0], rows[job[1]:job[2]]), jobs))
         else:
-            ys = [self._run_expert(layer, e, rows[a:b]) for e, a, b in jobs]
+            ends = np.cumsum(counts).tolist()
+            jobs = [(e, ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c]
+            if self.pool is not None and len(jobs) > 1:
+                # Distinct experts are independent graphs and onnxruntime releases the GIL while one runs, so
+                # a batch's experts run side by side; results are added back in expert order below, so the
+                # sums (and the bytes generated) are the same as run one after another.
+                ys = list(self.pool.map(lambda job: self._run_expert(layer, job[0], rows[job[1]:job[2]]), jobs))
+            else:
+                ys = [self._run_expert(layer, e, rows[a:b]) for e, a, b in jobs]
         out = np.zeros_like(h)
         if ys:
             # Unbuffered adds in pair order: each token's outputs are summed in expert order, as a loop would.

@@ -495,7 +495,6 @@ class MemoryStore:
 
     def reconsolidate(self, groups) -> None:
         """Each group is one retrieval's ids: priorities, access counts and co-retrieved links strengthen."""
-        groups = [list(g) for g in groups]
         with self.transaction():
             # Checked inside: the transaction first reloads what other writers committed, and one of them
             # may have forgotten an id this handle still held.
