@@ -7,8 +7,9 @@ A bank is the layer's expert graphs (already exported, validated and quantized) 
     x [E * C, d] -> Split into E blocks of C rows -> expert e's own nodes on block e -> Concat -> y [E * C, d]
 
 Each expert's nodes, initializers and Q/DQ scales are its own graph's, names prefixed; the initializers
-keep their external-data references, so a bank reads the experts' own weights files and adds no weight
-bytes to the bundle (only its graph file). Its outputs are the expert graphs' outputs exactly, block by
+keep their external-data references, block e's renamed ``<name>.e`` (``weights.3``: the third weights file
+the bank's manifest entry lists), so a bank reads the experts' own weights files and adds no weight bytes
+to the bundle (only its graph file). Its outputs are the expert graphs' outputs exactly, block by
 block, because the same kernels run on the same rows (a test holds it to that). Static shapes throughout:
 C is one of the profile's capacity buckets, rows per expert.
 """
@@ -42,6 +43,9 @@ def merge(experts: list[onnx.ModelProto], rows: int, width: int, in_name: str = 
             t2 = TensorProto()
             t2.CopyFrom(t)
             t2.name = name(t.name)
+            for kv in t2.external_data:
+                if kv.key == "location":
+                    kv.value = f"{kv.value}.{i}"
             inits.append(t2)
         for n in g.node:
             n2 = onnx.NodeProto()

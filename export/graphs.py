@@ -124,6 +124,11 @@ class GraphSpec:
         return STEMS.get(self.role, self.role).format(layer=self.layer, expert=self.expert)
 
     @property
+    def kind(self) -> str:
+        """What its graph file is named after: modules of one kind may share it (same structure)."""
+        return {"expert": f"expert_{self.memory_type}", "bank": "experts"}.get(self.role, self.role)
+
+    @property
     def label(self) -> str:
         return self.stem.replace("/", ".")
 

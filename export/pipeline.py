@@ -19,15 +19,15 @@ from m3edge import bundle as bfmt
 from m3edge.data import load_split
 from m3edge.errors import BadInput, CheckFailed
 from m3edge.export.capture import capture
-from m3edge.export.graphs import STEMS, split
+from m3edge.export.graphs import split
 from m3edge.export import bank
 from m3edge.export import quantize as q
-from m3edge.export.onnx_export import compact, export_module, write_shared
+from m3edge.export.onnx_export import compact, export_module, write_graph, write_shared
 from m3edge.export.parity import Gates, end_to_end
 from m3edge.export import tflite
 from m3edge.export.fp16 import to_fp16
-from m3edge.export.validate import (GraphCheck, ValidationError, check_signature_shapes, check_structure, compare,
-                                    summarise)
+from m3edge.export.validate import (GraphCheck, ValidationError, by_module, check_signature_shapes, check_structure,
+                                    compare, summarise)
 from m3edge.runtime.executor import BundleExecutor
 from m3edge.runtime.graph import SessionConfig, open_graph
 
@@ -105,7 +105,8 @@ def _calibration_rows(spec, cal, calibration: dict) -> list[np.ndarray]:
     return rows
 
 
-def build_onnx(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path) -> Built:
+def build_onnx(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path,
+               built: dict) -> Built:
     """A static ONNX graph per bucket, sharing one weights file; fp16- or int8-converted as the role asks."""
     in_names = [p.name for p in spec.inputs]
     out_names = [p.name for p in spec.outputs]
@@ -114,17 +115,18 @@ def build_onnx(spec, precision: str, cal, target, opts: ExportOptions, calibrati
     if precision == "int8":
         rows = _calibration_rows(spec, cal, calibration)
         models = {b: q.quantize(m, [dict(zip(in_names, (a[i:i + b] for a in rows))) for i in range(0, len(rows[0]), b)],
-                                target, opts.calibration_method)
+                                target, opts.calibration_method, spec.role in q.PER_CHANNEL)
                   for b, m in models.items()}
     elif precision == "fp16":
         models = {b: to_fp16(m) for b, m in models.items()}
-    weights_rel, paths = write_shared({b: compact(m) for b, m in models.items()}, root, spec.stem)
+    weights_rel, paths = write_shared({b: compact(m) for b, m in models.items()}, root, spec.stem, spec.kind)
     graphs = {b: {"path": rel, "weights": weights_rel, "inputs": _io(spec, spec.inputs, b),
                   "outputs": _io(spec, spec.outputs, b)} for b, rel in paths.items()}
-    return Built(precision, [weights_rel, *paths.values()], graphs, fp32_bytes)
+    return Built(precision, [weights_rel, *sorted(set(paths.values()))], graphs, fp32_bytes)
 
 
-def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path) -> Built:
+def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path,
+                 built: dict) -> Built:
     """One .tflite per module, a signature per bucket. A module litert-torch cannot quantize is kept at
     fp32 and the report says why; one it cannot convert at all fails the export with its error."""
     examples = {b: spec.example(b) for b in spec.buckets}
@@ -155,16 +157,15 @@ def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibra
     return Built(precision, [rel], graphs, fp32_bytes, note)
 
 
-def build_bank(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path) -> Built:
+def build_bank(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path,
+               built: dict) -> Built:
     """The layer's expert graphs, already written at this bucket, merged into one (export/bank.py). Their
     weights files are the bank's: it stores no weights of its own."""
     (bucket,) = spec.buckets
-    experts = ["graphs/" + STEMS["expert"].format(layer=spec.layer, expert=e) for e in range(spec.blocks)]
-    models = [onnx.load(str(root / f"{stem}.b{bucket}.onnx"), load_external_data=False) for stem in experts]
-    model = bank.merge(models, bucket, spec.inputs[0].dims[0])
-    rel = f"graphs/{spec.stem}.b{bucket}.onnx"
-    (root / rel).write_bytes(model.SerializeToString(deterministic=True))
-    graph = {"path": rel, "weights": [f"{stem}.weights" for stem in experts],
+    experts = [built[("expert", spec.layer, e)].graphs[bucket] for e in range(spec.blocks)]
+    models = [onnx.load(str(root / g["path"]), load_external_data=False) for g in experts]
+    rel = write_graph(bank.merge(models, bucket, spec.inputs[0].dims[0]), root, f"{spec.kind}.b{bucket}")
+    graph = {"path": rel, "weights": [g["weights"] for g in experts],
              "inputs": _io(spec, spec.inputs, bucket), "outputs": _io(spec, spec.outputs, bucket)}
     return Built(precision, [rel], {bucket: graph}, 0)
 
@@ -183,10 +184,12 @@ BANK_MAX_PARAMS = 64 * 1024
 
 
 def bank_rows(agent, target, opts: ExportOptions) -> int | None:
-    """Rows per expert in this export's banks, or None for no banks: none where the backend cannot share
-    the experts' weights, where experts are too big to pay, or where the profile's expert cache holds fewer
-    than all of a layer's experts (the runtime would never use the bank: it holds them all)."""
-    if not opts.bank_rows or target.backend not in BANK_BUILDERS or target.expert_cache_size < agent.cfg.n_experts:
+    """Rows per expert in this export's banks, or None for no banks: none where the profile turns them off,
+    where the backend cannot share the experts' weights, where experts are too big to pay, or where the
+    profile's expert cache holds fewer than all of a layer's experts (the runtime would never use the bank:
+    it holds them all)."""
+    if (not opts.bank_rows or not target.expert_banks or target.backend not in BANK_BUILDERS
+            or target.expert_cache_size < agent.cfg.n_experts):
         return None
     biggest = max(sum(p.numel() for p in e.parameters()) for layer in agent.layers for e in layer.experts)
     if biggest > BANK_MAX_PARAMS:
@@ -211,6 +214,7 @@ CALIBRATORS = {"onnxruntime": calibrator_onnx, "tflite": calibrator_tflite}  # w
 
 def stage_check(root: Path, entry: dict, spec, cal, session, opts: ExportOptions) -> GraphCheck:
     """Stage 2 for one graph: structure and static shapes, then the backend against torch on real inputs."""
+    src = bfmt.graph_file(entry, lambda rel: (root / rel).read_bytes())
     path, bucket, precision = root / entry["path"], entry["bucket"], entry["precision"]
     check = GraphCheck(spec.label, spec.role, spec.layer, spec.expert, bucket, entry["path"], None,
                        opts.gates.graph_atol, "ok", precision=precision)
@@ -218,8 +222,8 @@ def stage_check(root: Path, entry: dict, spec, cal, session, opts: ExportOptions
     expected_out = {p.name: spec.shape(p, bucket) for p in spec.outputs}
     try:
         if entry["backend"] == "onnxruntime":
-            check_structure(path, expected_in, expected_out)
-        graph = open_graph(path, entry, session)
+            check_structure(src, expected_in, expected_out)
+        graph = open_graph(src, entry, session)
         if entry["backend"] == "tflite":
             check_signature_shapes(graph, path.name, entry.get("signature"), expected_in, expected_out)
         inputs = cal.for_bucket(spec.role, spec.layer, spec.expert, bucket)
@@ -248,19 +252,20 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
     session = SessionConfig(threads=1)
     calibration = CALIBRATORS[target.backend](target, opts) | {"graphs": {}, "fallback": []}
     with bfmt.staging(Path(out), force) as tmp:
-        checks, entries, files = [], [], []
+        checks, entries, files, built_modules = [], [], {}, {}
         fp32_weights = 0  # one bucket per module: what an fp32 bundle would store
         for spec in specs:
             build = ROLE_BUILDERS.get(spec.role, BUILDERS)[target.backend]
-            built = build(spec, precision[spec.role], cal, target, opts, calibration, tmp)
+            built = build(spec, precision[spec.role], cal, target, opts, calibration, tmp, built_modules)
+            built_modules[(spec.role, spec.layer, spec.expert)] = built
             fp32_weights = None if None in (fp32_weights, built.fp32_bytes) else fp32_weights + built.fp32_bytes
             if built.note:
                 notes.append(built.note)
                 calibration.setdefault("kept_fp32", []).append(built.note)
-            written = {rel: bfmt.file_entry(tmp, rel) for rel in built.files}
-            files.extend(written.values())
+            written = {rel: files.get(rel) or bfmt.file_entry(tmp, rel) for rel in built.files}
+            files.update(written)
             for bucket, g in built.graphs.items():
-                entry = {"role": spec.role, "layer": spec.layer, "expert": spec.expert,
+                entry = {"role": spec.role, "kind": spec.kind, "layer": spec.layer, "expert": spec.expert,
                          "memory_type": spec.memory_type, "bucket": bucket, "path": g["path"],
                          "weights": g["weights"], "sha256": written[g["path"]]["sha256"],
                          "bytes": written[g["path"]]["bytes"], "precision": built.precision,
@@ -280,8 +285,9 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
                         "capacity_buckets": list(target.capacity_buckets), "tie_break": "lower expert index"},
             "expert_usage": {"split": "calibration", "tokens": n_cal, "pairs": cal.expert_usage,
                              "transitions": cal.transitions},
-            "graphs": entries, "files": sorted(files, key=lambda f: f["path"]),
         }
+        manifest["graphs"], manifest["graph_sets"], manifest["files"] = bfmt.pack(
+            entries, sorted(files.values(), key=lambda f: f["path"]))
         (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
         executor = BundleExecutor(bfmt.open_bundle(tmp, verify=False), session)
         quantized = any(e["precision"] != "fp32" for e in entries)
@@ -290,14 +296,14 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         accepted_drop = quantized and not e2e["passed"] and opts.allow_accuracy_drop
         report = {"passed": not failed and (e2e["passed"] or accepted_drop), "accuracy_drop_allowed": accepted_drop,
                   "gates": {k: v for k, v in vars(opts.gates).items()},
-                  "summary": summarise(checks), "end_to_end": e2e, "graphs": [c.to_dict() for c in checks]}
+                  "summary": summarise(checks), "end_to_end": e2e, "graphs": by_module(checks)}
         (tmp / "reports").mkdir()
         written = ["reports/parity.json"]
         (tmp / "reports" / "parity.json").write_text(bfmt.dumps(report))
         if quantized:
-            weights = sum(f["bytes"] for f in files if f["path"].endswith((".weights", ".tflite")))
+            weights = sum(f["bytes"] for f in files.values() if f["path"].endswith((".weights", ".tflite")))
             accuracy = {"precision": precision, "calibration_method": calibration["method"],
-                        "sqnr_db": {f"{c.graph}.b{c.bucket}": c.sqnr_db for c in checks},
+                        "sqnr_db": {row["graph"]: row["min_sqnr_db"] for row in report["graphs"]},
                         "routing_agreement": e2e["routing_agreement"], "top1_agreement": e2e["top1_agreement"],
                         "bits_per_byte": e2e["bits_per_byte"], "bits_per_byte_increase": e2e["bits_per_byte_increase"],
                         "weights_bytes": weights, "fp32_weights_bytes": fp32_weights,
@@ -307,7 +313,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         if any(e["precision"] == "int8" for e in entries):  # fp16 needs no calibration
             (tmp / "reports" / "calibration.json").write_text(bfmt.dumps(calibration))
             written.append("reports/calibration.json")
-        manifest["files"] = sorted(files + [bfmt.file_entry(tmp, w) for w in written], key=lambda f: f["path"])
+        manifest["files"] = sorted(manifest["files"] + [bfmt.file_entry(tmp, w) for w in written], key=lambda f: f["path"])
         (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
         if failed:
             raise ExportFailed(f"{len(failed)} graph(s) failed validation, first: {failed[0].path}: "

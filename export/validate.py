@@ -61,9 +61,16 @@ def static_shape(value_info) -> list:
             for d in value_info.type.tensor_type.shape.dim]
 
 
-def check_structure(path: Path, expected_in: dict[str, list[int]], expected_out: dict[str, list[int]]) -> None:
+def check_structure(src, expected_in: dict[str, list[int]], expected_out: dict[str, list[int]]) -> None:
+    """``src``: a bundle GraphFile (its weights in memory) or a path (external data beside it)."""
+    from m3edge.export.onnx_export import attach
+
+    path = Path(getattr(src, "name", src))
     try:
-        model = onnx.load(str(path))  # external weights load from beside the graph
+        if isinstance(src, (str, Path)):
+            model = onnx.load(str(src))
+        else:
+            model = attach(onnx.load_model_from_string(src.model), src.data)
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as e:  # the checker raises several exception types; keep its message
@@ -110,6 +117,28 @@ def compare(graph, module, inputs: tuple[np.ndarray, ...]) -> tuple[float, float
         worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))))
     flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])  # noqa: E731
     return worst, sqnr_db(flat([r.numpy() for r in ref]), flat(got))
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else float(f"{x:.4g}")  # a report's precision; gates judge the exact value
+
+
+def by_module(checks: list[GraphCheck]) -> list[dict]:
+    """The parity report's rows: one per module, its buckets' results side by side (a bundle has hundreds
+    of (module, bucket) graphs; one object each was most of the report's bytes)."""
+    rows: dict[str, dict] = {}
+    for c in checks:
+        r = rows.setdefault(c.graph, {"graph": c.graph, "role": c.role, "precision": c.precision, "status": "ok",
+                                      "buckets": [], "max_abs_diff": [], "sqnr_db": []})
+        r["buckets"].append(c.bucket)
+        r["max_abs_diff"].append(_round(c.max_abs_diff))
+        r["sqnr_db"].append(_round(c.sqnr_db))
+        if not c.passed and r["status"] == "ok":
+            r |= {"status": c.status, "message": f"b{c.bucket}: {c.message}"}
+    for r in rows.values():
+        sq = [x for x in r["sqnr_db"] if x is not None]
+        r["min_sqnr_db"] = min(sq) if sq else None
+    return list(rows.values())
 
 
 def summarise(checks: list[GraphCheck]) -> list[dict]:

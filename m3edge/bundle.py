@@ -1,9 +1,23 @@
 """The bundle: what export writes and the runtime reads. Stdlib only.
 
     bundle/manifest.json   schema, versions, model config, resolved target, routing, graphs, files
-    bundle/graphs/...      one ONNX file per (graph, bucket); weights shared by a module's buckets (and by
-                           a layer's expert bank, which reads its experts' weights files)
-    bundle/reports/...     parity.json (and, later, calibration.json, accuracy.json)
+    bundle/graphs/<stem>.weights              one per module (layer0/expert_07, encoder, ...): its tensors,
+                                              shared by its buckets (and read by its layer's expert bank)
+    bundle/graphs/<kind>.b<bucket>.<sha>.onnx one static graph, named by its content: the 64 experts of a
+                                              kind share one file per bucket, each runs it on its own weights
+    bundle/reports/...     parity.json, calibration.json, accuracy.json
+
+An ONNX graph names its external data ``weights`` (a bank: ``weights.0`` .. one per expert), not a path:
+the runtime reads the module's weights file, checks its sha256 and hands those very bytes to onnxruntime
+(``add_external_initializers_from_files_in_memory``), so what runs is what was verified, and one graph
+file serves every module of the same structure. Schema 2 stored one graph file per (module, bucket),
+3.5 kB each in INT8 against a small expert's 20 kB of weights.
+
+On disk, ``graphs`` holds one entry per module with its buckets, and a graph file's ports live with the
+file (static shapes are the file's own); ``read_manifest`` expands them to one entry per (module, bucket)
+with path, sha256, bytes, inputs and outputs, which is what everything else reads. Schema 2 bundles
+(one graph file per module and bucket, each naming its weights file) are refused with a message to
+re-export: their graphs cannot be loaded from checked bytes.
 
 Paths are relative and must stay inside the bundle. ``open_bundle`` checks every file's sha256 before
 anything is loaded and refuses the bundle on the first mismatch, naming the file.
@@ -19,8 +33,8 @@ from pathlib import Path, PurePosixPath
 from m3edge.atomic import atomic_dir
 from m3edge.errors import BadInput
 
-SCHEMA_VERSION = 2  # 2: expert banks (role "bank", a list of weights files)
-READS = (1, 2)  # a version 1 bundle is a version 2 bundle without banks
+SCHEMA_VERSION = 3  # 2: expert banks (role "bank", a list of weights files); 3: shared graph files
+READS = (3,)  # a schema 2 graph names its weights file itself: re-export (the message says so)
 FORMAT = "m3edge-bundle"
 MANIFEST = "manifest.json"
 ENGINE_CACHE = "trt_engines"  # TensorRT writes its engines here on the device; not part of the bundle
@@ -41,8 +55,91 @@ def file_entry(root: Path, rel: str) -> dict:
 
 
 def dumps(obj) -> str:
-    """The one JSON encoding for bundle files: sorted keys, so equal inputs give equal bytes."""
-    return json.dumps(obj, indent=1, sort_keys=True) + "\n"
+    """The one JSON encoding for bundle files: sorted keys, so equal inputs give equal bytes; a list or
+    object of scalars on one line (a 64 x 64 transition table is 64 lines, not 4096)."""
+    def enc(o, pad: str) -> str:
+        flat = lambda xs: all(not isinstance(x, (dict, list)) for x in xs)  # noqa: E731
+        if isinstance(o, dict) and o and not flat(o.values()):
+            inner = pad + " "
+            return "{\n" + ",\n".join(f"{inner}{json.dumps(k)}: {enc(o[k], inner)}" for k in sorted(o)) + f"\n{pad}}}"
+        if isinstance(o, list) and o and not flat(o):
+            inner = pad + " "
+            return "[\n" + ",\n".join(inner + enc(x, inner) for x in o) + f"\n{pad}]"
+        return json.dumps(o, sort_keys=True)
+
+    return enc(obj, "") + "\n"
+
+
+MODULE_KEYS = ("role", "layer", "expert", "memory_type", "precision", "backend", "weights")
+PORT_KEYS = ("inputs", "outputs")
+
+
+def pack(entries: list[dict], files: list[dict]) -> tuple[list[dict], dict, list[dict]]:
+    """Per-(module, bucket) entries -> the manifest's on-disk form (modules, graph sets, files).
+
+    A graph set maps each bucket to its graph; modules of one kind that run the same graph files name one
+    set (the 64 experts of a kind: one set, not 64 copies of five paths). A set is named after the
+    entries' ``kind``, numbered if another set of that kind differs. A graph file with one signature
+    carries its ports in its files record; a .tflite file's signatures keep theirs in the set."""
+    modules: dict[tuple, dict] = {}
+    buckets: dict[tuple, dict] = {}
+    ports: dict[str, dict] = {}
+    for e in entries:
+        key = (e["role"], e["layer"], e["expert"])
+        modules.setdefault(key, {k: e.get(k) for k in MODULE_KEYS} | {"kind": e.get("kind") or e["role"]})
+        if e.get("signature"):
+            item = {"path": e["path"], "signature": e["signature"]} | {k: e[k] for k in PORT_KEYS}
+        else:
+            item = e["path"]
+            ports[e["path"]] = {k: e[k] for k in PORT_KEYS}
+        buckets.setdefault(key, {})[str(e["bucket"])] = item
+    sets: dict[str, dict] = {}
+    for key, m in modules.items():
+        kind = m.pop("kind")
+        name = next((n for n, b in sets.items() if n.split("#")[0] == kind and b == buckets[key]), None)
+        if name is None:
+            name = kind if kind not in sets else f"{kind}#{sum(n.split('#')[0] == kind for n in sets)}"
+            sets[name] = buckets[key]
+        m["graphs"] = name
+    return list(modules.values()), sets, [f | ports.get(f["path"], {}) for f in files]
+
+
+def unpack(modules: list, sets: dict, files: dict[str, dict]) -> list[dict]:
+    """The manifest's modules -> one entry per (module, bucket), ports and sha256 from the files record."""
+    entries = []
+    for m in modules:
+        for bucket, item in sorted(sets[m["graphs"]].items(), key=lambda kv: int(kv[0])):
+            item = {"path": item} if isinstance(item, str) else item
+            f = files[item["path"]]
+            entries.append({k: m.get(k) for k in MODULE_KEYS} | {k: f.get(k) for k in PORT_KEYS}
+                           | {"bucket": int(bucket), "sha256": f["sha256"], "bytes": f["bytes"]} | item)
+    return entries
+
+
+WEIGHTS = "weights"  # what an ONNX graph of schema 3 calls its external data
+
+
+def data_files(entry: dict) -> list[tuple[str, str]]:
+    """(name the graph's external data goes by, bundle path) for each weights file an entry reads."""
+    rels = weights_files(entry)
+    if isinstance(entry.get("weights"), list):
+        return [(f"{WEIGHTS}.{i}", r) for i, r in enumerate(rels)]
+    return [(WEIGHTS, r) for r in rels]
+
+
+@dataclass
+class GraphFile:
+    """One graph as a backend loads it: the model's bytes and its external data, by the names it uses."""
+    name: str  # the bundle path, for messages
+    model: bytes
+    data: dict[str, bytes]
+    key: str = ""  # what tells this module's graph from others sharing the file: graph and weights paths
+
+
+def graph_file(entry: dict, read) -> GraphFile:
+    files = data_files(entry)
+    return GraphFile(entry["path"], read(entry["path"]), {n: read(rel) for n, rel in files},
+                     "+".join([entry["path"], *(rel for _, rel in files)]))
 
 
 def safe_path(root: Path, rel: str) -> Path:
@@ -64,21 +161,29 @@ class Bundle:
     def __post_init__(self):
         self._index = {(g["role"], g["bucket"], g["layer"], g["expert"]): g for g in self.manifest["graphs"]}
         self._files = {f["path"]: f for f in self.manifest["files"]}
+        self._graphs: dict[str, bytes] = {}  # graph files, shared by many modules: read and checked once
 
-    def verified(self, rel: str) -> Path:
-        """The path of a listed file, its sha256 checked now: files are read long after open (cache
-        misses), and what is on disk then is what runs."""
+    def read(self, rel: str) -> bytes:
+        """A listed file's bytes, their sha256 checked now: files are read long after open (cache misses),
+        and the bytes checked are the bytes that run."""
+        if rel in self._graphs:
+            return self._graphs[rel]
         p = self.path(rel)
         f = self._files.get(rel)
         if f is None:
             raise BadInput(f"{p}: not listed in the manifest")
         try:
-            ok = p.stat().st_size == f["bytes"] and sha256_file(p) == f["sha256"]
+            data = p.read_bytes()
         except OSError:
-            ok = False
-        if not ok:
+            data = None
+        if data is None or len(data) != f["bytes"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
             raise BadInput(f"{p}: sha256 does not match the manifest (changed since the bundle was opened)")
-        return p
+        if not rel.endswith(".weights"):
+            self._graphs[rel] = data
+        return data
+
+    def graph_file(self, entry: dict) -> GraphFile:
+        return graph_file(entry, self.read)
 
     @property
     def graphs(self) -> list[dict]:
@@ -114,6 +219,30 @@ def entry_files(entries) -> set[str]:
     return {f for e in entries for f in (e["path"], *weights_files(e))}
 
 
+def _check_files(m: dict, mpath: Path) -> None:
+    for f in m["files"]:
+        if not (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("bytes"), int)
+                and isinstance(f.get("sha256"), str) and len(f["sha256"]) == 64):
+            raise BadInput(f"{mpath}: malformed files entry {json.dumps(f)[:80]}")
+        safe_path(mpath.parent, f["path"])
+
+
+def _unpack(m: dict, mpath: Path) -> list[dict]:
+    files = {f["path"]: f for f in m["files"]}
+    sets = m.get("graph_sets")
+    if not isinstance(sets, dict):
+        raise BadInput(f"{mpath}: missing key 'graph_sets'")
+    for g in m["graphs"]:
+        if g.get("graphs") not in sets:
+            raise BadInput(f"{mpath}: module {g.get('role')} {g.get('layer')} {g.get('expert')} names graph set "
+                           f"{g.get('graphs')!r}, which the manifest does not have")
+        for item in sets[g["graphs"]].values():
+            path = item if isinstance(item, str) else item.get("path")
+            if path not in files:
+                raise BadInput(f"{mpath}: graph file {path!r} is not listed in files")
+    return unpack(m["graphs"], sets, files)
+
+
 def _check_entries(m: dict, mpath: Path) -> None:
     """Types of every file and graph entry, and every graph the model and buckets imply."""
     from m3edge.config import ModelConfig
@@ -121,11 +250,6 @@ def _check_entries(m: dict, mpath: Path) -> None:
     def bad(msg):
         raise BadInput(f"{mpath}: {msg}")
 
-    for f in m["files"]:
-        if not (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("bytes"), int)
-                and isinstance(f.get("sha256"), str) and len(f["sha256"]) == 64):
-            bad(f"malformed files entry {json.dumps(f)[:80]}")
-        safe_path(mpath.parent, f["path"])
     listed = {f["path"] for f in m["files"]}
     have = set()
     for g in m["graphs"]:
@@ -164,13 +288,15 @@ def read_manifest(root: str | Path) -> dict:
         raise BadInput(f"{mpath}: not an {FORMAT} manifest")
     if m.get("schema_version") not in READS:
         raise BadInput(f"{mpath}: schema_version {m.get('schema_version')!r}, this m3edge reads "
-                       f"{' and '.join(map(str, READS))}")
+                       f"{' and '.join(map(str, READS))} (re-export the bundle with this m3edge)")
     for key in ("graphs", "files", "model_config", "target", "routing"):
         if key not in m:
             raise BadInput(f"{mpath}: missing key {key!r}")
     try:
+        _check_files(m, mpath)
+        m["graphs"] = _unpack(m, mpath)
         _check_entries(m, mpath)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BadInput(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
     return m
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from m3edge.bundle import GraphFile
 from m3edge.errors import BadInput
 
 _warned: set[str] = set()
@@ -71,18 +72,27 @@ class SessionConfig:
         params = weight_bytes // BYTES_PER_PARAM.get(precision, 4)
         return self.threads if params * rows >= PARALLEL_WORK else 1
 
-    def providers_for(self, input_shapes: dict | None) -> list[tuple[str, dict]]:
+    def providers_for(self, input_shapes: dict | None, graph: str | None = None) -> list[tuple[str, dict]]:
         if self.target is not None:
-            return self.target.ort_providers(input_shapes, self.cache_dir)
+            return self.target.ort_providers(input_shapes, self.cache_dir, graph)
         return list(self.providers)
 
 
-class OrtGraph:
-    """One static-shape ONNX graph in an onnxruntime session."""
+def _source(src) -> GraphFile:
+    """A GraphFile as is; a path: the file, with a version 1-2 bundle's external data beside it (tests, tools)."""
+    if isinstance(src, GraphFile):
+        return src
+    return GraphFile(str(src), Path(src).read_bytes(), {})
 
-    def __init__(self, path: str | Path, cfg: SessionConfig = SessionConfig(), input_shapes: dict | None = None):
+
+class OrtGraph:
+    """One static-shape ONNX graph in an onnxruntime session, built from bytes already checked: the graph
+    file's and its weights files', which onnxruntime takes as in-memory external data."""
+
+    def __init__(self, src: GraphFile | str | Path, cfg: SessionConfig = SessionConfig(), input_shapes: dict | None = None):
         import onnxruntime as ort
 
+        src = _source(src)
         so = ort.SessionOptions()
         # Small static graphs: one thread pool per session sized by the profile, no inter-op
         # parallelism to pay for, all graph optimisations on.
@@ -94,11 +104,18 @@ class OrtGraph:
         # Spinning worker threads burn the cores the Python dispatch and the other sessions need; on
         # graphs this small, waking a thread costs less than it saves (measured: 4x at batch 1, 2 cores).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = resolve_providers(cfg.providers_for(input_shapes), cfg.strict)
+        if src.data:
+            if not hasattr(so, "add_external_initializers_from_files_in_memory"):
+                raise BadInput(f"{src.name}: this bundle needs onnxruntime >= 1.23 (in-memory external data); "
+                               f"this is {ort.__version__}")
+            names = list(src.data)
+            so.add_external_initializers_from_files_in_memory(names, [src.data[n] for n in names],
+                                                              [len(src.data[n]) for n in names])
+        providers = resolve_providers(cfg.providers_for(input_shapes, src.key or src.name), cfg.strict)
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=providers)
+            self.session = ort.InferenceSession(src.model, so, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types; name the file
-            raise BadInput(f"{path}: onnxruntime cannot load this graph ({str(e).splitlines()[0]})") from None
+            raise BadInput(f"{src.name}: onnxruntime cannot load this graph ({str(e).splitlines()[0]})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.run_options = ort.RunOptions()  # one, reused: a call without it makes a default each time (2 us)
@@ -152,11 +169,13 @@ def _port_order(name: str) -> int:
 class LiteRTGraph:
     """One static signature of a .tflite file in a LiteRT interpreter."""
 
-    def __init__(self, path: str | Path, cfg: SessionConfig = SessionConfig(), signature: str | None = None,
+    def __init__(self, src: GraphFile | str | Path, cfg: SessionConfig = SessionConfig(), signature: str | None = None,
                  io: dict | None = None):
         Interpreter = litert_interpreter()
+        src = _source(src)
+        path = src.name
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=cfg.threads)
+            self.interpreter = Interpreter(model_content=src.model, num_threads=cfg.threads)
             self.runner = self.interpreter.get_signature_runner(signature)
             ins, outs = self.runner.get_input_details(), self.runner.get_output_details()
         except (ValueError, RuntimeError) as e:
@@ -189,20 +208,20 @@ class LiteRTGraph:
         return [q.decode(out[n]) for n, q in zip(self.output_names, self.outputs)]
 
 
-def _ort(path, entry: dict, cfg: SessionConfig):
-    return OrtGraph(path, cfg, {i["name"]: i["shape"] for i in entry["inputs"]})
+def _ort(src, entry: dict, cfg: SessionConfig):
+    return OrtGraph(src, cfg, {i["name"]: i["shape"] for i in entry["inputs"]})
 
 
-def _litert(path, entry: dict, cfg: SessionConfig):
-    return LiteRTGraph(path, cfg, entry.get("signature"), entry)
+def _litert(src, entry: dict, cfg: SessionConfig):
+    return LiteRTGraph(src, cfg, entry.get("signature"), entry)
 
 
 BACKENDS = {"onnxruntime": _ort, "tflite": _litert}
 
 
-def open_graph(path: str | Path, entry: dict, cfg: SessionConfig):
+def open_graph(src: GraphFile, entry: dict, cfg: SessionConfig):
     """The graph a manifest entry describes, in the backend it names."""
     backend = entry.get("backend", "onnxruntime")
     if backend not in BACKENDS:
-        raise BadInput(f"{path}: backend {backend!r} is not one this m3edge runs ({', '.join(BACKENDS)})")
-    return BACKENDS[backend](path, entry, cfg)
+        raise BadInput(f"{entry['path']}: backend {backend!r} is not one this m3edge runs ({', '.join(BACKENDS)})")
+    return BACKENDS[backend](src, entry, cfg)

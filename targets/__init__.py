@@ -8,11 +8,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from m3edge.errors import BadInput
-from m3edge.targets.schema import RUNTIME_ONLY_OPTIONS, validate
+from m3edge.targets.schema import FIELDS, RUNTIME_ONLY_OPTIONS, validate
 
 __all__ = ["Target", "names", "aliases", "load", "all_targets", "validate"]
 
@@ -40,12 +41,13 @@ class Target:
     token_buckets: tuple[int, ...]
     capacity_buckets: tuple[int, ...]
     expert_cache_size: int
+    expert_banks: bool = True
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<target profile>") -> "Target":
         validate(data, source)
         # Deep copy so a caller mutating its dict (or ours) cannot change a frozen Target.
-        d = copy.deepcopy(data)
+        d = {k: spec["default"] for k, spec in FIELDS.items() if "default" in spec} | copy.deepcopy(data)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def to_dict(self) -> dict:
@@ -55,13 +57,15 @@ class Target:
             for f in fields(self)
         }
 
-    def ort_providers(self, input_shapes: dict | None = None, cache_dir: str | os.PathLike | None = None
-                      ) -> list[tuple[str, dict]]:
+    def ort_providers(self, input_shapes: dict | None = None, cache_dir: str | os.PathLike | None = None,
+                      graph: str | None = None) -> list[tuple[str, dict]]:
         """The ``providers=`` argument for ``onnxruntime.InferenceSession`` for one graph.
 
         ``input_shapes`` (input name -> static shape) fills TensorRT's min/opt/max profile shapes, all the
         same, where the profile asks for static shape profiles; a relative engine cache path is placed under
-        ``cache_dir`` so engines are not written to the current directory.
+        ``cache_dir`` so engines are not written to the current directory. ``graph`` names the module's graph
+        (its file and weights): TensorRT builds the weights into an engine, and experts share graph files,
+        so it prefixes the engine's cache name; without it two experts would share one engine.
         """
         out = []
         for p in self.providers:
@@ -74,6 +78,8 @@ class Target:
                 path = opts.get("trt_engine_cache_path")
                 if cache_dir is not None and isinstance(path, str) and not os.path.isabs(path):
                     opts["trt_engine_cache_path"] = os.path.join(os.fspath(cache_dir), path)
+                if graph:
+                    opts["trt_engine_cache_prefix"] = re.sub(r"[^A-Za-z0-9]+", "_", graph)
             out.append((p["name"], opts))
         return out
 

@@ -41,6 +41,9 @@ FIELDS: dict[str, dict] = {
     "token_buckets": {"kind": "buckets"},
     "capacity_buckets": {"kind": "buckets"},
     "expert_cache_size": {"kind": "int"},
+    # Expert banks (export/bank.py): one graph per layer running every expert, for batches from many
+    # callers. Optional; a profile without the key gets them where they fit.
+    "expert_banks": {"kind": "bool", "default": True},
 }
 
 
@@ -60,7 +63,10 @@ def _is_number(v) -> bool:
 
 def _check_field(key: str, spec: dict, v, fail) -> None:
     kind = spec["kind"]
-    if kind == "int":
+    if kind == "bool":
+        if not isinstance(v, bool):
+            fail(key, f"true or false, got {v!r} ({_tname(v)})")
+    elif kind == "int":
         if not _is_int(v):
             fail(key, f"an integer, got {v!r} ({_tname(v)})")
         lo = spec.get("min", 1)
@@ -137,10 +143,12 @@ def validate(data: dict, source: str) -> None:
     for key in data:
         if key not in FIELDS:
             raise BadInput(f"{source}: unknown target profile key '{key}' (expected keys: {', '.join(FIELDS)})")
-    for key in FIELDS:
-        if key not in data:
+    for key, spec in FIELDS.items():
+        if key not in data and "default" not in spec:
             raise BadInput(f"{source}: target profile is missing the key '{key}'")
     for key, spec in FIELDS.items():
+        if key not in data:
+            continue
         v = data[key]
         if "allowed" in spec and v not in spec["allowed"]:
             fail(key, f"one of {', '.join(map(repr, spec['allowed']))}, got {v!r}")

@@ -17,16 +17,17 @@ def assert_bank_is_its_experts(root, layer: int = 0) -> None:
     b = bundle.open_bundle(root)
     entry = next(g for g in b.graphs if g["role"] == "bank" and g["layer"] == layer)
     c, (n, d) = entry["bucket"], entry["inputs"][0]["shape"]
-    bank = open_graph(b.path(entry["path"]), entry, SessionConfig())
+    bank = open_graph(b.graph_file(entry), entry, SessionConfig())
     x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
     y = bank.run(x)[0]
     for e in range(n // c):
         g = b.find("expert", c, layer, e)
-        assert np.array_equal(open_graph(b.path(g["path"]), g, SessionConfig()).run(x[c * e:c * e + c])[0],
+        assert np.array_equal(open_graph(b.graph_file(g), g, SessionConfig()).run(x[c * e:c * e + c])[0],
                               y[c * e:c * e + c]), f"expert {e}"
     model = onnx.load(str(b.path(entry["path"])), load_external_data=False)
     locations = {d.value for t in model.graph.initializer for d in t.external_data if d.key == "location"}
-    assert locations == {f"expert_{e:02d}.weights" for e in range(n // c)}
+    assert locations == {f"weights.{e}" for e in range(n // c)}
+    assert entry["weights"] == [f"graphs/layer{layer}/expert_{e:02d}.weights" for e in range(n // c)]
 
 
 def test_a_bank_is_its_experts_side_by_side(tiny_bundle):

@@ -22,11 +22,12 @@ def rewrite(root, change):
 def test_open_verifies_every_file(tiny_bundle, tmp_path):
     b = copy(tiny_bundle, tmp_path)
     assert bundle.open_bundle(b).manifest["files"][0]["bytes"] > 0
-    victim = b / "graphs" / "head.b1.onnx"
+    rel = bundle.open_bundle(b).find("head", 1)["path"]
+    victim = b / rel
     data = bytearray(victim.read_bytes())
     data[-1] ^= 1
     victim.write_bytes(bytes(data))
-    with pytest.raises(BadInput, match="head.b1.onnx: sha256 does not match"):
+    with pytest.raises(BadInput, match=f"{rel}: sha256 does not match"):
         bundle.open_bundle(b)
     victim.unlink()
     with pytest.raises(BadInput, match="missing"):
@@ -35,11 +36,11 @@ def test_open_verifies_every_file(tiny_bundle, tmp_path):
 
 def test_files_changed_after_open_are_caught_at_load(tiny_bundle, tmp_path):
     b = bundle.open_bundle(copy(tiny_bundle, tmp_path))
-    rel = b.find("expert", 2, 0, 1)["path"]
-    assert b.verified(rel).is_file()
+    rel = b.find("expert", 2, 0, 1)["weights"]
+    assert b.read(rel) == (b.root / rel).read_bytes()
     (b.root / rel).write_bytes((b.root / rel).read_bytes() + b"\0")
     with pytest.raises(BadInput, match="changed since the bundle was opened"):
-        b.verified(rel)
+        b.read(rel)
 
 
 def test_unlisted_files_are_refused(tiny_bundle, tmp_path):
@@ -90,16 +91,30 @@ def test_malformed_bank_entries(tiny_bundle, tmp_path, edit, message):
         bundle.open_bundle(b)
 
 
-def test_a_version_1_bundle_without_banks_still_opens(tiny_bundle, tmp_path):
-    b = copy(tiny_bundle, tmp_path, "v1")
+def test_an_older_bundle_is_refused_with_what_to_do(tiny_bundle, tmp_path):
+    b = copy(tiny_bundle, tmp_path, "v2")
+    rewrite(b, lambda m: m.update(schema_version=2))
+    with pytest.raises(BadInput, match="schema_version 2, this m3edge reads 3 \\(re-export"):
+        bundle.open_bundle(b)
 
-    def v1(m):
-        bank = m["graphs"].pop(index(m, "bank"))
-        m["files"] = [f for f in m["files"] if f["path"] != bank["path"]]
-        m["schema_version"] = 1
-    rewrite(b, v1)
-    (b / "graphs" / "layer0" / "experts.b8.onnx").unlink()
-    assert not [g for g in bundle.open_bundle(b).graphs if g["role"] == "bank"]
+
+def test_experts_of_a_kind_share_graph_files_and_keep_their_own_weights(tiny_bundle):
+    b = bundle.open_bundle(tiny_bundle)
+    experts = [g for g in b.graphs if g["role"] == "expert" and g["bucket"] == 2]
+    kinds = {g["memory_type"] for g in experts}
+    # one graph file per kind and bucket, one weights file per expert
+    assert len({g["path"] for g in experts}) == len(kinds) < len(experts)
+    assert len({g["weights"] for g in experts}) == len(experts)
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert len(m["graphs"]) == len({(g["role"], g["layer"], g["expert"]) for g in b.graphs})
+    assert {m2["graphs"] for m2 in m["graphs"] if m2["role"] == "expert"} == {f"expert_{k}" for k in kinds}
+
+
+def test_a_module_naming_a_missing_graph_set_is_refused(tiny_bundle, tmp_path):
+    b = copy(tiny_bundle, tmp_path, "set")
+    rewrite(b, lambda m: m["graphs"][index(m, "head")].update(graphs="nowhere"))
+    with pytest.raises(BadInput, match="graph set 'nowhere'"):
+        bundle.open_bundle(b)
 
 
 def test_bad_manifests(tiny_bundle, tmp_path):

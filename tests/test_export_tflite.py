@@ -63,7 +63,7 @@ def test_every_expert_kind_converts_int8_and_the_rest_as_documented(tflite_bundl
     quantized = [p for g in experts for p in g["inputs"] + g["outputs"] if p["scale"] is not None]
     assert quantized and all(p["scale"] > 0 and -128 <= p["zero_point"] <= 127 for p in quantized)
     assert report["passed"] and report["end_to_end"]["top1_agreement"] >= 0.97
-    assert all(c["status"] == "ok" and c["sqnr_db"] > 15 for c in report["graphs"])
+    assert all(c["status"] == "ok" and min(c["sqnr_db"]) > 15 for c in report["graphs"])
 
 
 def test_litert_graph_dequantizes_to_what_torch_computes(tflite_bundle, tiny_checkpoint):
@@ -73,7 +73,7 @@ def test_litert_graph_dequantizes_to_what_torch_computes(tflite_bundle, tiny_che
     agent, _ = checkpoint.build_agent(tiny_checkpoint)
     m = bundle.open_bundle(out).manifest
     entry = next(g for g in m["graphs"] if g["role"] == "expert" and g["bucket"] == 8 and g["memory_type"] == "semantic")
-    g = open_graph(out / entry["path"], entry, SessionConfig())
+    g = open_graph(bundle.open_bundle(out).graph_file(entry), entry, SessionConfig())
     assert isinstance(g, LiteRTGraph) and g.input_shapes == [[8, 16]]
     h = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
     (y,) = g.run(h)
@@ -91,7 +91,7 @@ def test_a_manifest_scale_that_is_not_the_files_is_refused(tflite_bundle):
     port = next(p for p in entry["outputs"] if p["scale"])
     port["scale"] *= 2
     with pytest.raises(BadInput, match="manifest says"):
-        open_graph(out / entry["path"], entry, SessionConfig())
+        open_graph(bundle.open_bundle(out).graph_file(entry), entry, SessionConfig())
 
 
 def test_runtime_runs_the_tflite_bundle_without_torch(tflite_bundle):

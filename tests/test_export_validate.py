@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from m3edge.bundle import GraphFile
 from m3edge.export.onnx_export import export_module, write_shared
 from m3edge.export.validate import (GraphCheckError, ShapeMismatchError, check_structure, max_abs_diff,
                                     format_table, summarise, GraphCheck)
@@ -17,28 +18,32 @@ def linear_graph(tmp_path):
     return mod, tmp_path, weights, paths
 
 
+def src(root, rel, weights):
+    return GraphFile(rel, (root / rel).read_bytes(), {"weights": (root / weights).read_bytes()})
+
+
 def test_bucket_variants_share_one_weights_file(linear_graph):
     mod, root, weights, paths = linear_graph
     assert 64 * 32 * 4 <= (root / weights).stat().st_size < 2 * 64 * 32 * 4  # the weight matrix, stored once
     for b, rel in paths.items():
-        g = OrtGraph(root / rel)
+        g = OrtGraph(src(root, rel, weights))
         x = np.random.default_rng(b).normal(size=(b, 64)).astype(np.float32)
         assert max_abs_diff(g, mod, (x,)) < 1e-6
 
 
 def test_structure_errors_are_typed(linear_graph):
-    mod, root, _, paths = linear_graph
-    check_structure(root / paths[2], {"h": [2, 64]}, {"y": [2, 32]})
+    mod, root, weights, paths = linear_graph
+    check_structure(src(root, paths[2], weights), {"h": [2, 64]}, {"y": [2, 32]})
     with pytest.raises(ShapeMismatchError, match="expected \\[3, 64\\]"):
-        check_structure(root / paths[2], {"h": [3, 64]}, {"y": [3, 32]})
+        check_structure(src(root, paths[2], weights), {"h": [3, 64]}, {"y": [3, 32]})
     (root / paths[5]).write_bytes(b"\x08garbage")
     with pytest.raises(GraphCheckError):
-        check_structure(root / paths[5], {"h": [5, 64]}, {"y": [5, 32]})
+        check_structure(src(root, paths[5], weights), {"h": [5, 64]}, {"y": [5, 32]})
 
 
 def test_value_mismatch_is_measured(linear_graph):
-    mod, root, _, paths = linear_graph
-    g = OrtGraph(root / paths[2])
+    mod, root, weights, paths = linear_graph
+    g = OrtGraph(src(root, paths[2], weights))
     with torch.no_grad():
         mod.bias += 0.5  # torch moved on after export
     assert max_abs_diff(g, mod, (np.ones((2, 64), np.float32),)) == pytest.approx(0.5, abs=1e-6)

@@ -39,7 +39,7 @@ def test_quantized_ports_round_trip_and_saturate():
 
 def test_unknown_backend_is_refused(tmp_path):
     with pytest.raises(BadInput, match="backend 'coreml'"):
-        graph.open_graph(tmp_path / "x", {"backend": "coreml"}, graph.SessionConfig())
+        graph.open_graph(tmp_path / "x", {"backend": "coreml", "path": "x"}, graph.SessionConfig())
 
 
 def test_missing_litert_says_what_to_install(monkeypatch):
