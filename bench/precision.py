@@ -1,12 +1,13 @@
 """README's precision table (issue 4): each target's bundle of the small reference against torch and fp32.
 
-    python bench/precision.py [--out runs/precision] [--readme README.md] [--check]
+    python bench/precision.py [--out runs/precision] [--readme README.md] [--keep] [--check]
 
 Exports ``checkpoints/small`` for rpi5 at fp32 (the baseline), rpi5 (INT8), jetson (INT8 router, FP16 rest)
 and rpi5-tflite (LiteRT INT8), each with ``m3edge export``, then reads every bundle's own reports: the
 end-to-end check against torch fp32 on 2048 eval tokens (reports/parity.json) and the bytes on disk. The table
-between the markers in README is this script's output; ``--check`` exits 1 when README differs from the
-bundles under ``--out`` (it does not export).
+between the markers in README is this script's output; ``--keep`` exports only the bundles not under
+``--out`` yet (the TFLite one takes half an hour); ``--check`` exits 1 when README differs from the bundles
+under ``--out`` (it does not export).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ BUNDLES = [("rpi5 fp32 bundle", "rpi5", ["--precision", "fp32"]), ("rpi5 INT8 bu
            ("jetson bundle (INT8 router, FP16 rest)", "jetson", []), ("rpi5-tflite (LiteRT INT8)", "rpi5-tflite", [])]
 
 
-def export(out: Path) -> None:
+def export(out: Path, keep: bool) -> None:
     for i, (_, target, extra) in enumerate(BUNDLES):
+        if keep and (out / str(i) / "manifest.json").is_file():
+            continue
         cmd = [sys.executable, "-m", "m3edge.cli", "export", "--target", target, "--checkpoint",
                str(ROOT / "checkpoints" / "small"), "-o", str(out / str(i)), "--force", *extra]
         print("$", " ".join(cmd[2:]), file=sys.stderr)
@@ -62,10 +65,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "precision")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--keep", action="store_true")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     if not args.check:
-        export(args.out)
+        export(args.out, args.keep)
     text = table([measure(args.out / str(i)) for i in range(len(BUNDLES))])
     readme = args.readme.read_text()
     head, rest = readme.split(BEGIN, 1)

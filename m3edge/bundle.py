@@ -161,7 +161,7 @@ class Bundle:
     def __post_init__(self):
         self._index = {(g["role"], g["bucket"], g["layer"], g["expert"]): g for g in self.manifest["graphs"]}
         self._files = {f["path"]: f for f in self.manifest["files"]}
-        self._graphs: dict[str, bytes] = {}  # graph files, shared by many modules: read and checked once
+        self._graphs: dict[str, bytes] = {}  # ONNX graph files, shared by many modules: read and checked once
 
     def read(self, rel: str) -> bytes:
         """A listed file's bytes, their sha256 checked now: files are read long after open (cache misses),
@@ -178,7 +178,7 @@ class Bundle:
             data = None
         if data is None or len(data) != f["bytes"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
             raise BadInput(f"{p}: sha256 does not match the manifest (changed since the bundle was opened)")
-        if not rel.endswith(".weights"):
+        if rel.endswith(".onnx"):  # structure only; a .tflite holds its module's weights: the cache's to drop
             self._graphs[rel] = data
         return data
 

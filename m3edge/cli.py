@@ -223,10 +223,12 @@ def inspect(bundle_dir, as_json):
         "graph_max_abs_diff": max((r["max_abs_diff"] or 0) for r in parity["summary"])}
     roles, counted = {}, set()
     for g in m["graphs"]:
-        r = roles.setdefault(g["role"], {"graphs": 0, "bytes": 0, "precision": set()})
+        r = roles.setdefault(g["role"], {"graphs": 0, "files": 0, "bytes": 0, "precision": set()})
         r["graphs"] += 1
-        if g["path"] not in counted:  # a TFLite file holds every bucket of its module as a signature
+        # Experts of a kind share their graph files; a TFLite file holds a module's buckets as signatures.
+        if g["path"] not in counted:
             counted.add(g["path"])
+            r["files"] += 1
             r["bytes"] += g["bytes"]
         r["precision"].add(g["precision"])
     # Weights: ONNX's shared external-data files; a TFLite flatbuffer carries its weights inside.
@@ -244,7 +246,7 @@ def inspect(bundle_dir, as_json):
              f"size       {total / 1e6:.2f} MB" + (f" ({weights / 1e6:.2f} MB weights, shared across buckets)"
                                                       if weights else " (weights inside the graph files)")]
     for role, r in out["roles"].items():
-        lines.append(f"  {role:<10} {r['graphs']:>5} graphs  {r['bytes'] / 1e3:>9.1f} kB graph files  "
+        lines.append(f"  {role:<10} {r['graphs']:>5} graphs in {r['files']:>3} files  {r['bytes'] / 1e3:>8.1f} kB  "
                      f"{'/'.join(r['precision'])}")
     for note in m["precision"]["notes"]:
         lines.append(f"  note: {note}")

@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -78,8 +78,8 @@ class Target:
                 path = opts.get("trt_engine_cache_path")
                 if cache_dir is not None and isinstance(path, str) and not os.path.isabs(path):
                     opts["trt_engine_cache_path"] = os.path.join(os.fspath(cache_dir), path)
-                if graph:
-                    opts["trt_engine_cache_prefix"] = re.sub(r"[^A-Za-z0-9]+", "_", graph)
+                if graph:  # a bank's key lists 64 weights files: hashed, to stay a valid file name
+                    opts["trt_engine_cache_prefix"] = "m3edge_" + hashlib.sha256(graph.encode()).hexdigest()[:16]
             out.append((p["name"], opts))
         return out
 

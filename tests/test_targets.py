@@ -212,3 +212,16 @@ def test_schema_errors_name_the_key(label, mutate, key):
 def test_not_an_object():
     with pytest.raises(BadInput, match="JSON object"):
         validate([1, 2], "list.json")
+
+
+def test_modules_sharing_a_graph_file_get_their_own_tensorrt_engines(tiny_bundle):
+    """TensorRT builds weights into its engines: two experts running one graph file on their own weights
+    must not find each other's engine in the cache."""
+    from m3edge import bundle
+
+    b = bundle.open_bundle(tiny_bundle)
+    a, c = (b.find("expert", 2, 0, e) for e in (0, 6))  # experts 0 and 6: same kind, same graph file
+    assert a["path"] == c["path"] and a["weights"] != c["weights"]
+    jetson = targets.load("jetson")
+    prefix = [jetson.ort_providers(None, None, b.graph_file(g).key)[0][1]["trt_engine_cache_prefix"] for g in (a, c)]
+    assert prefix[0] != prefix[1] and all(len(p) < 64 and p.isidentifier() for p in prefix)
