@@ -79,7 +79,7 @@ class SessionConfig:
 
 
 def _source(src) -> GraphFile:
-    """A GraphFile as is; a path: the file, with a version 1-2 bundle's external data beside it (tests, tools)."""
+    """A GraphFile as is; a path (a .tflite, tools): the file's bytes."""
     if isinstance(src, GraphFile):
         return src
     return GraphFile(str(src), Path(src).read_bytes(), {})
@@ -92,7 +92,9 @@ class OrtGraph:
     def __init__(self, src: GraphFile | str | Path, cfg: SessionConfig = SessionConfig(), input_shapes: dict | None = None):
         import onnxruntime as ort
 
-        src = _source(src)
+        # A path (the monolithic export, tools) is onnxruntime's to read, external data beside it: reading a
+        # 1.5 GB graph into Python first would hold it twice.
+        src = src if isinstance(src, GraphFile) else GraphFile(str(src), b"", {})
         so = ort.SessionOptions()
         # Small static graphs: one thread pool per session sized by the profile, no inter-op
         # parallelism to pay for, all graph optimisations on.
@@ -113,7 +115,7 @@ class OrtGraph:
                                                               [len(src.data[n]) for n in names])
         providers = resolve_providers(cfg.providers_for(input_shapes, src.key or src.name), cfg.strict)
         try:
-            self.session = ort.InferenceSession(src.model, so, providers=providers)
+            self.session = ort.InferenceSession(src.model or src.name, so, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types; name the file
             raise BadInput(f"{src.name}: onnxruntime cannot load this graph ({str(e).splitlines()[0]})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
