@@ -62,15 +62,12 @@ def static_shape(value_info) -> list:
 
 
 def check_structure(src, expected_in: dict[str, list[int]], expected_out: dict[str, list[int]]) -> None:
-    """``src``: a bundle GraphFile (its weights in memory) or a path (external data beside it)."""
+    """``src``: a bundle GraphFile, the graph with its weights in memory."""
     from m3edge.export.onnx_export import attach
 
-    path = Path(getattr(src, "name", src))
+    path = Path(src.name)
     try:
-        if isinstance(src, (str, Path)):
-            model = onnx.load(str(src))
-        else:
-            model = attach(onnx.load_model_from_string(src.model), src.data)
+        model = attach(onnx.load_model_from_string(src.model), src.data)
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as e:  # the checker raises several exception types; keep its message

@@ -131,7 +131,7 @@ def data_files(entry: dict) -> list[tuple[str, str]]:
 class GraphFile:
     """One graph as a backend loads it: the model's bytes and its external data, by the names it uses."""
     name: str  # the bundle path, for messages
-    model: bytes
+    model: bytes | None  # None: ``name`` is a file path the backend reads itself
     data: dict[str, bytes]
     key: str = ""  # what tells this module's graph from others sharing the file: graph and weights paths
 

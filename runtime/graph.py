@@ -78,13 +78,6 @@ class SessionConfig:
         return list(self.providers)
 
 
-def _source(src) -> GraphFile:
-    """A GraphFile as is; a path (a .tflite, tools): the file's bytes."""
-    if isinstance(src, GraphFile):
-        return src
-    return GraphFile(str(src), Path(src).read_bytes(), {})
-
-
 class OrtGraph:
     """One static-shape ONNX graph in an onnxruntime session, built from bytes already checked: the graph
     file's and its weights files', which onnxruntime takes as in-memory external data."""
@@ -94,7 +87,8 @@ class OrtGraph:
 
         # A path (the monolithic export, tools) is onnxruntime's to read, external data beside it: reading a
         # 1.5 GB graph into Python first would hold it twice.
-        src = src if isinstance(src, GraphFile) else GraphFile(str(src), b"", {})
+        if not isinstance(src, GraphFile):
+            src = GraphFile(str(src), None, {})
         so = ort.SessionOptions()
         # Small static graphs: one thread pool per session sized by the profile, no inter-op
         # parallelism to pay for, all graph optimisations on.
@@ -115,7 +109,7 @@ class OrtGraph:
                                                               [len(src.data[n]) for n in names])
         providers = resolve_providers(cfg.providers_for(input_shapes, src.key or src.name), cfg.strict)
         try:
-            self.session = ort.InferenceSession(src.model or src.name, so, providers=providers)
+            self.session = ort.InferenceSession(src.name if src.model is None else src.model, so, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types; name the file
             raise BadInput(f"{src.name}: onnxruntime cannot load this graph ({str(e).splitlines()[0]})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -174,10 +168,10 @@ class LiteRTGraph:
     def __init__(self, src: GraphFile | str | Path, cfg: SessionConfig = SessionConfig(), signature: str | None = None,
                  io: dict | None = None):
         Interpreter = litert_interpreter()
-        src = _source(src)
-        path = src.name
+        model = {"model_content": src.model} if isinstance(src, GraphFile) else {"model_path": str(src)}
+        path = getattr(src, "name", src)
         try:
-            self.interpreter = Interpreter(model_content=src.model, num_threads=cfg.threads)
+            self.interpreter = Interpreter(**model, num_threads=cfg.threads)
             self.runner = self.interpreter.get_signature_runner(signature)
             ins, outs = self.runner.get_input_details(), self.runner.get_output_details()
         except (ValueError, RuntimeError) as e:
