@@ -36,7 +36,6 @@ class Captured:
     inputs: dict = field(default_factory=dict)  # (role, layer, expert) -> tuple of numpy arrays
     routed: dict = field(default_factory=dict)  # (layer, expert) -> rows routed there
     expert_usage: list = field(default_factory=list)  # per layer, per expert: routed pairs
-    transitions: list = field(default_factory=list)  # per layer pair: [E, E] counts of (expert at L, at L+1)
 
     def calibration_rows(self, role: str, layer, expert, min_rows: int) -> tuple[list[np.ndarray], bool]:
         """Rows a graph is calibrated on: an expert's routed rows, or (fewer than ``min_rows`` routed) all
@@ -75,7 +74,6 @@ def capture(agent, text: np.ndarray, n_tokens: int) -> Captured:
     cap.inputs[("alignment", None, None)] = (enc.x.numpy(), mem.numpy())
     x = enc.x
     bias = agent.alignment(x, mem)
-    previous = None
     for layer, (norm, moe) in enumerate(zip(agent.norms, agent.layers)):
         cap.inputs[("router", layer, None)] = (x.numpy(), bias.numpy())
         h = norm(x)
@@ -87,11 +85,21 @@ def capture(agent, text: np.ndarray, n_tokens: int) -> Captured:
             cap.inputs[("expert", layer, e)] = (h.numpy(),)
             usage.append(int(tokens.numel()))
         cap.expert_usage.append(usage)
-        if previous is not None:
-            pairs = (previous[:, :, None] * cfg.n_experts + r.index[:, None, :]).reshape(-1)
-            cap.transitions.append(np.bincount(pairs.numpy(), minlength=cfg.n_experts ** 2)
-                                   .reshape(cfg.n_experts, cfg.n_experts).tolist())
-        previous = r.index
         x = x + moe.dispatch(h, r)
     cap.inputs[("head", None, None)] = (x.numpy(),)
     return cap
+
+
+@torch.no_grad()
+def next_token_counts(agent, text: np.ndarray, n_tokens: int) -> list:
+    """[E, E] counts of (an expert of the last layer at token t, an expert of layer 0 at token t+1) over the
+    first ``n_tokens`` consecutive tokens of ``text``: what the runtime prefetches the next step's first layer
+    from (capture's tokens are spread over the text, so they are not consecutive)."""
+    e = agent.cfg.n_experts
+    pos = np.arange(1, min(n_tokens, len(text) - 1) + 1)
+    w = torch.from_numpy(windows(text, pos, agent.cfg.context))
+    enc = agent.encode(w)
+    routed = agent.decode(enc, memory_context(agent, enc, torch.from_numpy(text[pos].astype(np.int64)))).routed
+    last, first = routed[-1].index[:-1], routed[0].index[1:]
+    pairs = (last[:, :, None] * e + first[:, None, :]).reshape(-1)
+    return np.bincount(pairs.numpy(), minlength=e * e).reshape(e, e).tolist()

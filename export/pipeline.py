@@ -18,7 +18,7 @@ import m3edge
 from m3edge import bundle as bfmt
 from m3edge.data import load_split
 from m3edge.errors import BadInput, CheckFailed
-from m3edge.export.capture import capture
+from m3edge.export.capture import capture, next_token_counts
 from m3edge.export.graphs import split
 from m3edge.export import bank
 from m3edge.export import quantize as q
@@ -247,7 +247,8 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
     if rows:  # a bank is its experts' graphs
         precision["bank"] = precision["expert"]
     n_cal = max(opts.calibration_tokens, max(target.token_buckets), max(target.capacity_buckets))
-    cal = capture(agent, load_split(data_dir, "calibration"), n_cal)
+    cal_text = load_split(data_dir, "calibration")
+    cal = capture(agent, cal_text, n_cal)
     eval_text = load_split(data_dir, "eval")
     session = SessionConfig(threads=1)
     calibration = CALIBRATORS[target.backend](target, opts) | {"graphs": {}, "fallback": []}
@@ -284,7 +285,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
                         "capacity": cfg.expert_capacity, "token_buckets": list(target.token_buckets),
                         "capacity_buckets": list(target.capacity_buckets), "tie_break": "lower expert index"},
             "expert_usage": {"split": "calibration", "tokens": n_cal, "pairs": cal.expert_usage,
-                             "transitions": cal.transitions},
+                             "next_token": next_token_counts(agent, cal_text, n_cal)},
         }
         manifest["graphs"], manifest["graph_sets"], manifest["files"] = bfmt.pack(
             entries, sorted(files.values(), key=lambda f: f["path"]))

@@ -162,6 +162,7 @@ class Bundle:
         self._index = {(g["role"], g["bucket"], g["layer"], g["expert"]): g for g in self.manifest["graphs"]}
         self._files = {f["path"]: f for f in self.manifest["files"]}
         self._graphs: dict[str, bytes] = {}  # ONNX graph files, shared by many modules: read and checked once
+        self._paths: dict[str, Path] = {}
 
     def read(self, rel: str) -> bytes:
         """A listed file's bytes, their sha256 checked now: files are read long after open (cache misses),
@@ -190,7 +191,12 @@ class Bundle:
         return self.manifest["graphs"]
 
     def path(self, rel: str) -> Path:
-        return safe_path(self.root, rel)
+        # Resolved once per path: a cache miss reads a file, and resolving costs more than reading 25 kB.
+        # What is read is still checked against the manifest's sha256 every time.
+        p = self._paths.get(rel)
+        if p is None:
+            p = self._paths[rel] = safe_path(self.root, rel)
+        return p
 
     def find(self, role: str, bucket: int, layer: int | None = None, expert: int | None = None) -> dict:
         return self._index[(role, bucket, layer, expert)]

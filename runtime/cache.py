@@ -132,7 +132,9 @@ class ExpertCache:
                 return self._items[key]
             self.stats.misses += 1
             fut = self._loading.get(key)
-            mine = fut is None
+            # A prefetch still queued behind others is cancelled and loaded here: waiting would cost the loads
+            # queued before it too. One already running is waited for.
+            mine = fut is None or fut.cancel()
             if mine:  # we load it; anyone else asking meanwhile waits on this future
                 fut = self._loading[key] = Future()
         if mine:
@@ -193,6 +195,8 @@ class ExpertCache:
     def prefetch(self, keys) -> list[Future]:
         """Start loading ``keys`` in the background; already resident or loading keys are skipped."""
         futures = []
+        if not keys:
+            return futures
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3edge-prefetch")

@@ -15,11 +15,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from m3edge.bundle import Bundle, entry_files, weights_files
+from m3edge.bundle import Bundle, GraphFile, data_files, entry_files, weights_files
 from m3edge.config import ModelConfig
 from m3edge.runtime import routing
 from m3edge.runtime.cache import ExpertCache
-from m3edge.runtime.graph import SessionConfig, open_graph
+from m3edge.runtime.graph import OrtGraph, SessionConfig, open_graph
+from m3edge.runtime.template import Template, weights_as_inputs
+
+# TensorRT builds an engine with its weights inside and needs constant Q/DQ scales: a shared session, whose
+# weights are inputs, runs on the profile's other providers.
+NOT_SHARED = {"TensorrtExecutionProvider"}
 
 
 @dataclass
@@ -74,6 +79,47 @@ class ExpertGraphs:
         return self.session(bucket).run(rows)[0]
 
 
+class SharedGraph:
+    """One expert graph file in one session, its weights as inputs: runs every expert that shares the file."""
+
+    def __init__(self, template: Template, graph: OrtGraph):
+        self.template, self.graph = template, graph
+        self.x = graph.input_names[0]
+
+    def run(self, rows: np.ndarray, feeds: dict) -> np.ndarray:
+        g = self.graph
+        return g.session.run(g.output_names, {**feeds, self.x: rows}, g.run_options)[0]
+
+
+class ExpertWeights:
+    """One expert as its weights (sha256-checked bytes), run through the shared session of its graph file.
+
+    What the cache holds when it cannot hold every expert: a miss then reads 25-90 kB instead of creating a
+    session (~1-2 ms, more than a whole decode step on the small reference). A call costs more than on the
+    expert's own session (weights are inputs: not prepacked, Q/DQ not fused), so when every expert fits,
+    experts get their own sessions (``ExpertGraphs``)."""
+
+    def __init__(self, executor: "BundleExecutor", layer: int, expert: int, warm=()):
+        self.executor = executor
+        self.entries = {b: executor.bundle.find("expert", b, layer, expert) for b in executor.capacity_buckets}
+        self.data = {rel: executor.bundle.read(rel) for rel in {r for e in self.entries.values() for r in weights_files(e)}}
+        self.bytes = sum(len(d) for d in self.data.values())
+        self._feeds: dict[int, dict] = {}
+        for b in warm:
+            self.feeds(b)
+
+    def feeds(self, bucket: int) -> dict:
+        f = self._feeds.get(bucket)
+        if f is None:
+            entry = self.entries[bucket]
+            template = self.executor.shared(entry).template
+            f = self._feeds[bucket] = template.feeds({name: self.data[rel] for name, rel in data_files(entry)})
+        return f
+
+    def run(self, bucket: int, rows: np.ndarray) -> np.ndarray:
+        return self.executor.shared(self.entries[bucket]).run(rows, self.feeds(bucket))
+
+
 class BundleExecutor:
     def __init__(self, bundle: Bundle, session: SessionConfig | None = None, cache: ExpertCache | None = None,
                  prefetch: bool = False, expert_workers: int = 1, banks: bool = True):
@@ -91,7 +137,14 @@ class BundleExecutor:
             cache.loader = self._load_expert
         self.prefetch = prefetch
         usage = bundle.manifest.get("expert_usage", {})
-        self.transitions = [np.asarray(t, dtype=np.float64) for t in usage.get("transitions", [])]
+        # Counts of (last layer's expert at token t, layer 0's expert at t+1): predicts the next step's first
+        # layer, which no router can see before the next byte is known. Bundles before it have none.
+        nt = usage.get("next_token")
+        self.next_token = np.asarray(nt, dtype=np.float64) if nt else None
+        # None: shared sessions exactly when the cache cannot hold every expert (``shares_sessions``).
+        self.shared_experts: bool | None = None
+        self._shared: dict[str, SharedGraph] = {}
+        self._shared_lock = threading.Lock()
         self.file_sizes = {f["path"]: f["bytes"] for f in bundle.manifest["files"]}
         self.warm_buckets: tuple[int, ...] = (self.capacity_buckets[0],)
         self.pool = ThreadPoolExecutor(expert_workers, thread_name_prefix="m3edge-expert") if expert_workers > 1 else None
@@ -114,9 +167,38 @@ class BundleExecutor:
         cfg = self.session if threads == self.session.threads else replace(self.session, threads=threads)
         return open_graph(self.bundle.graph_file(entry), entry, cfg)
 
+    @property
+    def shares_sessions(self) -> bool:
+        """Whether experts run through shared sessions (``ExpertWeights``) rather than one session each."""
+        if self.shared_experts is not None:
+            return self.shared_experts
+        return self._onnx_experts and not self.cache.holds(self.cfg.n_layers * self.cfg.n_experts, self.expert_bytes)
+
+    @functools.cached_property
+    def _onnx_experts(self) -> bool:
+        """A .tflite file embeds its weights: nothing to share."""
+        return all(g.get("backend", "onnxruntime") == "onnxruntime" for g in self.bundle.graphs if g["role"] == "expert")
+
     def _load_expert(self, key):
-        g = ExpertGraphs(self, *key, warm=self.warm_buckets)
+        kind = ExpertWeights if self.shares_sessions else ExpertGraphs
+        g = kind(self, *key, warm=self.warm_buckets)
         return g, g.bytes
+
+    def shared(self, entry: dict) -> SharedGraph:
+        """The session for ``entry``'s graph file with weights as inputs, made on first use."""
+        g = self._shared.get(entry["path"])
+        if g is None:
+            with self._shared_lock:
+                g = self._shared.get(entry["path"])
+                if g is None:
+                    template = weights_as_inputs(self.bundle.read(entry["path"]))
+                    nbytes = sum(t.length for t in template.tensors)
+                    threads = self.session.threads_for(nbytes, entry["bucket"], entry.get("precision", "fp32"))
+                    providers = [p for p in self.session.providers_for(None) if p[0] not in NOT_SHARED]
+                    cfg = replace(self.session, threads=threads, target=None, providers=providers)
+                    graph = OrtGraph(GraphFile(entry["path"], template.model, {}, entry["path"]), cfg)
+                    g = self._shared[entry["path"]] = SharedGraph(template, graph)
+        return g
 
     def graph(self, role: str, bucket: int, layer: int | None = None):
         """A per-token graph; these stay resident (they are small and every step needs them)."""
@@ -126,13 +208,27 @@ class BundleExecutor:
             g = self._graphs[key] = self.load(self.bundle.find(role, bucket, layer))
         return g
 
-    def predict_next(self, layer: int, index: np.ndarray, n: int) -> list[tuple[int, int]]:
-        """Experts layer+1 will likely need: export-time transition counts from this layer's choices."""
-        if layer >= len(self.transitions):
+    def predict_next(self, layer: int, x: np.ndarray, bias: np.ndarray, r: LayerRouting) -> list[tuple[int, int]]:
+        """Experts the next layer will likely need, most likely first, 2 x top-k of them.
+
+        Within a step, layer+1's router run on layer's input: the residual stream changes little across one
+        layer, so its choice foretells the real one (on the small reference 81% of layer 1's experts are in
+        the top 8, against 64% from export-time transition counts). After the last layer, layer 0 of the next
+        step: export-time counts of which first-layer experts follow this token's last-layer ones."""
+        n = int(__import__("os").environ.get("M3_PF", 2 * self.cfg.top_k))
+        if layer + 1 < self.cfg.n_layers:
+            logits = self.run_tokens("router", [x, bias], layer + 1)[1]
+            nxt = layer + 1
+        elif self.next_token is not None:
+            logits = self.next_token[r.index[-1][r.keep[-1]]].sum(0, keepdims=True)
+            nxt = 0
+        else:
             return []
-        scores = self.transitions[layer][index.reshape(-1)].sum(0)
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :n]
+        scores = np.zeros(self.cfg.n_experts)
+        np.add.at(scores, top, 1.0 / np.arange(1, n + 1))  # ranks, summed over tokens: one token keeps its order
         best = np.argsort(-scores, kind="stable")[:n]
-        return [(layer + 1, int(e)) for e in best if scores[e] > 0]
+        return [(nxt, int(e)) for e in best if scores[e] > 0]
 
     def run_tokens(self, role: str, inputs: list[np.ndarray], layer: int | None = None) -> list[np.ndarray]:
         """Run a per-token graph over N rows in token-bucket chunks."""
@@ -206,12 +302,12 @@ class BundleExecutor:
         y[first] = bank.run(x)[0][slot[first]]
         for e in over:
             a, b = int(starts[e]) + c, int(starts[e] + counts[e])
-            y[a:b] = self._run_expert(layer, e, rows[a:b])
+            y[a:b] = self._run_expert(self.cache.get((layer, e)), rows[a:b])
         return y
 
-    def _run_expert(self, layer: int, e: int, rows: np.ndarray) -> np.ndarray:
-        """One expert over its rows, in the planned chunks of its capacity buckets (padding dropped)."""
-        expert = self.cache.get((layer, e))
+    def _run_expert(self, expert, rows: np.ndarray) -> np.ndarray:
+        """One expert (a cache entry) over its rows, in the planned chunks of its capacity buckets (padding
+        dropped)."""
         chunks = self._plan(rows.shape[0])
         if len(chunks) == 1:  # the usual case: one call
             n, bucket = chunks[0]
@@ -222,7 +318,9 @@ class BundleExecutor:
             start += n
         return np.concatenate(ys)
 
-    def experts(self, layer: int, h: np.ndarray, r: LayerRouting) -> np.ndarray:
+    def experts(self, layer: int, h: np.ndarray, r: LayerRouting, prefetch=()) -> np.ndarray:
+        """The layer's weighted expert outputs per token. ``prefetch``: keys to start loading once this layer's
+        own experts are in hand, so a prefetch never evicts one of them before it runs."""
         order, counts = routing.group_by_expert(r.index, self.cfg.n_experts)
         keep = r.keep.reshape(-1)
         if not keep.all():  # capacity mode dropped some pairs: they are neither run nor added
@@ -232,17 +330,19 @@ class BundleExecutor:
         rows = h[tokens]  # every pair's input, grouped by expert in token order: one gather, sliced below
         bank = self._bank_for(layer, counts)
         if bank is not None:
+            self.cache.prefetch(prefetch)
             ys = [self._run_bank(layer, bank, rows, counts)]
         else:
             ends = np.cumsum(counts).tolist()
-            jobs = [(e, ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c]
+            jobs = [(self.cache.get((layer, e)), ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c]
+            self.cache.prefetch(prefetch)  # loads in the background while these run
             if self.pool is not None and len(jobs) > 1:
                 # Distinct experts are independent graphs and onnxruntime releases the GIL while one runs, so
                 # a batch's experts run side by side; results are added back in expert order below, so the
                 # sums (and the bytes generated) are the same as run one after another.
-                ys = list(self.pool.map(lambda job: self._run_expert(layer, job[0], rows[job[1]:job[2]]), jobs))
+                ys = list(self.pool.map(lambda job: self._run_expert(job[0], rows[job[1]:job[2]]), jobs))
             else:
-                ys = [self._run_expert(layer, e, rows[a:b]) for e, a, b in jobs]
+                ys = [self._run_expert(g, rows[a:b]) for g, a, b in jobs]
         out = np.zeros_like(h)
         if ys:
             # Unbuffered adds in pair order: each token's outputs are summed in expert order, as a loop would.
@@ -262,9 +362,8 @@ class BundleExecutor:
         self.warm_buckets = tuple(sorted({b for _, b in routing.plan_chunks(x.shape[0], self.capacity_buckets)}))
         for layer in range(self.cfg.n_layers):
             h, r = self.route(layer, x, bias)
-            if self.prefetch:
-                self.cache.prefetch(self.predict_next(layer, r.index[r.keep], 2 * self.cfg.top_k))
-            x = x + self.experts(layer, h, r)
+            nxt = self.predict_next(layer, x, bias, r) if self.prefetch else ()
+            x = x + self.experts(layer, h, r, nxt)
             routed.append(r)
         return self.head(x), routed
 
