@@ -131,9 +131,9 @@ def cache_section(cs: dict) -> list[str]:
     if "skipped" in cs:
         return [f"Expert cache sweep: skipped ({cs['skipped']}).", ""]
     rows = cs["rows"]
-    configs = [(p, f) for p in dict.fromkeys(r["policy"] for r in rows) for f in (False, True)
+    configs = [(p, f) for p in dict.fromkeys(r["policy"] for r in rows) for f in dict.fromkeys(r["prefetch"] for r in rows)
                if any(r["policy"] == p and r["prefetch"] == f for r in rows)]
-    head = " | ".join(f"{p.upper()}{' + prefetch' if f else ''} hit rate | bytes/s" for p, f in configs)
+    head = " | ".join(f"{p.upper()}{'' if f == 'off' else f' + {f} prefetch'} hit rate | bytes/s" for p, f in configs)
     out = [f"Expert cache on `{cs['model']}`, sampled decoding (temperature 0.8), {cs['n_experts']} experts per "
            f"layer; bytes/s the median of {cs['passes']} timed passes:", "",
            f"| experts per layer | {head} |", "|---" * (1 + 2 * len(configs)) + "|"]
@@ -257,7 +257,7 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
     if cs.get("rows"):
         series = {}
         for r in sorted(cs["rows"], key=lambda r: r["experts_per_layer"]):
-            label = r["policy"].upper() + (" + prefetch" if r["prefetch"] else "")
+            label = r["policy"].upper() + ("" if r["prefetch"] == "off" else f" + {r['prefetch']} prefetch")
             series.setdefault(label, []).append((r["experts_per_layer"], r["hit_rate"], r["bytes_per_s"]))
         written.append(_two_panels(plt, out_dir / "cache.png", series, "experts cached per layer",
                                    (f"{cs['model']}: expert cache hit rate", "hit rate"),

@@ -253,7 +253,7 @@ def spread(values) -> dict:
 
 
 def cache_sweep(bundle, base: dict, n_experts: int, cache_sizes=(1, 8, 16, 32, 64), policies=("lru", "lfu"),
-                prefetch=(False, True), passes: int = 1, warmup: int | None = None, progress=None) -> list[dict]:
+                prefetch=("off", "thread", "inline"), passes: int = 1, warmup: int | None = None, progress=None) -> list[dict]:
     """Sampled decoding (temperature 0.8, fixed seed) at each experts-per-layer cache size, policy and prefetch
     setting, each in a fresh process; ``passes`` timed passes after the warm-up, bytes/s their median."""
     sweep = []
@@ -270,7 +270,7 @@ def cache_sweep(bundle, base: dict, n_experts: int, cache_sizes=(1, 8, 16, 32, 6
                               "bytes_per_s_spread": spread(r["bytes_per_s_runs"]),
                               "peak_rss_mb": r["peak_rss_mb"], "evictions": r["cache"]["evictions"]})
                 if progress:
-                    progress(f"cache {size}/{policy}/{'prefetch' if pf else 'no prefetch'}: "
+                    progress(f"cache {size}/{policy}/prefetch {pf}: "
                              f"hit rate {r['cache']['hit_rate']:.2f}, {r['bytes_per_s']:.1f} bytes/s")
     return sweep
 
@@ -285,7 +285,7 @@ def format_report(r: dict) -> str:
     if r["cache_sweep"]:
         lines.append(f"{'experts/layer':>13} {'policy':<6} {'prefetch':<8} {'hit rate':>8} {'bytes/s':>9} {'peak RSS MB':>11}")
         for s in r["cache_sweep"]:
-            lines.append(f"{s['experts_per_layer']:>13} {s['policy']:<6} {str(s['prefetch']):<8} {s['hit_rate']:>8.3f} "
+            lines.append(f"{s['experts_per_layer']:>13} {s['policy']:<6} {s['prefetch']:<8} {s['hit_rate']:>8.3f} "
                          f"{s['bytes_per_s']:>9.1f} {s['peak_rss_mb']:>11.1f}")
     return "\n".join(lines)
 
@@ -497,7 +497,7 @@ class FullConfig:
     cache_sizes: tuple = (1, 8, 16, 32, 64)
     policies: tuple = ("lru", "lfu")
     cache_prompts: int = 4
-    cache_bytes: int = 32  # per prompt: at 1 expert per layer a miss-bound decode runs at ~40 bytes/s
+    cache_bytes: int = 128  # per prompt: long enough that decoding, not the prompt's batch, sets the hit rate
     cache_passes: int = 2
     callers: tuple = (1, 4, 16, 32)
     steps_per_caller: int = 160  # a 16-caller batched run lasts ~0.6 s: steady state, not threads starting
@@ -889,13 +889,16 @@ def goals(res: dict) -> list[dict]:
     cs = res.get("cache_sweep", {})
     if cs.get("rows"):
         n = cs["n_experts"]
-        pick = {(r["experts_per_layer"], r["policy"], r["prefetch"]): r for r in cs["rows"]}
-        quarter, full = pick.get((n // 4, "lfu", False)), pick.get((n, "lfu", False))
+        full = max((r for r in cs["rows"] if r["experts_per_layer"] == n), key=lambda r: r["bytes_per_s"], default=None)
+        quarter = [r for r in cs["rows"] if r["experts_per_layer"] == n // 4]
         if quarter and full:
-            out.append(_goal(f"cache: a quarter of the experts ({n // 4} per layer, LFU) hits >= 60%",
-                             quarter["hit_rate"], 0.6, unit="", issue=5))
-            out.append(_goal("cache: a quarter of the experts keeps >= 70% of the all-resident speed",
-                             quarter["bytes_per_s"] / full["bytes_per_s"], 0.7, unit="", issue=5))
+            # The quarter-cache setting closest to meeting both goals, against the fastest all-resident one.
+            q = max(quarter, key=lambda r: min(r["hit_rate"] / 0.6, r["bytes_per_s"] / full["bytes_per_s"] / 0.7))
+            setting = f"{n // 4} per layer, {q['policy'].upper()}, prefetch {q['prefetch']}"
+            out.append(_goal(f"cache: a quarter of the experts ({setting}) hits >= 60%",
+                             q["hit_rate"], 0.6, unit="", issue=5))
+            out.append(_goal(f"cache: a quarter of the experts ({setting}) keeps >= 70% of the all-resident speed",
+                             q["bytes_per_s"] / full["bytes_per_s"], 0.7, unit="", issue=5))
     b = res.get("batching", {})
     if b.get("rows"):
         at = {(r["callers"], r["batching"]): r for r in b["rows"]}

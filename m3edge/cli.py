@@ -301,8 +301,10 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
               help="Experts kept loaded per layer (default: the profile's expert_cache_size).")
 @click.option("--policy", default="lfu", show_default=True, type=click.Choice(["lru", "lfu"]),
               help="Expert-cache eviction policy (LFU measured best on the reference).")
-@click.option("--prefetch/--no-prefetch", default=False, show_default=True,
-              help="Load the experts the next layer will likely need in a background thread.")
+@click.option("--prefetch", type=click.Choice(["off", "thread", "inline"]), default="off", show_default=True,
+              is_flag=False, flag_value="thread",
+              help="After each router, load the experts the next layer (or step) will likely need: in a background "
+                   "thread, or inline. --prefetch alone means thread.")
 @click.option("--strict", is_flag=True, help="Fail when a profile's execution provider is missing.")
 @click.option("--json", "as_json", is_flag=True)
 def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_experts, policy, prefetch, strict,

@@ -75,13 +75,16 @@ class EdgeAgent:
 
     @classmethod
     def open(cls, bundle_dir, memory_dir=None, cache_experts: int | None = None, policy: str = "lfu",
-             prefetch: bool = False, strict: bool = False, threads: int | None = None, clock=None,
+             prefetch: bool | str = False, strict: bool = False, threads: int | None = None, clock=None,
              cache_bytes: int | None = None, expert_workers: int = 1, banks: bool = True) -> "EdgeAgent":
         """Verify every file of the bundle, then set up sessions, the expert cache and the memory.
 
         Defaults are what ``m3edge bench`` measured on the small reference (README): LFU beats LRU at a
         half and a quarter of the experts per layer, and background prefetch costs more than it saves
         on 2 cores, so it is off unless asked for.
+
+        ``prefetch``: False (or "off"), "thread" (or True) or "inline" (``cache.PREFETCH``): after each router,
+        load the experts the next layer, or the next step's first layer, will likely need.
 
         ``cache_experts``: experts kept loaded per layer (default: the profile's ``expert_cache_size``,
         bounded by its ``expert_memory_budget_mb``).
@@ -103,8 +106,11 @@ class EdgeAgent:
         n_layers = bundle.manifest["model_config"]["n_layers"]
         # cache_experts counts experts kept loaded per layer, as the profile's expert_cache_size does.
         max_items = None if cache_experts is None else cache_experts * n_layers
-        cache = ExpertCache(None, max_items=max_items, max_bytes=cache_bytes, policy=policy)
-        executor = BundleExecutor(bundle, session, cache, prefetch=prefetch, expert_workers=expert_workers, banks=banks)
+        mode = {False: "off", True: "thread"}.get(prefetch, prefetch)
+        cache = ExpertCache(None, max_items=max_items, max_bytes=cache_bytes, policy=policy,
+                            prefetch="thread" if mode == "off" else mode)
+        executor = BundleExecutor(bundle, session, cache, prefetch=mode != "off", expert_workers=expert_workers,
+                                  banks=banks)
         cfg = executor.cfg
         memory = LongTermMemory(cfg.d_model, cfg.memory_top_k, clock=clock)
         if memory_dir is not None:

@@ -80,14 +80,22 @@ class LFUPolicy:
 
 POLICIES: dict[str, Callable[[], object]] = {"lru": LRUPolicy, "lfu": LFUPolicy}
 
+# How ``prefetch`` loads: "thread" in a background thread, overlapping the decoding thread's compute; "inline"
+# at once in the caller's thread. With loads of ~40 us (experts as weights) and the GIL, a background thread
+# on 2 cores stalls the decoding thread more than it hides (README: expert cache).
+PREFETCH = ("thread", "inline")
+
 
 class ExpertCache:
     """``loader(key) -> (value, bytes)``. Capacity: ``max_items`` experts and/or ``max_bytes``."""
 
     def __init__(self, loader: Callable[[Hashable], tuple[object, int]], max_items: int | None = None,
-                 max_bytes: int | None = None, policy: str = "lfu"):
+                 max_bytes: int | None = None, policy: str = "lfu", prefetch: str = "thread"):
         if policy not in POLICIES:
             raise ValueError(f"unknown cache policy {policy!r}; choose from {', '.join(POLICIES)}")
+        if prefetch not in PREFETCH:
+            raise ValueError(f"unknown prefetch mode {prefetch!r}; choose from {', '.join(PREFETCH)}")
+        self.prefetch_mode = prefetch
         if max_items is not None and max_items < 1:
             raise ValueError("cache capacity must be at least one expert")
         self.loader = loader
@@ -193,9 +201,15 @@ class ExpertCache:
                 self._load(k)
 
     def prefetch(self, keys) -> list[Future]:
-        """Start loading ``keys`` in the background; already resident or loading keys are skipped."""
+        """Load ``keys`` ahead of need (in the background, or now when inline); resident or loading keys are
+        skipped."""
         futures = []
         if not keys:
+            return futures
+        if self.prefetch_mode == "inline":
+            for k in keys:
+                if k not in self._items and k not in self._loading:
+                    self._load(k, prefetched=True)
             return futures
         with self._lock:
             if self._pool is None:

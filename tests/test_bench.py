@@ -14,7 +14,7 @@ def test_engines_do_the_same_work_and_the_sweep_is_reported(tiny_bundle):
     assert torch_row["outputs_sha"] == runtime_row["outputs_sha"]  # identical greedy bytes: equal work
     assert all(row["bytes_per_s"] > 0 and row["peak_rss_mb"] > 0 for row in r["rows"])
     assert [(s["experts_per_layer"], s["prefetch"]) for s in r["cache_sweep"]] == [
-        (1, False), (1, True), (4, False), (4, True)]
+        (1, "off"), (1, "thread"), (1, "inline"), (4, "off"), (4, "thread"), (4, "inline")]
     assert all(0 <= s["hit_rate"] <= 1 for s in r["cache_sweep"])
     assert "torch-eager" in format_report(r)
 
@@ -85,7 +85,7 @@ def small_result():
                                                "floor_bytes_per_s": 17000.0}]}},
            "rows": rows,
            "cache_sweep": {"model": "m", "n_experts": 4, "passes": 2, "rows": [
-               {"experts_per_layer": s, "policy": "lfu", "prefetch": False, "hit_rate": h, "bytes_per_s": v}
+               {"experts_per_layer": s, "policy": "lfu", "prefetch": "off", "hit_rate": h, "bytes_per_s": v}
                for s, h, v in ((1, 0.5, 50.0), (4, 1.0, 100.0))]},
            "batching": {"model": "m", "steps_per_caller": 4, "max_queue_delay_ms": 2.0, "repeats": 1,
                         "single_batch_compute_ms": {"1": 1.0, "16": 4.0},
@@ -154,7 +154,7 @@ def test_full_suite_structure_on_a_tiny_model(tiny_checkpoint, tmp_path):
     assert {"checkpoint", "monolithic", "bundle-fp32", "bundle-int8"} <= {k for k, v in m["artefacts"].items()
                                                                           if "bytes" in v}
     assert [(r["experts_per_layer"], r["prefetch"]) for r in res["cache_sweep"]["rows"]] == [
-        (2, False), (2, True), (8, False), (8, True)]
+        (2, "off"), (2, "thread"), (2, "inline"), (8, "off"), (8, "thread"), (8, "inline")]
     assert {(r["callers"], r["batching"]) for r in res["batching"]["rows"]} == {(1, False), (2, False), (1, True),
                                                                                (2, True)}
     assert res["memory_store"] == {"skipped": "not requested"}
