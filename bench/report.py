@@ -144,6 +144,12 @@ def cache_section(cs: dict) -> list[str]:
             r = by.get((size, p, f))
             cells += [f"{r['hit_rate']:.3f}", num(r["bytes_per_s"])] if r else ["", ""]
         out.append(f"| {size} | " + " | ".join(cells) + " |")
+    n = cs["n_experts"]
+    rss = {k: [r["peak_rss_mb"] for r in rows if r["experts_per_layer"] == k and "peak_rss_mb" in r] for k in (n // 4, n)}
+    if rss[n // 4] and rss[n]:
+        out += ["", f"Peak RSS with a quarter of the experts cached ({n // 4} per layer): {num(min(rss[n // 4]))}-"
+                    f"{num(max(rss[n // 4]))} MB over the settings above, against {num(min(rss[n]))}-{num(max(rss[n]))} MB "
+                    f"with all {n} (each a fresh process, memory on)."]
     return out + [""]
 
 

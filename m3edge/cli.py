@@ -299,8 +299,9 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
 @click.option("--memory-dir", type=click.Path(), help="Keep long-term memory here across runs.")
 @click.option("--cache-experts", type=click.IntRange(1),
               help="Experts kept loaded per layer (default: the profile's expert_cache_size).")
-@click.option("--policy", default="lfu", show_default=True, type=click.Choice(["lru", "lfu"]),
-              help="Expert-cache eviction policy (LFU measured best on the reference).")
+@click.option("--policy", type=click.Choice(["lru", "lfu"]),
+              help="Expert-cache eviction policy (default, as measured on the reference: LRU with prefetch, LFU "
+                   "without).")
 @click.option("--prefetch", type=click.Choice(["off", "thread", "inline"]), default="off", show_default=True,
               is_flag=False, flag_value="thread",
               help="After each router, load the experts the next layer (or step) will likely need: in a background "

@@ -206,6 +206,8 @@ class ExpertCache:
         futures = []
         if not keys:
             return futures
+        # Most likely first: more than the cache holds would evict the likeliest for the least likely.
+        keys = list(keys)[: self.max_items]
         if self.prefetch_mode == "inline":
             for k in keys:
                 if k not in self._items and k not in self._loading:

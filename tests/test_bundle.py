@@ -163,3 +163,23 @@ def test_refuses_to_replace_a_folder_that_is_not_a_bundle(tmp_path):
     with pytest.raises(BadInput, match="not a directory"):
         with bundle.staging(tmp_path / "file", force=True):
             pass
+
+
+def test_a_file_unchanged_since_it_was_hashed_is_not_hashed_again(tiny_bundle, tmp_path, monkeypatch):
+    b = bundle.open_bundle(copy(tiny_bundle, tmp_path))
+    rel = b.find("expert", 2, 0, 1)["weights"]
+    path = b.root / rel
+    hashed = []
+    sha256 = bundle.hashlib.sha256
+    monkeypatch.setattr(bundle.hashlib, "sha256", lambda data: hashed.append(len(data)) or sha256(data))
+    b.read(rel), b.read(rel)
+    assert len(hashed) == 2  # just written (a copy): hashed on every read
+    monkeypatch.setattr(bundle, "RACY_NS", -10 ** 12)  # as if the copy were made long ago, like a real bundle
+    b.read(rel)
+    b.read(rel), b.read(rel)
+    assert len(hashed) == 3  # hashed once, then trusted by its stat signature
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))  # same size, new ctime
+    with pytest.raises(BadInput, match="changed since the bundle was opened"):
+        b.read(rel)

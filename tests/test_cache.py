@@ -93,3 +93,34 @@ def test_a_miss_being_loaded_is_not_loaded_again_by_prefetch():
     c.wait()
     assert loader.calls == [9]
     c.close()
+
+
+def test_inline_prefetch_loads_now_and_counts_its_hits():
+    loader = Loader()
+    c = ExpertCache(loader, max_items=10, prefetch="inline")
+    c.prefetch([1, 2, 2])
+    assert loader.calls == [1, 2] and c.stats.prefetched == 2 and c._pool is None
+    c.get(2)
+    assert (c.stats.hits, c.stats.prefetch_hits, c.stats.misses) == (1, 1, 0)
+    with pytest.raises(ValueError, match="unknown prefetch mode"):
+        ExpertCache(loader, prefetch="eager")
+
+
+def test_a_queued_prefetch_is_loaded_by_its_asker_not_waited_for():
+    gate = threading.Event()
+    calls = []
+
+    def loader(key):
+        if key == "slow":
+            gate.wait(5)
+        calls.append(key)
+        return key, 1
+
+    c = ExpertCache(loader, max_items=10)
+    c.prefetch(["slow", "queued"])  # one worker: "queued" waits behind "slow"
+    assert c.get("queued") == "queued"  # loaded here at once, while "slow" still blocks the worker
+    assert calls == ["queued"] and c.stats.misses == 1
+    gate.set()
+    c.wait()
+    assert sorted(calls) == ["queued", "slow"]  # "queued" was not loaded a second time
+    c.close()

@@ -35,7 +35,8 @@ def torch_greedy(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("cache_experts, prefetch, policy", [
-    (1, False, "lru"), (1, True, "lru"), (3, True, "lfu"), (7, False, "lfu"), (16, True, "lru"), (None, False, "lru")])
+    (1, False, "lru"), (1, True, "lru"), (2, "inline", "lru"), (3, True, "lfu"), (7, False, "lfu"), (16, True, "lru"),
+    (None, False, "lru")])
 def test_greedy_generation_matches_torch_for_every_cache_size(tiny_bundle, torch_greedy, cache_experts, prefetch,
                                                               policy):
     with EdgeAgent.open(tiny_bundle, cache_experts=cache_experts or 16, prefetch=prefetch, policy=policy,
@@ -45,6 +46,31 @@ def test_greedy_generation_matches_torch_for_every_cache_size(tiny_bundle, torch
     assert stats["cached_experts"] <= (cache_experts or 16) * 1  # per layer; the tiny agent has one layer
     if cache_experts == 1:
         assert stats["cache"]["evictions"] > 0
+
+
+def test_experts_run_as_weights_through_shared_sessions_unless_every_expert_fits(tiny_bundle):
+    from m3edge.runtime.executor import ExpertGraphs, ExpertWeights
+
+    with EdgeAgent.open(tiny_bundle, cache_experts=2, clock=clock) as agent:
+        ex = agent.executor
+        assert ex.shares_sessions
+        agent.generate(PROMPT, 16)
+        assert ex.cache._items and all(isinstance(v, ExpertWeights) for v in ex.cache._items.values())
+        files = {ex.bundle.find("expert", b, 0, e)["path"] for b in ex.capacity_buckets for e in range(8)}
+        assert 0 < len(ex._shared) <= len(files)  # sessions per graph file, not per expert
+    with EdgeAgent.open(tiny_bundle, cache_experts=8, clock=clock) as agent:
+        assert not agent.executor.shares_sessions
+        agent.generate(PROMPT, 4)
+        assert all(isinstance(v, ExpertGraphs) for v in agent.executor.cache._items.values())
+
+
+def test_prefetch_predicts_the_next_steps_first_layer_from_export_counts(tiny_bundle):
+    with EdgeAgent.open(tiny_bundle, cache_experts=2, prefetch="inline", clock=clock) as agent:
+        counts = np.asarray(agent.executor.bundle.manifest["expert_usage"]["next_token"])
+        assert counts.shape == (8, 8) and counts.sum() > 0
+        agent.generate(PROMPT, 32)
+        st = agent.stats()["cache"]
+    assert st["prefetched"] > 0 and st["prefetch_hits"] > 0
 
 
 def test_experts_on_worker_threads_give_the_same_bytes(tiny_bundle, torch_greedy):
