@@ -9,9 +9,9 @@ waiting for a core; run with OPENBLAS_NUM_THREADS=1 there, as threaded BLAS spin
   retrieval        top-10 by the fused score (crossbar read + temporal + context), p50 / p99 over queries
   recall@10        per device preset, against the same retrieval in exact float (and the crossbar read alone)
   bytes on disk    the SQLite store after the inserts
-  energy           the crossbar model's ledger against a DRAM baseline (runtime/crossbar.py cites the figures)
+  energy           the crossbar model's ledger against a DRAM baseline (m3edge/memory/crossbar.py cites the figures)
   retention        the seed's forgetting policy against FIFO of the same capacity on a stream of memories of
-                   mixed importance (runtime semantics: m3edge.synaptic.SynapticStorage)
+                   mixed importance (runtime semantics: m3edge.memory.synaptic.SynapticStorage)
 
 Data: keys are 128-d (the seed's sensory code) drawn around 2,000 topics, so neighbours, associations and
 merges exist as with real experiences; values are 64-d (the small reference agent's d_model).
@@ -34,9 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from m3edge.runtime import crossbar as xb  # noqa: E402
+from m3edge.memory import crossbar as xb  # noqa: E402
 from m3edge.runtime.store import MemoryStore, fuse, topk_stable  # noqa: E402
-from m3edge.synaptic import SynapticStorage, unit  # noqa: E402
+from m3edge.memory.synaptic import SynapticStorage, unit  # noqa: E402
 
 KEY, VALUE, CTX = 128, 64, 128
 

@@ -71,9 +71,10 @@ def capture(agent, text: np.ndarray, n_tokens: int) -> Captured:
     cap = Captured()
     cap.inputs[("encoder", None, None)] = (w.numpy(),)
     cap.inputs[("memory", None, None)] = (enc.x.numpy(), next_bytes.numpy())
-    cap.inputs[("alignment", None, None)] = (enc.x.numpy(), mem.numpy())
+    ones = torch.ones(len(pos), 6)
+    cap.inputs[("alignment", None, None)] = (enc.x.numpy(), mem.numpy(), ones.numpy())
     x = enc.x
-    bias = agent.alignment(x, mem)
+    bias = agent.alignment(x, mem, ones)[0]
     for layer, (norm, moe) in enumerate(zip(agent.norms, agent.layers)):
         cap.inputs[("router", layer, None)] = (x.numpy(), bias.numpy())
         h = norm(x)
@@ -87,7 +88,31 @@ def capture(agent, text: np.ndarray, n_tokens: int) -> Captured:
         cap.expert_usage.append(usage)
         x = x + moe.dispatch(h, r)
     cap.inputs[("head", None, None)] = (x.numpy(),)
+    cap.inputs[("reader", None, None)] = reader_capture(agent, text, n_tokens)
     return cap
+
+
+@torch.no_grad()
+def read_segment(agent, text: np.ndarray, pos: np.ndarray):
+    """Real retrieval for consecutive positions of one text, from an empty store: each row reads the rows before
+    it (``m3edge.memory.retrieval.Segment``). Returns (windows, encoded, retrieved); the store is left empty."""
+    w = torch.from_numpy(windows(text, pos, agent.cfg.context))
+    enc = agent.encode(w)
+    agent.memory.reset()
+    seg = agent.memory.segment(enc.x, enc.key, w, torch.from_numpy(text[pos].astype(np.int64)))
+    return w, enc, agent.memory.read(enc.key, w, segment=seg)
+
+
+@torch.no_grad()
+def reader_capture(agent, text: np.ndarray, n_tokens: int) -> tuple[np.ndarray, ...]:
+    """The reader's inputs on the first ``n_tokens`` consecutive bytes of ``text``: the head's logits with the
+    retrieved memories' scores, next bytes, exact flags and validity (every first-time byte has none)."""
+    from m3edge.model.agent import reader_inputs, task_tensor
+
+    pos = np.arange(1, min(n_tokens, len(text) - 1) + 1)
+    w, enc, read = read_segment(agent, text, pos)
+    out = agent.decode(enc, torch.from_numpy(read.context(agent.cfg.memory_top_k)), task_tensor("general", len(pos)))
+    return (out.lm_logits.numpy(),) + tuple(t.numpy() for t in reader_inputs(read))
 
 
 @torch.no_grad()

@@ -3,13 +3,17 @@
   encoder    windows [T, K] int64           -> x [T, d], key [T, m], complexity [T, 1],
                                                context_key [T, m] (unit-length context-encoder view of key)
   memory     x [T, d], next_byte [T] int64  -> value [T, d] (the experience the long-term store keeps)
-  alignment  x [T, d], memory [T, d]        -> bias [T, E]
+  alignment  x [T, d], memory [T, d],       -> bias [T, E], preference [T, 6] (memory types, task-weighted)
+             task [T, 6]
   router L   x [T, d], bias [T, E]          -> h [T, d] (the layer's pre-norm), logits [T, E]
   expert L,e h [C, d]                       -> y [C, d]      one graph per expert, exported on its own
                                                                (its exact single-token view: export/views.py)
   bank L     x [E*C, d]                     -> y [E*C, d]    every expert of layer L, C rows each (export/bank.py;
                                                                optional, built from the expert graphs)
   head       x [T, d]                       -> logits [T, 256]
+  reader     logits [T, 256], scores /      -> logp [T, 256]  the memory read: a kNN-LM mix of what followed the
+             exact / valid [T, R] float,                      retrieved memories (m3edge/model/reader.py)
+             next_bytes [T, R] int64
 T runs over the profile's token buckets, C over its capacity buckets.
 """
 
@@ -67,8 +71,19 @@ class AlignmentGraph(nn.Module):
         super().__init__()
         self.alignment = agent.alignment
 
-    def forward(self, x, memory):
-        return self.alignment(x, memory)
+    def forward(self, x, memory, task):
+        return self.alignment(x, memory, task)
+
+
+class ReaderGraph(nn.Module):
+    """The memory reader: the head's logits mixed with the retrieved memories' next bytes."""
+
+    def __init__(self, agent):
+        super().__init__()
+        self.reader = agent.reader
+
+    def forward(self, logits, scores, next_bytes, exact, valid):
+        return self.reader(logits, scores, next_bytes, exact, valid)
 
 
 class RouterGraph(nn.Module):
@@ -151,7 +166,8 @@ def split(agent, token_buckets, capacity_buckets, bank_rows: int | None = None) 
                   [Port("x", (d,)), Port("key", (m,)), Port("complexity", (1,)), Port("context_key", (m,))], tb),
         GraphSpec("memory", MemoryGraph(agent), [Port("x", (d,)), Port("next_byte", (), "int64")],
                   [Port("value", (d,))], tb, reference=MemoryReference(agent)),
-        GraphSpec("alignment", AlignmentGraph(agent), [Port("x", (d,)), Port("memory", (d,))], [Port("bias", (e,))], tb),
+        GraphSpec("alignment", AlignmentGraph(agent), [Port("x", (d,)), Port("memory", (d,)), Port("task", (6,))],
+                  [Port("bias", (e,)), Port("preference", (6,))], tb),
     ]
     for layer in range(cfg.n_layers):
         specs.append(GraphSpec("router", RouterGraph(agent, layer), [Port("x", (d,)), Port("bias", (e,))],
@@ -165,4 +181,8 @@ def split(agent, token_buckets, capacity_buckets, bank_rows: int | None = None) 
             specs.append(GraphSpec("bank", BankReference(experts, bank_rows), [Port("x", (d,))], [Port("y", (d,))],
                                    (bank_rows,), layer, blocks=len(experts)))
     specs.append(GraphSpec("head", HeadGraph(agent), [Port("x", (d,))], [Port("logits", (cfg.vocab,))], tb))
+    r = cfg.memory_read_k
+    specs.append(GraphSpec("reader", ReaderGraph(agent), [Port("logits", (cfg.vocab,)), Port("scores", (r,)),
+                                                          Port("next_bytes", (r,), "int64"), Port("exact", (r,)),
+                                                          Port("valid", (r,))], [Port("logp", (cfg.vocab,))], tb))
     return specs

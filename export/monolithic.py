@@ -61,7 +61,7 @@ class MonolithicStep(nn.Module):
     def forward(self, windows):
         a = self.agent
         x = a.encode(windows).x
-        bias = a.alignment(x, torch.zeros_like(x))
+        bias = a.alignment(x, torch.zeros_like(x))[0]
         for norm, layer in zip(a.norms, a.layers):
             x = x + self.moe(layer, norm(x), bias)
         return a.head(a.final_norm(x))

@@ -1,7 +1,8 @@
 """End-to-end parity: the bundle's graphs composed by the runtime's executor against the torch agent.
 
-Two passes over the same tokens: with an empty long-term memory (context zero) and with a real memory
-context (see capture.memory_context), fed identically to both sides.
+Three passes over the same tokens: with an empty long-term memory (context zero), with a real memory
+context (see capture.memory_context), and with real retrieved memories through the reader graph (each token
+reads the tokens before it, capture.read_segment), fed identically to both sides.
 Routing agreement is DESIGN.md's: mean over tokens and layers of |top-k(bundle) & top-k(torch)| / k.
 A token whose selection differs is excused only when torch's k-th and (k+1)-th logits are within
 ``tie_eps`` (a near tie that float rounding may flip).
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 
 from m3edge.data import windows
-from m3edge.export.capture import memory_context
+from m3edge.export.capture import memory_context, read_segment
+from m3edge.model.agent import reader_inputs
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,14 @@ def end_to_end(agent, executor, text: np.ndarray, n_tokens: int, gates: Gates = 
     enc = agent.encode(w)
     passes = {"no_memory": torch.zeros_like(enc.x),
               "memory": memory_context(agent, enc, torch.from_numpy(target))}
+    # The third pass reads real memories (each token retrieves the tokens before it) through the reader.
+    _, _, read = read_segment(agent, text, pos)
+    passes["memory_read"] = torch.from_numpy(read.context(cfg.memory_top_k))
     result = {"tokens": int(len(pos)), "passes": {}}
     for name, mem in passes.items():
-        ref = agent.decode(enc, mem)
-        got = executor.forward(w.numpy(), mem.numpy())
+        r = read if name == "memory_read" else None
+        ref = agent.decode(enc, mem, None, None if r is None else reader_inputs(r))
+        got = executor.forward(w.numpy(), mem.numpy(), None, r)
         ref_logits = ref.logits.numpy()
         agree, unexplained = [], 0
         for r_t, r_b in zip(ref.routed, got.routing):
@@ -84,6 +90,7 @@ def end_to_end(agent, executor, text: np.ndarray, n_tokens: int, gates: Gates = 
     result["routing_agreement"] = min(v["routing_agreement"] for v in p.values())
     result["top1_agreement"] = min(v["top1_agreement"] for v in p.values())
     result["bits_per_byte"] = p["no_memory"]["bits_per_byte"]
+    result["bits_per_byte_memory_read"] = p["memory_read"]["bits_per_byte"]
     mismatches = sum(v["routing_mismatches_not_near_ties"] for v in p.values())
     result["gates"] = asdict(gates)
     result["quantized"] = quantized

@@ -60,10 +60,12 @@ def resolve_precision(target, requested: str) -> tuple[dict, list[str]]:
     built = BUILT[target.backend]
     if requested != "auto" and requested not in built:
         raise BadInput(f"--precision {requested}: the {target.backend} backend builds {', '.join(built)}")
+    # The reader mixes two probability distributions with a gate of 300 parameters: always fp32 (quantizing it
+    # saves nothing and moves every probability it outputs).
     if requested != "auto":
-        return {role: requested for role in bfmt.ROLES if role not in ROLE_BUILDERS}, []
+        return {role: requested for role in bfmt.ROLES if role not in ROLE_BUILDERS} | {"reader": "fp32"}, []
     # The memory encoder has no profile entry: it runs beside the encoder, at its precision.
-    wanted = dict(target.precision) | {"memory": target.precision["encoder"]}
+    wanted = dict(target.precision) | {"memory": target.precision["encoder"], "reader": "fp32"}
     chosen = {role: p if p in built else "fp32" for role, p in wanted.items()}
     notes = [f"{role}: profile asks for {p}, exported as fp32 ({target.backend} builds {', '.join(built)})"
              for role, p in sorted(wanted.items()) if p not in built]

@@ -141,7 +141,9 @@ def by_module(checks: list[GraphCheck]) -> list[dict]:
 def summarise(checks: list[GraphCheck]) -> list[dict]:
     """One row per role: graphs, failures, the worst diff and where it is."""
     rows = []
-    for role in ("encoder", "memory", "alignment", "router", "expert", "bank", "head"):
+    from m3edge.bundle import ROLES
+
+    for role in ROLES:
         mine = [c for c in checks if c.role == role]
         if not mine:
             continue

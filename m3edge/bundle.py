@@ -40,7 +40,7 @@ READS = (3,)  # a schema 2 graph names its weights file itself: re-export (the m
 FORMAT = "m3edge-bundle"
 MANIFEST = "manifest.json"
 ENGINE_CACHE = "trt_engines"  # TensorRT writes its engines here on the device; not part of the bundle
-ROLES = ("encoder", "memory", "alignment", "router", "expert", "bank", "head")
+ROLES = ("encoder", "memory", "alignment", "router", "expert", "bank", "head", "reader")
 
 
 def sha256_file(path: Path) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from m3edge.errors import BadInput, M3EdgeError
+from m3edge.memory.retrieval import MODES as RETRIEVAL_MODES, TASK_TYPES
 
 
 class Group(click.Group):
@@ -110,9 +111,15 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, force,
 @click.option("--data", "text_file", type=click.Path(), help="Any text file instead of a split.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("--max-bytes", type=click.IntRange(2), help="Evaluate only the first N bytes.")
+@click.option("--memory", "with_memory", is_flag=True,
+              help="Also run online with long-term memory, as generate does: each byte predicted, then stored.")
+@click.option("--retrieval-mode", default="hybrid", show_default=True, type=click.Choice(RETRIEVAL_MODES))
+@click.option("--task-type", default="general", show_default=True, type=click.Choice(TASK_TYPES))
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
-    """Bits per byte, top-1 accuracy and expert usage of a checkpoint or a bundle, with n-gram baselines."""
+def eval_cmd(path, split, text_file, data_dir, max_bytes, with_memory, retrieval_mode, task_type, as_json):
+    """Bits per byte, top-1 accuracy and expert usage of a checkpoint or a bundle, with n-gram baselines.
+
+    With --memory, the same text again online with memory on (a fresh store at the seed's 100,000 capacity)."""
     from m3edge.bundle import MANIFEST
     from m3edge.data import default_data_dir, load_split, read_bytes
     from m3edge.evaluate import baselines, bundle_forward, evaluate_with, torch_forward
@@ -123,14 +130,31 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
 
         executor = BundleExecutor(open_bundle(path))
         forward, cfg = bundle_forward(executor), executor.cfg
+        online = None
+        if with_memory:
+            from m3edge.runtime.agent import EdgeAgent, Recall
+
+            edge = EdgeAgent.open(path)
+            recall = Recall.of(retrieval_mode, task_type)
+            online = (lambda w, nb: edge.online_chunk(w, nb, recall)), (lambda: len(edge.memory))
     else:
         from m3edge import checkpoint
+        from m3edge.evaluate import torch_online
 
         agent = checkpoint.load(path)
+        agent.memory.reset(capacity=100_000)
         forward, cfg = torch_forward(agent), agent.cfg
+        online = torch_online(agent, retrieval_mode, task_type) if with_memory else None
     data = Path(data_dir) if data_dir else default_data_dir()
     text = read_bytes(text_file) if text_file else load_split(data, split)
     res = evaluate_with(forward, cfg, text, max_bytes=max_bytes)
+    if online is not None:
+        from m3edge.evaluate import evaluate_online_with
+
+        m = evaluate_online_with(*online, cfg, text, max_bytes=max_bytes)
+        res["memory"] = {"bits_per_byte": m["bits_per_byte"], "bits_per_byte_without": res["bits_per_byte"],
+                         "ratio": m["bits_per_byte"] / res["bits_per_byte"], "top1_accuracy": m["top1_accuracy"],
+                         "memories": m["memories"], "retrieval_mode": retrieval_mode, "task_type": task_type}
     scored = text[: res["bytes"]]
     res["baselines"] = baselines(load_split(data, "train"), scored)
     res["data"] = str(text_file) if text_file else f"{data}/{split}.txt"
@@ -139,6 +163,10 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, as_json):
              f"bits/byte       {res['bits_per_byte']:.4f}  (unigram {b['unigram_bits_per_byte']:.4f}, "
              f"bigram {b['bigram_bits_per_byte']:.4f})",
              f"top-1 accuracy  {res['top1_accuracy']:.4f}"]
+    if "memory" in res:
+        m = res["memory"]
+        lines.append(f"with memory     {m['bits_per_byte']:.4f} bits/byte ({m['ratio']:.3f}x without), top-1 "
+                     f"{m['top1_accuracy']:.4f}, {m['memories']} memories ({m['retrieval_mode']}, {m['task_type']})")
     for layer, (used, ent) in enumerate(zip(res["experts_used"], res["expert_usage_entropy"])):
         lines.append(f"layer {layer}         {used}/{cfg.n_experts} experts used, "
                      f"usage entropy {ent:.3f} of {res['max_usage_entropy']:.3f} bits")
@@ -307,9 +335,15 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
               help="After each router, load the experts the next layer (or step) will likely need: in a background "
                    "thread, or inline. --prefetch alone means thread.")
 @click.option("--strict", is_flag=True, help="Fail when a profile's execution provider is missing.")
+@click.option("--task-type", default="general", show_default=True, type=click.Choice(TASK_TYPES),
+              help="The seed's task types: preferences over memory types and importance weights.")
+@click.option("--retrieval-mode", default="hybrid", show_default=True, type=click.Choice(RETRIEVAL_MODES),
+              help="factual: exact context matches only; experiential: semantic + scene; hybrid: both.")
+@click.option("--scene", default="", help="A scene / context string memories are stored under and matched on.")
+@click.option("--no-memory", is_flag=True, help="Run without long-term memory (nothing read, nothing stored).")
 @click.option("--json", "as_json", is_flag=True)
 def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_experts, policy, prefetch, strict,
-        as_json):
+        task_type, retrieval_mode, scene, no_memory, as_json):
     """Continue a prompt with a bundle on this device (no torch needed)."""
     import time
 
@@ -319,14 +353,15 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
     with EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts, policy=policy,
                         prefetch=prefetch, strict=strict) as agent:
         t1 = time.perf_counter()
-        out = agent.generate(prompt, max_bytes, temperature, seed)
+        out = agent.generate(prompt, max_bytes, temperature, seed, not no_memory, retrieval_mode, task_type, scene)
         t2 = time.perf_counter()
         stats = agent.stats()
     text = out.decode("utf-8", errors="replace")
     res = {"text": text, "bytes": len(out), "bytes_per_s": len(out) / (t2 - t1) if t2 > t1 else 0.0,
            "open_s": t1 - t0, "cache": {k: stats["cache"][k] for k in ("hits", "misses", "evictions", "load_ms",
                                                                         "prefetched", "prefetch_hits", "hit_rate")},
-           "experts_used": stats["experts_used"], "memories": stats["memories"]}
+           "experts_used": stats["experts_used"], "memories": stats["memories"], "task_type": task_type,
+           "retrieval_mode": retrieval_mode}
     if as_json:
         emit(res, True, "")
     else:
@@ -344,9 +379,16 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
 @click.option("--bytes", "n_bytes", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--cache-sizes", default="1,8,16,32,64", show_default=True, help="Experts per layer to sweep; '' for none.")
 @click.option("--no-torch", is_flag=True, help="Skip the torch eager baseline (a device without torch).")
-@click.option("--suite", default="all", show_default=True, type=click.Choice(["all", "engines", "batching", "full"]),
+@click.option("--suite", default="all", show_default=True,
+              type=click.Choice(["all", "engines", "batching", "full", "memory"]),
               help="engines: torch vs runtime and the cache sweep; batching: concurrent callers off/on; full: "
-                   "builds its own bundles (no BUNDLE) and measures every engine, the floor and every sweep.")
+                   "builds its own bundles (no BUNDLE) and measures every engine, the floor and every sweep; "
+                   "memory: online eval, recall and decode at 0-100k memories (--checkpoint and --bundle).")
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(), help="memory: the torch reference.")
+@click.option("--bundle", "named_bundles", multiple=True, help="memory: NAME=PATH, repeatable (the first one also "
+                                                                "runs the reram and decode rows).")
+@click.option("--recall-kb", default="1,4,16,64", show_default=True, help="memory: filler sizes in kB.")
+@click.option("--trials", default=5, show_default=True, type=click.IntRange(1), help="memory: recall cases per size.")
 @click.option("--models", default=None, help="full: comma-separated models to measure (default: small,seed).")
 @click.option("--runs", type=click.IntRange(1), help="full: fresh processes per engine row (default 3).")
 @click.option("--work-dir", default="runs/bench", show_default=True, type=click.Path(),
@@ -355,8 +397,8 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("-o", "--output", type=click.Path(), help="Also write the JSON report here.")
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, models, runs, work_dir, rebuild,
-          data_dir, output, as_json):
+def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, checkpoint_dir, named_bundles,
+          recall_kb, trials, models, runs, work_dir, rebuild, data_dir, output, as_json):
     """Torch eager vs the runtime, the expert-cache sweep and batching, side by side on this machine."""
     from m3edge.bench import batching_bench, format_batching, format_report, run_bench
     from m3edge.bundle import open_bundle
@@ -384,6 +426,28 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
         if output:
             Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
         emit(report, as_json, format_full(report))
+        return
+    if suite == "memory":
+        from m3edge.bench.memory import format_memory, run_memory
+
+        if not checkpoint_dir or not named_bundles:
+            raise BadInput("--suite memory needs --checkpoint DIR and at least one --bundle NAME=PATH")
+        bundles = {}
+        for item in named_bundles:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise BadInput(f"--bundle must be NAME=PATH, got {item!r}")
+            open_bundle(path)
+            bundles[name] = path
+        try:
+            sizes_kb = tuple(int(v) for v in recall_kb.split(",") if v.strip())
+        except ValueError:
+            raise BadInput(f"--recall-kb must be comma-separated integers, got {recall_kb!r}") from None
+        report = run_memory(checkpoint_dir, bundles, data, sizes_kb, trials, progress=say)
+        report["command"] = " ".join(["m3edge", *sys.argv[1:]])
+        if output:
+            Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        emit(report, as_json, format_memory(report))
         return
     if not bundle_dir:
         raise BadInput(f"--suite {suite} measures a bundle: pass BUNDLE")

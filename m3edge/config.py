@@ -14,7 +14,7 @@ from pathlib import Path
 from m3edge.errors import BadInput
 
 # The seed's six memory types; expert e has type MEMORY_TYPES[e % 6] (see docs/seed.md).
-MEMORY_TYPES = ("episodic", "semantic", "procedural", "emotional", "working", "associative")
+MEMORY_TYPES = ("episodic", "semantic", "procedural", "emotional", "spatial", "temporal")
 ROUTING_MODES = ("dropless", "capacity")
 VOCAB = 256  # byte-level task
 
@@ -33,6 +33,7 @@ class ModelConfig:
     n_heads: int = 4  # semantic (TransformerEncoder) experts
     balance_loss: float = 0.01
     memory_top_k: int = 5  # the ContextualAssociator's top-5
+    memory_read_k: int = 16  # memories the reader (kNN-LM mix at the head) sees per token
     vocab: int = VOCAB
 
     @property
@@ -96,13 +97,15 @@ class ModelConfig:
             raise BadInput(f"{source}: {msg}")
 
         ints = ["d_model", "n_layers", "n_experts", "top_k", "expert_capacity", "context", "n_heads",
-                "memory_top_k", "vocab"]
+                "memory_top_k", "memory_read_k", "vocab"]
         for name in ints:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(f"{name!r} must be a positive integer, got {v!r}")
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.sensory_dims):
             bad(f"'sensory_dims' must be positive integers, got {list(self.sensory_dims)}")
+        if self.memory_top_k > self.memory_read_k:
+            bad(f"'memory_top_k' ({self.memory_top_k}) cannot exceed 'memory_read_k' ({self.memory_read_k})")
         if self.top_k > self.n_experts:
             bad(f"'top_k' ({self.top_k}) cannot exceed 'n_experts' ({self.n_experts})")
         if self.routing not in ROUTING_MODES:
@@ -124,7 +127,7 @@ class ModelConfig:
 PRESETS = {
     # Tests: builds in milliseconds, still exercises all four expert kinds and both routings.
     "tiny": ModelConfig(d_model=16, n_layers=1, n_experts=8, top_k=2, context=8,
-                        sensory_dims=(32, 24, 16), n_heads=2, expert_capacity=16),
+                        sensory_dims=(32, 24, 16), n_heads=2, expert_capacity=16, memory_read_k=8),
     # The trained, committed reference: the seed's 64 experts and top-4, sized to stay under 24 MB.
     "small": ModelConfig(),
     # The seed's sizes, random init: scale and cache benchmarks only.

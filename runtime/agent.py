@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,25 @@ from m3edge.data import windows as make_windows
 from m3edge.runtime.cache import ExpertCache
 from m3edge.runtime.executor import BundleExecutor
 from m3edge.runtime.graph import SessionConfig
-from m3edge.runtime.memory import LongTermMemory
+from m3edge.memory.index import suffix_orders, window_hashes
+from m3edge.memory.retrieval import Segment, check_mode, check_task, task_vector
+from m3edge.memory.synaptic import unit
+from m3edge.runtime.memory import LongTermMemory, memory_capacity
+
+
+@dataclass(frozen=True)
+class Recall:
+    """How a request retrieves: mode (hybrid | factual | experiential), task type, scene string."""
+
+    mode: str = "hybrid"
+    task: str = "general"
+    scene: str = ""
+
+    @classmethod
+    def of(cls, mode: str = "hybrid", task: str = "general", scene: str = "") -> "Recall":
+        if not isinstance(scene, str) or len(scene) > 256:
+            raise ValueError("scene must be a string of at most 256 characters")
+        return cls(check_mode(mode), check_task(task), scene)
 
 MAX_PROMPT = 1 << 20
 MAX_GENERATE = 1 << 20
@@ -47,6 +66,7 @@ class EdgeAgent:
         # the server) see each request's reads and writes whole.
         self._lock = threading.RLock()
         self.batcher = None
+        self.orders = suffix_orders(self.cfg.context)
 
     def enable_batching(self, config=None):
         """Merge concurrent single-window steps (``step`` and each ``generate`` step) into batches."""
@@ -56,27 +76,27 @@ class EdgeAgent:
             self.batcher = DynamicBatcher(self._run_batch, config or BatcherConfig(), name="m3edge-batcher")
         return self.batcher
 
-    def _run_batch(self, items: list[tuple[np.ndarray, bool]]) -> list[tuple]:
-        """The batcher's function: one forward over every queued window, split back per request."""
+    def _run_batch(self, items: list[tuple[np.ndarray, bool, Recall]]) -> list[tuple]:
+        """The batcher's function: one forward per kind of request (memory on/off, mode, task, scene) over every
+        queued window of that kind, split back per request."""
         results: list = [None] * len(items)
-        for use_memory in (True, False):
-            rows = [i for i, (_, m) in enumerate(items) if m == use_memory]
-            if not rows:
-                continue
-            logits, enc = self._forward(np.stack([items[i][0] for i in rows]), use_memory)
+        for kind in dict.fromkeys((m, r) for _, m, r in items):
+            rows = [i for i, (_, m, r) in enumerate(items) if (m, r) == kind]
+            logits, enc = self._forward(np.stack([items[i][0] for i in rows]), kind[0], kind[1])
             for j, i in enumerate(rows):
                 results[i] = (logits[j:j + 1], tuple(a[j:j + 1] for a in enc))
         return results
 
-    def _forward_one(self, window: np.ndarray, use_memory: bool):
+    def _forward_one(self, window: np.ndarray, use_memory: bool, recall: "Recall"):
         if self.batcher is not None:
-            return self.batcher((window[0], use_memory))
-        return self._forward(window, use_memory)
+            return self.batcher((window[0], use_memory, recall))
+        return self._forward(window, use_memory, recall)
 
     @classmethod
     def open(cls, bundle_dir, memory_dir=None, cache_experts: int | None = None, policy: str | None = None,
              prefetch: bool | str = False, strict: bool = False, threads: int | None = None, clock=None,
-             cache_bytes: int | None = None, expert_workers: int = 1, banks: bool = True) -> "EdgeAgent":
+             cache_bytes: int | None = None, expert_workers: int = 1, banks: bool = True,
+             memory_device: str = "ideal") -> "EdgeAgent":
         """Verify every file of the bundle, then set up sessions, the expert cache and the memory.
 
         Defaults are what ``m3edge bench`` measured on the small reference (README): prefetch is off, the
@@ -91,6 +111,9 @@ class EdgeAgent:
 
         ``expert_workers``: run a batch's distinct experts on this many threads; the profile's threads are
         then split between them, so the cores are shared, not oversubscribed.
+
+        ``memory_device``: the crossbar preset holding the memory keys (``ideal``: exact float, what the torch
+        agent's parity uses; ``reram``, ``pcm``: simulated devices, m3edge/memory/crossbar.py).
 
         ``banks``: run a batch that touches most of a layer's experts through the layer's expert bank, where
         the bundle has one and the cache may hold every expert (``BundleExecutor._bank_for``)."""
@@ -115,7 +138,8 @@ class EdgeAgent:
         executor = BundleExecutor(bundle, session, cache, prefetch=mode != "off", expert_workers=expert_workers,
                                   banks=banks)
         cfg = executor.cfg
-        memory = LongTermMemory(cfg.d_model, cfg.memory_top_k, clock=clock)
+        memory = LongTermMemory(cfg.d_model, cfg.memory_top_k, memory_capacity(target, cfg), clock=clock,
+                                device=memory_device)
         if memory_dir is not None:
             memory.load(memory_dir)
         return cls(executor, memory, Path(memory_dir) if memory_dir is not None else None)
@@ -123,36 +147,64 @@ class EdgeAgent:
     def _windows(self, data: bytes, positions: np.ndarray) -> np.ndarray:
         return make_windows(np.frombuffer(data, dtype=np.uint8), positions, self.cfg.context)
 
-    def _forward(self, windows: np.ndarray, use_memory: bool):
+    def _forward(self, windows: np.ndarray, use_memory: bool, recall: "Recall" = None, next_bytes=None):
+        """One pass over windows; with memory, retrieval feeds the alignment and the reader. ``next_bytes``:
+        the windows are consecutive positions of one text (a prompt), each row also reading the rows before it.
+        Returns (logits or log-probs, (x, key, complexity, context_key, hashes, preference, values))."""
+        recall = recall or Recall()
         with self._lock:
             ex = self.executor
             x, key, complexity, context_key = ex.encode(windows)
-            memory = self.memory.retrieve(key, context_key) if use_memory else None
-            logits, routed = ex.decode(x, memory)
+            hashes = window_hashes(windows, self.orders)
+            task = task_vector(recall.task)
+            values = None
+            if use_memory:
+                seg = None
+                if next_bytes is not None:
+                    values = ex.experience(x, next_bytes)
+                    seg = Segment(unit(key), context_key, next_bytes, hashes, values)
+                read = self.memory.read(key, context_key, hashes, self.cfg.memory_read_k, recall.mode, recall.task,
+                                        recall.scene, seg)
+                logits, routed = ex.decode(x, read.context(self.cfg.memory_top_k), task, read)
+            else:
+                logits, routed = ex.decode(x, None, task)
             for layer, r in enumerate(routed):
                 self.experts_used[layer].update(np.unique(r.index[r.keep]).tolist())
-        return logits, (x, key, complexity, context_key)
+        return logits, (x, key, complexity, context_key, hashes, ex.last_preference, values)
 
-    def _remember(self, logits: np.ndarray, enc, next_bytes: np.ndarray) -> None:
-        x, key, complexity, context_key = enc
+    def _remember(self, logits: np.ndarray, enc, next_bytes: np.ndarray, recall: "Recall" = None) -> None:
+        recall = recall or Recall()
+        x, key, complexity, context_key, hashes, preference, values = enc
         z = logits.astype(np.float64)
         z = z - z.max(-1, keepdims=True)
         logp = z[np.arange(len(next_bytes)), next_bytes] - np.log(np.exp(z).sum(-1))
         surprise = np.clip(-logp / math.log(self.cfg.vocab), 0, 1).astype(np.float32)
         with self._lock:
-            value = self.executor.experience(x, next_bytes)
-            self.memory.store(key, context_key, value, complexity, surprise)
+            value = self.executor.experience(x, next_bytes) if values is None else values
+            self.memory.store(key, context_key, value, complexity, surprise, next_bytes.astype(np.int64), hashes,
+                              preference.argmax(-1).astype(np.int64), recall.scene, recall.task)
 
-    def step(self, context, use_memory: bool = True) -> np.ndarray:
-        """Next-byte logits [256] after ``context`` (reads memory, stores nothing)."""
+    def step(self, context, use_memory: bool = True, mode: str = "hybrid", task: str = "general",
+             scene: str = "") -> np.ndarray:
+        """Next-byte scores [256] after ``context`` (reads memory, stores nothing): the reader's log-probs
+        with memory on, the head's logits with it off."""
         data = as_bytes(context, "context")
         if len(data) > MAX_PROMPT:
             raise ValueError(f"context is {len(data)} bytes; the limit is {MAX_PROMPT}")
-        logits, _ = self._forward_one(self._windows(data, np.array([len(data)])), use_memory)
+        logits, _ = self._forward_one(self._windows(data, np.array([len(data)])), use_memory, Recall.of(mode, task, scene))
         return logits[0]
 
     def generate(self, prompt, max_bytes: int, temperature: float = 0.0, seed: int | None = None,
-                 use_memory: bool = True) -> bytes:
+                 use_memory: bool = True, mode: str = "hybrid", task: str = "general", scene: str = "",
+                 on_byte=None) -> bytes:
+        """Continue ``prompt`` by ``max_bytes`` bytes: greedy at temperature 0, else sampled (``seed``).
+
+        With memory on (the default), the prompt is ingested in one batched pass (each of its bytes is
+        predicted from memory and the prompt before it, then stored), every step reads long-term memory through
+        the reader, and every produced byte is stored. ``mode`` (hybrid | factual | experiential), ``task``
+        (a seed task type) and ``scene`` (a context string for ``contextual_match``) steer retrieval.
+        ``on_byte(b)`` is called with each byte as it is produced."""
+        recall = Recall.of(mode, task, scene)
         text = bytearray(as_bytes(prompt))
         if len(text) > MAX_PROMPT:
             raise ValueError(f"prompt is {len(text)} bytes; the limit is {MAX_PROMPT}")
@@ -164,10 +216,11 @@ class EdgeAgent:
         start = len(text)
         if use_memory and len(text) > 1:
             data = bytes(text)
-            logits, enc = self._forward(self._windows(data, np.arange(1, len(data))), use_memory)
-            self._remember(logits, enc, np.frombuffer(data, dtype=np.uint8)[1:].astype(np.int64))
+            nb = np.frombuffer(data, dtype=np.uint8)[1:].astype(np.int64)
+            logits, enc = self._forward(self._windows(data, np.arange(1, len(data))), use_memory, recall, nb)
+            self._remember(logits, enc, nb, recall)
         for _ in range(max_bytes):
-            logits, enc = self._forward_one(self._windows(bytes(text), np.array([len(text)])), use_memory)
+            logits, enc = self._forward_one(self._windows(bytes(text), np.array([len(text)])), use_memory, recall)
             row = logits[0].astype(np.float64)
             if temperature > 0:
                 p = np.exp((row - row.max()) / temperature)
@@ -175,8 +228,10 @@ class EdgeAgent:
             else:
                 nxt = int(np.argmax(row))
             if use_memory:
-                self._remember(logits, enc, np.array([nxt]))
+                self._remember(logits, enc, np.array([nxt]), recall)
             text.append(nxt)
+            if on_byte is not None:
+                on_byte(nxt)
         self.save_memory()
         return bytes(text[start:])
 
@@ -192,6 +247,19 @@ class EdgeAgent:
         with self._lock:
             _, key, _, ctx = self.executor.encode(self._windows(data, np.array([len(data)])))
             return self.memory.search(key[0], ctx[0], k)
+
+    def reset_memory(self) -> None:
+        """Forget everything held in memory (a store in ``memory_dir`` is left as it is on disk)."""
+        with self._lock:
+            self.memory = LongTermMemory(self.cfg.d_model, self.cfg.memory_top_k, self.memory.capacity,
+                                         self.memory.clock, self.memory.device)
+
+    def online_chunk(self, windows: np.ndarray, next_bytes: np.ndarray, recall: "Recall" = None) -> np.ndarray:
+        """Predict consecutive bytes of one text (each row from memory and the rows before it), then store
+        them: ``m3edge eval --memory`` on a bundle."""
+        logits, enc = self._forward(windows, True, recall, next_bytes.astype(np.int64))
+        self._remember(logits, enc, next_bytes.astype(np.int64), recall)
+        return logits
 
     def stats(self) -> dict:
         return {"cache": self.executor.cache.stats.to_dict(), "cached_experts": len(self.executor.cache),

@@ -43,6 +43,8 @@ class Forward:
     complexity: np.ndarray
     context_key: np.ndarray
     routing: list[LayerRouting]
+    preference: np.ndarray | None = None  # [N, 6] the alignment's memory-type preference
+    lm_logits: np.ndarray | None = None  # the head's logits, before the memory reader
 
 
 def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
@@ -251,8 +253,15 @@ class BundleExecutor:
     def experience(self, x: np.ndarray, next_bytes: np.ndarray) -> np.ndarray:
         return self.run_tokens("memory", [x, next_bytes.astype(np.int64)])[0]
 
-    def align(self, x: np.ndarray, memory: np.ndarray) -> np.ndarray:
-        return self.run_tokens("alignment", [x, memory.astype(np.float32)])[0]
+    def align(self, x: np.ndarray, memory: np.ndarray, task: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(router bias, memory-type preference); ``task`` [6] or [N, 6] (ones: no task preference)."""
+        t = np.ones((len(x), 6), np.float32) if task is None else np.broadcast_to(task, (len(x), 6)).astype(np.float32)
+        return tuple(self.run_tokens("alignment", [x, memory.astype(np.float32), t]))
+
+    def read(self, logits: np.ndarray, read) -> np.ndarray:
+        """The memory reader graph: the head's logits mixed with retrieved memories' next bytes (log-probs)."""
+        return self.run_tokens("reader", [logits, read.scores, read.next_bytes.astype(np.int64), read.exact,
+                                          read.valid])[0]
 
     def route(self, layer: int, x: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, LayerRouting]:
         h, logits = self.run_tokens("router", [x, bias], layer)
@@ -356,11 +365,14 @@ class BundleExecutor:
     def head(self, x: np.ndarray) -> np.ndarray:
         return self.run_tokens("head", [x])[0]
 
-    def decode(self, x: np.ndarray, memory: np.ndarray | None = None) -> tuple[np.ndarray, list[LayerRouting]]:
-        """Alignment, every MoE layer and the head for encoded tokens x; returns (logits, routing)."""
+    def decode(self, x: np.ndarray, memory: np.ndarray | None = None, task: np.ndarray | None = None,
+               read=None) -> tuple[np.ndarray, list[LayerRouting]]:
+        """Alignment, every MoE layer and the head for encoded tokens x; returns (logits, routing). With
+        ``read`` (retrieved memories, ``m3edge.memory.retrieval.Retrieved``) the logits are the reader's
+        log-probs; ``last_preference`` and ``last_lm_logits`` keep the alignment's and the head's outputs."""
         if memory is None:
             memory = np.zeros_like(x)
-        bias = self.align(x, memory)
+        bias, self.last_preference = self.align(x, memory, task)
         routed = []
         # What a cache miss or a prefetch loads: the buckets this batch size will use.
         self.warm_buckets = tuple(sorted({b for _, b in routing.plan_chunks(x.shape[0], self.capacity_buckets)}))
@@ -369,9 +381,11 @@ class BundleExecutor:
             nxt = self.predict_next(layer, x, bias, r) if self.prefetch else ()
             x = x + self.experts(layer, h, r, nxt)
             routed.append(r)
-        return self.head(x), routed
+        self.last_lm_logits = logits = self.head(x)
+        return (logits if read is None else self.read(logits, read)), routed
 
-    def forward(self, windows: np.ndarray, memory: np.ndarray | None = None) -> Forward:
+    def forward(self, windows: np.ndarray, memory: np.ndarray | None = None, task: np.ndarray | None = None,
+                read=None) -> Forward:
         x, key, complexity, context_key = self.encode(windows)
-        logits, routed = self.decode(x, memory)
-        return Forward(logits, x, key, complexity, context_key, routed)
+        logits, routed = self.decode(x, memory, task, read)
+        return Forward(logits, x, key, complexity, context_key, routed, self.last_preference, self.last_lm_logits)

@@ -3,7 +3,7 @@
 Retrieval is the reference ContextualAssociator's arithmetic; its learned context encoder ran in the
 encoder graph, which hands over unit-length context keys. The store keeps each memory's context key
 next to it, so nothing learned runs here. The spatial score is a read of the crossbar that holds the keys
-(``runtime/crossbar.py``); the agent's default device is ``ideal``, exact float, as the torch agent's.
+(``m3edge/memory/crossbar.py``); the agent's default device is ``ideal``, exact float, as the torch agent's.
 
 With a memory directory the records live in a durable SQLite store (``runtime/store.py``): every store and
 every retrieval's reconsolidation is a committed transaction, so nothing needs saving at exit and a crash
@@ -21,16 +21,32 @@ from pathlib import Path
 import numpy as np
 
 from m3edge.errors import BadInput
-from m3edge.runtime.store import DB_NAME, MemoryStore, topk_stable
-from m3edge.synaptic import RETRIEVAL_TEMPERATURE, Clock, Memory
+from m3edge.memory import retrieval
+from m3edge.memory.synaptic import Clock, Memory, unit
+from m3edge.runtime.store import DB_NAME, MemoryStore, memory_extras
 
 SNAPSHOT = "memory.npz"
 SNAPSHOT_VERSION = 1
 AGENT_DEVICE = "ideal"  # the torch agent's default memory device; parity depends on it
 
 
+# Resident bytes one memory costs beyond its vectors (its record, links, index entries and column rows); measured
+# by bench (memory decode) on the small reference: see README, memory.
+OVERHEAD_BYTES = 2048
+
+
+def bytes_per_memory(cfg) -> int:
+    """Key, unit key and context key (m floats each, twice: record and columns), value (d floats, twice)."""
+    return 4 * (5 * cfg.memory_dim + 2 * cfg.d_model) + OVERHEAD_BYTES
+
+
+def memory_capacity(target, cfg) -> int:
+    """The profile's memory capacity, bounded by what its memory budget holds."""
+    return max(1, min(target.memory_capacity, int(target.memory_budget_mb * 2 ** 20) // bytes_per_memory(cfg)))
+
+
 class LongTermMemory:
-    def __init__(self, d_model: int, top_k: int = 5, capacity: int = 10_000, clock: Clock | None = None,
+    def __init__(self, d_model: int, top_k: int = 5, capacity: int = 100_000, clock: Clock | None = None,
                  device: str = AGENT_DEVICE, seed: int = 0, distill=None):
         """``distill``: the MemoryDistiller's learned map for consolidation (numpy in and out); bundles do not
         carry it, so by default a consolidated node holds the stored value itself."""
@@ -65,22 +81,22 @@ class LongTermMemory:
         return MemoryStore(key_dim, self.d_model, context_dim, self.capacity, self.device, self.seed, self.clock,
                            self.distill)
 
-    def retrieve(self, query: np.ndarray, query_ctx: np.ndarray, reconsolidate: bool = True) -> np.ndarray:
-        """Context [N, d] for sensory keys [N, m]; zeros when nothing is stored."""
-        n = query.shape[0]
-        if not len(self):
-            return np.zeros((n, self.d_model), dtype=np.float32)
-        ms = self.store_
-        ids, fused = ms.scores(query, query_ctx)
-        top, idx = topk_stable(fused, min(self.top_k, len(ids)))
-        z = top / RETRIEVAL_TEMPERATURE
-        w = np.exp(z - z.max(-1, keepdims=True))
-        w /= w.sum(-1, keepdims=True)
-        values = ms.storage.arrays()[2]
-        context = np.einsum("nk,nkd->nd", w, values[idx]).astype(np.float32)
-        if reconsolidate:
-            ms.reconsolidate([[ids[i] for i in row] for row in idx.tolist()])
-        return context
+    def read(self, key: np.ndarray, context_key: np.ndarray, hashes: np.ndarray, r: int, mode: str = "hybrid",
+             task: str = "general", scene: str = "", segment: retrieval.Segment | None = None,
+             reconsolidate: bool = True) -> retrieval.Retrieved:
+        """The top ``r`` memories per sensory key [N, m] (``m3edge.memory.retrieval``, as the torch agent reads
+        them); a retrieval strengthens the top ``top_k`` it touched."""
+        n = key.shape[0]
+        if not len(self) and segment is None:
+            return retrieval.empty(n, r, self.d_model)
+        if self.store_ is None:  # a segment on an empty memory: nothing stored to score, only its own rows
+            self.store_ = self._make_store(key.shape[-1], context_key.shape[-1])
+        got = self.store_.retrieve(unit(key), context_key, hashes, r, mode, task, scene, segment)
+        if reconsolidate and len(self):
+            groups = [g for g in got.reconsolidation_groups(self.top_k) if g]
+            if groups:
+                self.store_.reconsolidate(groups)
+        return got
 
     def search(self, query: np.ndarray, query_ctx: np.ndarray, k: int) -> list[dict]:
         """Top-k memories by the fused retrieval score, without touching them."""
@@ -90,15 +106,19 @@ class LongTermMemory:
         out = []
         for hit in ms.search(query, query_ctx, k):
             m = ms.storage.memories[hit["id"]]
+            nb = int(m.extra.get("next_byte", -1))
             out.append({"id": m.id, "score": hit["score"], "priority": m.priority, "access_count": m.access_count,
-                        "created": m.created, "associations": len(m.associations)})
+                        "created": m.created, "associations": len(m.associations), "memory_type": m.memory_type,
+                        "next_byte": nb, "scene": m.scene})
         return out
 
-    def store(self, key, context_key, value, complexity, surprise) -> list[int]:
+    def store(self, key, context_key, value, complexity, surprise, next_bytes=None, hashes=None, type_ids=None,
+              scene: str = "", task: str = "general") -> list[int]:
         key, context_key = np.asarray(key, dtype=np.float32), np.asarray(context_key, dtype=np.float32)
         if self.store_ is None:
             self.store_ = self._make_store(key.shape[-1], context_key.shape[-1])
-        return self.store_.store_experiences(key, value, complexity, surprise, context_key)
+        return self.store_.store_experiences(key, value, complexity, surprise, context_key, next_bytes, hashes,
+                                             type_ids, scene, retrieval.TASK_IMPORTANCE[retrieval.check_task(task)])
 
     # ---- persistence ---------------------------------------------------------------------------------------
 
@@ -192,7 +212,8 @@ def migrate_snapshot(d: Path, d_model: int, capacity: int, device: str, seed: in
     if meta["d_model"] != d_model or (meta["count"] and values.shape[1] != d_model):
         raise BadInput(f"{d / SNAPSHOT}: memories of a d_model {meta['d_model']} agent; this bundle has {d_model}")
     mems = [Memory(m["id"], keys[row], values[row], m["priority"], m["created"], m["last_access"], m["access_count"],
-                   m["memory_type"], {int(k): v for k, v in m["associations"].items()}, {"context_key": ctx[row]})
+                   m["memory_type"], {int(k): v for k, v in m["associations"].items()},
+                   {"context_key": ctx[row]} | memory_extras(None, None, m["memory_type"]))
             for row, m in enumerate(meta["memories"])]
     if not mems:  # nothing to move: the store is made at the first write
         os.replace(d / SNAPSHOT, d / (SNAPSHOT + ".migrated"))

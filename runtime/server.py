@@ -1,7 +1,8 @@
 """``m3edge serve``: the EdgeAgent behind a small JSON-over-HTTP API (Starlette on uvicorn, the
 ``serve`` extra).
 
-    POST /v1/generate       {prompt, max_bytes, temperature, seed}  -> {text, bytes, ...}
+    POST /v1/generate       {prompt, max_bytes, temperature, seed,  -> {text, bytes, ...}
+                             memory, retrieval_mode, task_type, scene}
     POST /v1/step           {context}                               -> {top: [{byte, char, p}], logits}
     POST /v1/memory/search  {query, k}                              -> {results: [...]}
     GET  /healthz                                                   -> {status: "ok", ...}
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from m3edge.memory.retrieval import MODES, TASK_TYPES
 from m3edge.runtime.batcher import BatcherError, QueueFull, RequestTimeout
 
 
@@ -89,22 +91,32 @@ def create_app(agent, limits: Limits = Limits()) -> Starlette:
             raise HTTPError(422, f"field {name!r} is longer than {limits.max_prompt_bytes} bytes")
         return v
 
+    def recall_fields(body) -> dict:
+        """m3edge's retrieval fields: memory on/off, retrieval mode, task type, scene."""
+        return {"use_memory": field(body, "memory", bool, True, what="true or false"),
+                "mode": field(body, "retrieval_mode", str, "hybrid", lambda v: v in MODES, f"one of {', '.join(MODES)}"),
+                "task": field(body, "task_type", str, "general", lambda v: v in TASK_TYPES,
+                              f"one of {', '.join(TASK_TYPES)}"),
+                "scene": field(body, "scene", str, "", lambda v: len(v) <= 256, "a string of at most 256 characters")}
+
+    RECALL = {"memory", "retrieval_mode", "task_type", "scene"}
+
     async def generate(request: Request):
-        body = await read_json(request, {"prompt", "max_bytes", "temperature", "seed"})
+        body = await read_json(request, {"prompt", "max_bytes", "temperature", "seed"} | RECALL)
         prompt = text_field(body, "prompt")
         n = field(body, "max_bytes", int, 64, lambda v: 0 <= v <= limits.max_generate_bytes,
                   f"an integer in [0, {limits.max_generate_bytes}]")
         temp = field(body, "temperature", (int, float), 0.0, lambda v: math.isfinite(v) and 0 <= v <= 10,
                      "a number in [0, 10]")
         seed = field(body, "seed", int, None, what="an integer")
-        out = await run_in_threadpool(agent.generate, prompt, n, float(temp), seed)
+        out = await run_in_threadpool(lambda: agent.generate(prompt, n, float(temp), seed, **recall_fields(body)))
         return {"text": out.decode("utf-8", errors="replace"), "bytes": len(out), "memories": len(agent.memory)}
 
     async def step(request: Request):
-        body = await read_json(request, {"context", "top"})
+        body = await read_json(request, {"context", "top"} | RECALL)
         context = text_field(body, "context")
         top = field(body, "top", int, 5, lambda v: 1 <= v <= 256, "an integer in [1, 256]")
-        logits = await run_in_threadpool(agent.step, context)
+        logits = await run_in_threadpool(lambda: agent.step(context, **recall_fields(body)))
         p = np.exp(logits - logits.max())
         p /= p.sum()
         best = np.argsort(-p, kind="stable")[:top]

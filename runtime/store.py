@@ -4,8 +4,8 @@
     ids = store.store_experiences(keys, values, complexity, surprise, context_keys)   # one transaction
     hits = store.search(query, query_ctx, k=10)
 
-Semantics are the seed's SynapticStorage (``m3edge.synaptic``, the code the torch agent runs) and the
-MemoryDistiller's graph (``m3edge.knowledge``); this module only makes them durable:
+Semantics are the seed's SynapticStorage (``m3edge.memory.synaptic``, the code the torch agent runs) and the
+MemoryDistiller's graph (``m3edge.memory.knowledge``); this module only makes them durable:
 
 - every public write is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; the in-memory working set is
   changed first, then exactly the rows it touched are written (a journal of new, changed and removed ids,
@@ -20,7 +20,7 @@ MemoryDistiller's graph (``m3edge.knowledge``); this module only makes them dura
 - another process may write the same store: each transaction first compares ``PRAGMA data_version`` with the
   one it last saw and reloads the working set if someone else committed.
 
-The crossbar's programmed state is a pure function of (seed, id, key, write time) (``runtime/crossbar.py``),
+The crossbar's programmed state is a pure function of (seed, id, key, write time) (``m3edge/memory/crossbar.py``),
 so it is rebuilt on open without being stored; its energy ledger is stored in the ``meta`` table.
 """
 
@@ -35,25 +35,28 @@ from pathlib import Path
 import numpy as np
 
 from m3edge.errors import BadInput
-from m3edge.knowledge import KnowledgeGraph, KnowledgeNode
-from m3edge.runtime.crossbar import DEFAULT_DEVICE, CrossbarArray, device as get_device
-from m3edge.synaptic import (DAY, FORGETTING_RATE, RECENCY_TAU, Clock, Memory, SynapticStorage,
-                             store_experiences, unit)
+from m3edge.memory.knowledge import KnowledgeGraph, KnowledgeNode
+from m3edge.memory.crossbar import DEFAULT_DEVICE, CrossbarArray, device as get_device
+from m3edge.memory import retrieval
+from m3edge.memory.retrieval import FUSION, MEMORY_TYPES, topk_stable  # noqa: F401 (topk_stable: the store's API)
+from m3edge.memory.synaptic import (DAY, FORGETTING_RATE, IMPORTANCE_WEIGHTS, RECENCY_TAU, Clock, Memory,
+                                    SynapticStorage, store_experiences, unit)
 
-SCHEMA_VERSION = 2  # 2: one row per link (version 1 kept both directions and an index on dst)
+SCHEMA_VERSION = 3  # 3: what followed each memory, its context hashes and scene; 2: one row per link
+N_HASHES = 3  # m3edge.memory.index.suffix_orders: the exact context and two suffixes
 DB_NAME = "memory.sqlite"
 BUSY_TIMEOUT_MS = 30_000
 # SQLite's page cache (KiB; its default is 2 MiB): a batch's reconsolidated links land all over the table's
 # B-tree, so at 100,000 memories a small cache re-reads the same pages many times per transaction.
 CACHE_KIB = 65_536
-FUSION = (0.4, 0.4, 0.2)  # temporal, spatial, context: the seed's ContextualAssociator
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE memories (
     id INTEGER PRIMARY KEY, priority REAL NOT NULL, created REAL NOT NULL, last_access REAL NOT NULL,
     access_count INTEGER NOT NULL, memory_type TEXT NOT NULL,
-    key BLOB NOT NULL, value BLOB NOT NULL, context BLOB);
+    key BLOB NOT NULL, value BLOB NOT NULL, context BLOB,
+    next_byte INTEGER NOT NULL DEFAULT -1, hashes BLOB, scene TEXT NOT NULL DEFAULT '');
 CREATE TABLE associations (src INTEGER NOT NULL, dst INTEGER NOT NULL, strength REAL NOT NULL,
     PRIMARY KEY (src, dst)) WITHOUT ROWID;  -- src > dst: a link is symmetric, one row holds both directions
 CREATE TABLE nodes (id INTEGER PRIMARY KEY, vector BLOB NOT NULL, count INTEGER NOT NULL);
@@ -114,21 +117,20 @@ def _finite_vector(x, name: str, rows: int) -> np.ndarray:
     return a
 
 
-def topk_stable(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k per row, ties toward the lower index: the same result as a stable argsort (the associator's
-    ``select_topk``), found with a partition so a read of 100,000 memories does not sort them all."""
-    n, m = scores.shape
-    k = min(k, m)
-    if m <= 4 * k + 64:
-        idx = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
-        return np.take_along_axis(scores, idx, axis=-1), idx
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
-    idx = np.empty((n, k), dtype=np.int64)
-    for r in range(n):
-        cand = np.nonzero(scores[r] >= kth[r])[0]  # ascending: a stable sort keeps the lower index first
-        idx[r] = cand[np.argsort(-scores[r, cand], kind="stable")[:k]]
-    return np.take_along_axis(scores, idx, axis=-1), idx
+def memory_extras(next_byte, hashes, memory_type: str) -> dict:
+    """The columns the reader and the index read, for one memory (a stored row or one being loaded)."""
+    return {"next_byte": np.int64(-1 if next_byte is None else next_byte),
+            "hashes": np.zeros(N_HASHES, np.int64) if hashes is None or len(hashes) != N_HASHES else hashes,
+            "type_id": np.int64(MEMORY_TYPES.index(memory_type) if memory_type in MEMORY_TYPES else 0)}
+
+
+def _int_vector(x, name: str, n: int, lo: int, hi: int, default: int) -> np.ndarray:
+    if x is None:
+        return np.full(n, default, dtype=np.int64)
+    a = np.asarray(x)
+    if a.shape != (n,) or a.dtype.kind not in "iu" or (n and (a.min() < lo or a.max() > hi)):
+        raise MemoryInputError(f"{name} must be {n} integers in [{lo}, {hi}]")
+    return a.astype(np.int64)
 
 
 def fuse(spatial: np.ndarray, query_ctx, key_ctx, ages: np.ndarray) -> np.ndarray:
@@ -166,11 +168,15 @@ class JournaledStorage(SynapticStorage):
         self.touched.update(ids)
         self.pairs.update((i, j) for i in ids for j in ids if i > j)
 
-    def forget_one(self) -> int:
-        victim = self.victim()
-        self.pairs.update((max(j, victim), min(j, victim)) for j in self.memories[victim].associations)
-        self.gone.add(victim)
-        return self._drop(victim)
+    def _drop(self, victims: list[int]) -> None:
+        for v in victims:
+            self.pairs.update((max(j, v), min(j, v)) for j in self.memories[v].associations)
+        self.gone.update(victims)
+        super()._drop(victims)
+
+    def _unlink(self, a: int, b: int) -> None:
+        super()._unlink(a, b)
+        self.pairs.add((max(a, b), min(a, b)))
 
     def decay(self) -> None:
         before = self._last_decay
@@ -229,8 +235,9 @@ class MemoryStore:
                                  check_same_thread=False)
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             meta = cls._read_meta(db, path)
-            if meta is not None and meta["schema_version"] == 1 and not readonly:
-                cls._migrate_v1(db)
+            if meta is not None and meta["schema_version"] < SCHEMA_VERSION and not readonly:
+                cls._migrate(db, meta["schema_version"])
+                meta = cls._read_meta(db, path)
         except (sqlite3.DatabaseError, MemoryInputError) as e:
             if db is not None:
                 db.close()
@@ -277,20 +284,28 @@ class MemoryStore:
             return None
         meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
         version = meta.get("schema_version")
-        if version not in (1, SCHEMA_VERSION):
+        if version not in (1, 2, SCHEMA_VERSION):
             raise MemoryInputError(f"{path}: memory store schema version {version!r}; this m3edge reads "
-                                   f"version {SCHEMA_VERSION} (and migrates 1; nothing was changed)")
+                                   f"version {SCHEMA_VERSION} (and migrates 1 and 2; nothing was changed)")
         return meta
 
     @staticmethod
-    def _migrate_v1(db: sqlite3.Connection) -> None:
-        """Version 1 -> 2 in one transaction: keep one row per link (links are symmetric, so the other
-        direction holds the same strength) and drop the index on dst that only the reverse rows needed."""
+    def _migrate(db: sqlite3.Connection, version: int) -> None:
+        """Up to the current version in one transaction. 1 -> 2: one row per link (links are symmetric, so the
+        other direction holds the same strength), no index on dst. 2 -> 3: columns for what followed each
+        memory (-1: unknown, so the reader never reads it), its context hashes and its scene."""
         with _sql_transaction(db, "BEGIN IMMEDIATE"):
-            if json.loads(db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]) == 1:
+            now = json.loads(db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+            if now == 1:
                 db.execute("DELETE FROM associations WHERE src < dst")
                 db.execute("DROP INDEX IF EXISTS associations_dst")
-                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
+            if now in (1, 2):
+                have = {row[1] for row in db.execute("PRAGMA table_info(memories)")}
+                for name, decl in (("next_byte", "INTEGER NOT NULL DEFAULT -1"), ("hashes", "BLOB"),
+                                   ("scene", "TEXT NOT NULL DEFAULT ''")):
+                    if name not in have:
+                        db.execute(f"ALTER TABLE memories ADD COLUMN {name} {decl}")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
 
     @staticmethod
     def _create(db, key_dim, value_dim, context_dim, capacity, device, seed, clock) -> dict:
@@ -335,10 +350,11 @@ class MemoryStore:
             assoc.setdefault(dst, {})[src] = s  # still has both rows: the same values twice)
         mems = []
         for row in db.execute("SELECT id, priority, created, last_access, access_count, memory_type, key, value, "
-                              "context FROM memories ORDER BY id"):
-            mid, pr, cr, la, ac, mt, k, v, c = row
+                              "context, next_byte, hashes, scene FROM memories ORDER BY id"):
+            mid, pr, cr, la, ac, mt, k, v, c, nb, h, scene = row
             extra = {} if c is None else {"context_key": _vec(c)}
-            mems.append(Memory(mid, _vec(k), _vec(v), pr, cr, la, ac, mt, assoc.get(mid, {}), extra))
+            extra |= memory_extras(nb, None if h is None else np.frombuffer(h, dtype=np.int64), mt)
+            mems.append(Memory(mid, _vec(k), _vec(v), pr, cr, la, ac, mt, assoc.get(mid, {}), extra, scene))
         self.storage = JournaledStorage(self.capacity, self.clock)
         self.storage.restore(mems, meta["next_id"], meta["last_decay"])
         self.storage.forgotten = meta["forgotten"]
@@ -400,8 +416,9 @@ class MemoryStore:
             m = st.memories[i]
             ctx = m.extra.get("context_key")
             rows.append((i, m.priority, m.created, m.last_access, m.access_count, m.memory_type, _blob(m.key),
-                         _blob(m.value), None if ctx is None else _blob(ctx)))
-        db.executemany("INSERT INTO memories VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                         _blob(m.value), None if ctx is None else _blob(ctx), int(m.extra["next_byte"]),
+                         np.asarray(m.extra["hashes"], dtype=np.int64).tobytes(), m.scene))
+        db.executemany("INSERT INTO memories VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         newset = set(new)
         upd = [(st.memories[i].priority, st.memories[i].last_access, st.memories[i].access_count, i)
                for i in st.touched if i in st.memories and i not in newset]
@@ -453,27 +470,50 @@ class MemoryStore:
             raise MemoryInputError("this store keeps no context keys (context_dim is not set)")
         return keys, values, context_keys
 
-    def _extras(self, context_keys, n):
-        return [None] * n if context_keys is None else [{"context_key": c} for c in context_keys]
+    def _extras(self, context_keys, n, next_bytes=None, hashes=None, type_ids=None, scene: str = ""):
+        """Per-row extras: every memory carries what followed it (-1: unknown), three context hashes (0: none),
+        its memory type's index and scene, so the columns stay aligned whatever the caller knew."""
+        nb = _int_vector(next_bytes, "next_bytes", n, -1, 255, -1)
+        ty = _int_vector(type_ids, "type_ids", n, 0, len(MEMORY_TYPES) - 1, 0)
+        if hashes is None:
+            hashes = np.zeros((n, N_HASHES), dtype=np.int64)
+        hashes = np.asarray(hashes)
+        if hashes.shape != (n, N_HASHES) or hashes.dtype.kind not in "iu":
+            raise MemoryInputError(f"hashes must be integers of shape [{n}, {N_HASHES}], got {hashes.shape}")
+        if not isinstance(scene, str) or len(scene) > 256:
+            raise MemoryInputError("scene must be a string of at most 256 characters")
+        out = []
+        for i in range(n):
+            e = memory_extras(nb[i], hashes[i].astype(np.int64), MEMORY_TYPES[ty[i]])
+            e["scene"] = scene
+            if context_keys is not None:
+                e["context_key"] = context_keys[i]
+            out.append(e)
+        return out
 
-    def store_experiences(self, keys, values, complexity, surprise, context_keys=None) -> list[int]:
-        """The agent's store: importance from complexity, surprise and novelty, then consolidation."""
+    def store_experiences(self, keys, values, complexity, surprise, context_keys=None, next_bytes=None, hashes=None,
+                          type_ids=None, scene: str = "", weights=IMPORTANCE_WEIGHTS) -> list[int]:
+        """The agent's store: importance from complexity, surprise and novelty (``weights``: the task's),
+        then consolidation. ``next_bytes``, ``hashes`` and ``type_ids`` are what the reader and the index use."""
         keys, values, context_keys = self._check_rows(keys, values, context_keys)
         complexity = _finite_vector(complexity, "complexity", len(keys))
         surprise = _finite_vector(surprise, "surprise", len(keys))
+        extras = self._extras(context_keys, len(keys), next_bytes, hashes, type_ids, scene)
+        types = [MEMORY_TYPES[int(e["type_id"])] for e in extras]
         with self.transaction():
-            ids = store_experiences(self.storage, keys, values, complexity, surprise,
-                                    self._extras(context_keys, len(keys)))
+            ids = store_experiences(self.storage, keys, values, complexity, surprise, extras, weights=weights,
+                                    memory_types=types)
             self.crossbar.account_writes(len(ids))
             self.consolidate()
         return ids
 
-    def store(self, keys, values, priorities, context_keys=None) -> list[int]:
+    def store(self, keys, values, priorities, context_keys=None, next_bytes=None, hashes=None, scene: str = "") -> list[int]:
         """Store rows with given priorities (clipped to [0, 1] as the seed does), then consolidate."""
         keys, values, context_keys = self._check_rows(keys, values, context_keys)
         priorities = _finite_vector(priorities, "priorities", len(keys))
+        extras = self._extras(context_keys, len(keys), next_bytes, hashes, None, scene)
         with self.transaction():
-            ids = self.storage.store_many(keys, values, priorities.tolist(), self._extras(context_keys, len(keys)))
+            ids = self.storage.store_many(keys, values, priorities.tolist(), extras)
             self.crossbar.account_writes(len(ids))
             self.storage.decay()
             self.consolidate()
@@ -523,6 +563,18 @@ class MemoryStore:
         spatial = self.crossbar.read(unit(query), st.unit_keys(), self.clock())
         key_ctx = st.extra_array("context_key") if query_ctx is not None else None
         return ids, fuse(spatial, query_ctx, key_ctx, ages).astype(np.float32)
+
+    def _spatial(self, query_units: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        st = self.storage
+        c = st._cols
+        self.crossbar.sync(c.id_array(), st.unit_keys(), c.get("created"), account=False)
+        return self.crossbar.read(query_units, st.unit_keys(), self.clock(), rows)
+
+    def retrieve(self, key_units, context_keys, hashes, r: int, mode: str = "hybrid", task: str = "general",
+                 scene: str = "", segment: retrieval.Segment | None = None) -> retrieval.Retrieved:
+        """The top ``r`` memories per query over bounded candidates (``m3edge.memory.retrieval``)."""
+        return retrieval.retrieve(self.storage, self._spatial, key_units, context_keys, hashes, r, self.value_dim,
+                                  self.clock(), mode, task, scene, segment)
 
     def search(self, query, query_ctx=None, k: int = 10) -> list[dict]:
         """Top-k memories by the fused score, without reconsolidating them."""

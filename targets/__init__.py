@@ -42,6 +42,8 @@ class Target:
     capacity_buckets: tuple[int, ...]
     expert_cache_size: int
     expert_banks: bool = True
+    memory_capacity: int = 100_000
+    memory_budget_mb: float = 512
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<target profile>") -> "Target":

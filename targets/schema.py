@@ -44,6 +44,10 @@ FIELDS: dict[str, dict] = {
     # Expert banks (export/bank.py): one graph per layer running every expert, for batches from many
     # callers. Optional; a profile without the key gets them where they fit.
     "expert_banks": {"kind": "bool", "default": True},
+    # Long-term memory: the seed's capacity and the RAM the store may use (runtime/memory.py turns the budget
+    # into a count with its measured bytes per memory); the smaller of the two holds.
+    "memory_capacity": {"kind": "int", "default": 100_000},
+    "memory_budget_mb": {"kind": "number", "default": 512},
 }
 
 

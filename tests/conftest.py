@@ -90,19 +90,24 @@ def run_cli(*args, env=None):
 
 def memory_step(ref, dev, state, rng, step):
     """One retrieve-then-store step on the torch memory system and the device's, with the same inputs;
-    asserts the two retrievals agree. ``ref`` is an M3MemorySystem, ``dev`` a LongTermMemory."""
+    asserts the two retrievals agree. ``ref`` is an M3MemorySystem, ``dev`` a LongTermMemory. Windows use few
+    byte values, so exact and suffix context matches happen."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
     key, complexity = ref.sensory(state)
-    ctx_key = F.normalize(ref.associator.context_encoder(key), dim=-1)
-    a = ref.retrieve(key)
-    b = dev.retrieve(key.numpy(), ctx_key.numpy())
-    assert np.allclose(a.numpy(), b, atol=1e-5), step
     n = state.shape[0]
+    w = torch.from_numpy(rng.integers(0, 3, (n, ref.cfg.context)))
+    ctx_key = ref.context_keys(key)
+    a = ref.read(key, w)
+    for group in a.reconsolidation_groups(ref.cfg.memory_top_k):
+        ref.storage.reconsolidate(group)
+    b = dev.read(key.numpy(), ctx_key.numpy(), ref.hashes(w), ref.cfg.memory_read_k)
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.next_bytes, b.next_bytes), step
+    assert np.allclose(a.scores, b.scores, atol=1e-6) and np.allclose(a.values, b.values, atol=1e-6), step
     nxt = torch.from_numpy(rng.integers(0, 256, n))
     surprise = torch.rand(n)
-    ref.store(state, key, nxt, complexity, surprise)
+    pref = torch.softmax(torch.randn(n, 6), -1)
+    ref.store(state, key, w, nxt, complexity, surprise, pref)
     dev.store(key.numpy(), ctx_key.numpy(), ref.encode_experience(state, nxt).numpy(), complexity.numpy(),
-              surprise.numpy())
+              surprise.numpy(), nxt.numpy(), ref.hashes(w), pref.argmax(-1).numpy())

@@ -1,10 +1,10 @@
-"""The crossbar device model (runtime/crossbar.py): each non-ideality on its own, seeded, and the ideal device."""
+"""The crossbar device model (m3edge/memory/crossbar.py): each non-ideality on its own, seeded, and the ideal device."""
 
 import numpy as np
 import pytest
 
-from m3edge.runtime import crossbar as xb
-from m3edge.runtime.crossbar import DEVICES, IDEAL, CrossbarArray, with_overrides
+from m3edge.memory import crossbar as xb
+from m3edge.memory.crossbar import DEVICES, IDEAL, CrossbarArray, with_overrides
 
 BARE = with_overrides(IDEAL, name="bare")  # an exact device to switch one effect on at a time
 

@@ -8,7 +8,7 @@ def test_each_memory_type_gets_its_expert_kind(tiny_cfg):
     kinds = {t: type(MemoryExpert(tiny_cfg, t)) for t in MEMORY_TYPES}
     assert kinds["episodic"] is EpisodicExpert and kinds["semantic"] is SemanticExpert
     assert kinds["emotional"] is EmotionalExpert
-    assert {kinds[t] for t in ("procedural", "working", "associative")} == {MLPExpert}
+    assert {kinds[t] for t in ("procedural", "spatial", "temporal")} == {MLPExpert}
 
 
 def test_experts_map_rows_to_rows_independently(tiny_cfg):

@@ -5,7 +5,7 @@ import torch
 
 from m3edge.model.associator import FUSION, ContextualAssociator, fuse_scores
 from m3edge.model.memory import M3MemorySystem
-from m3edge.synaptic import IMPORTANCE_WEIGHTS, experience_importance
+from m3edge.memory.synaptic import IMPORTANCE_WEIGHTS, experience_importance
 from m3edge.model.sensory import SensoryBuffer
 
 
@@ -36,18 +36,21 @@ def test_associator_fuses_scores_and_takes_top_five():
     assert bool((empty_ctx == 0).all()) and empty_idx.shape == (3, 0)
 
 
-def test_store_then_retrieve_reconsolidates(tiny_cfg):
+def test_store_then_read_returns_what_followed(tiny_cfg):
     torch.manual_seed(0)
     clock = lambda: 1000.0  # noqa: E731
     mem = M3MemorySystem(tiny_cfg, clock=clock).eval()
     state = torch.randn(4, tiny_cfg.d_model)
     key, complexity = mem.sensory(state)
-    assert bool((mem.retrieve(key) == 0).all())  # empty store
-    ids = mem.store(state, key, torch.tensor([1, 2, 3, 4]), complexity, torch.full((4,), 0.5))
+    w = torch.arange(4 * tiny_cfg.context).reshape(4, -1) % 256
+    assert mem.read(key, w).valid.sum() == 0  # empty store
+    ids = mem.store(state, key, w, torch.tensor([1, 2, 3, 4]), complexity, torch.full((4,), 0.5), torch.eye(6)[:4])
     assert len(ids) == 4 and len(mem.storage) == 4
-    ctx = mem.retrieve(key)
-    assert ctx.shape == (4, tiny_cfg.d_model) and float(ctx.abs().sum()) > 0
-    assert all(m.access_count >= 1 for m in mem.storage.memories.values())
+    got = mem.read(key, w)
+    assert got.valid[:, 0].tolist() == [1, 1, 1, 1] and got.exact[:, 0].tolist() == [1, 1, 1, 1]
+    assert got.next_bytes[:, 0].tolist() == [1, 2, 3, 4]  # each window's own memory first: what followed it
+    assert [m.memory_type for m in mem.storage.memories.values()] == ["episodic", "semantic", "procedural", "emotional"]
+    assert got.context(tiny_cfg.memory_top_k).shape == (4, tiny_cfg.d_model)
 
 
 def test_experience_encoder_takes_state_plus_byte(tiny_cfg):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from m3edge.runtime.store import DB_NAME, SCHEMA_VERSION, MemoryInputError, MemoryStore, topk_stable
-from m3edge.synaptic import DAY
+from m3edge.memory.synaptic import DAY
 
 from conftest import ROOT, memory_step, run_cli
 
@@ -186,7 +186,30 @@ def test_a_version_1_store_is_read_as_it_is_and_migrated_by_a_writer(tmp_path):
         assert w.db.execute("SELECT count(*) FROM associations WHERE src < dst").fetchone()[0] == 0
         assert w.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'associations_dst'").fetchone()[0] == 0
     info = inspect(tmp_path / "m")
-    assert info["schema_version"] == SCHEMA_VERSION == 2 and info["associations"] == links
+    assert info["schema_version"] == SCHEMA_VERSION == 3 and info["associations"] == links
+
+
+def test_a_version_2_store_is_migrated_and_its_memories_are_never_read_by_the_reader(tmp_path):
+    """Version 2 kept no next byte: its memories stay (and are searchable) but retrieval never returns them."""
+    import sqlite3
+
+    s = make(tmp_path, capacity=30)
+    rng = np.random.default_rng(4)
+    s.store(rows(rng, 6, base=rng.normal(size=(2, 8))), rng.normal(size=(6, 4)), rng.random(6))
+    s.close()
+    db = sqlite3.connect(tmp_path / "m" / "memory.sqlite")
+    db.executescript("ALTER TABLE memories DROP COLUMN next_byte; ALTER TABLE memories DROP COLUMN hashes; "
+                     "ALTER TABLE memories DROP COLUMN scene; UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    db.close()
+    with MemoryStore.open(tmp_path / "m", clock=Clock()) as w:
+        assert len(w.storage) == 6 and {int(m.extra["next_byte"]) for m in w.storage.memories.values()} == {-1}
+        q = rows(rng, 1)
+        assert len(w.search(q[0], k=3)) == 3
+        got = w.retrieve(q / np.linalg.norm(q), None, np.zeros((1, 3), np.int64), 4)
+        assert got.valid.sum() == 0
+    from m3edge.runtime.store import inspect
+
+    assert inspect(tmp_path / "m")["schema_version"] == 3
 
 
 def test_open_checks_what_it_is_given(tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from m3edge import synaptic as st
-from m3edge.synaptic import SynapticStorage
+from m3edge.memory import synaptic as st
+from m3edge.memory.synaptic import SynapticStorage
 
 
 class Clock:
@@ -80,18 +80,18 @@ def test_consolidation_candidates_use_the_threshold():
     assert [m.id for m in s.consolidation_candidates()] == [hi]
 
 
-def test_a_batch_into_a_full_store_gives_the_same_result_in_any_chunking():
-    """Chunks after the first see rows moved by forgetting; novelty still compares with the store before the
-    batch, so cutting the batch into chunks changes nothing."""
+def test_links_are_capped_and_a_full_store_forgets_a_batch_at_once():
     rng = np.random.default_rng(0)
-    base = rng.normal(size=(3, 8)).astype(np.float32)
-    fill = base[rng.integers(0, 3, 30)] + 0.4 * rng.normal(size=(30, 8)).astype(np.float32)
-    batch = [base[rng.integers(0, 3, 12)] + 0.4 * rng.normal(size=(12, 8)).astype(np.float32),
-             rng.normal(size=(12, 4)), rng.random(12), rng.random(12)]
-    states = []
-    for rows in (4, 1024):
-        s = SynapticStorage(capacity=30, clock=Clock())
-        st.store_experiences(s, fill, np.zeros((30, 4)), np.full(30, 0.5), np.full(30, 0.5))
-        ids = st.store_experiences(s, *batch, rows=rows)
-        states.append((ids, s.forgotten, {i: (m.priority, dict(m.associations)) for i, m in s.memories.items()}))
-    assert states[0][1] == 12 and states[0] == states[1]
+    s = SynapticStorage(capacity=1000, clock=Clock())
+    base = rng.normal(size=8).astype(np.float32)
+    keys = base + 0.05 * rng.normal(size=(600, 8)).astype(np.float32)  # all alike: every pair above 0.5
+    st.store_experiences(s, keys, np.zeros((600, 4)), np.full(600, 0.5), np.full(600, 0.5))
+    links = [len(m.associations) for m in s.memories.values()]
+    assert max(links) <= st.LINK_LIMIT and min(links) >= 1  # the seed's rule would give 599 each
+    assert all(len(s.memories[i].associations) <= st.LINK_LIMIT for i in s.memories)
+    assert all(i in s.memories[j].associations for i, m in s.memories.items() for j in m.associations)  # symmetric
+    st.store_experiences(s, keys[:500], np.zeros((500, 4)), np.full(500, 0.5), np.full(500, 0.5))
+    # 1,100 stored into 1,000: forgetting took the overflow plus 1% of the capacity in one compaction
+    assert len(s) == 1000 - int(1000 * st.EVICT_FRACTION) and s.forgotten == 110
+    assert len(s._cols.ids) == len(s) == len(s.unit_keys())
+    assert all(j in s.memories for m in s.memories.values() for j in m.associations)

@@ -2,7 +2,7 @@
 
 The seed computes per-task preferences over memory types but never uses them, and indexes them as if
 there were 6 experts. Here (docs/seed.md): a type preference p = softmax(MLP([x; memory])) over the six
-memory types, and the router bias is p @ A, where A [6, E] starts as ``strength`` times the one-hot
+memory types, re-weighted by the task's preferences over them (the seed's task_type), and the router bias is p @ A, where A [6, E] starts as ``strength`` times the one-hot
 membership of expert e in type e % 6 and is learned. Any expert count works.
 """
 
@@ -23,6 +23,11 @@ class MemoryExpertAlignment(nn.Module):
         membership[torch.arange(cfg.n_experts) % t, torch.arange(cfg.n_experts)] = strength
         self.type_to_expert = nn.Parameter(membership)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, task: torch.Tensor | None = None):
+        """(router bias [N, E], type preference [N, 6]). ``task`` [N, 6] re-weights the preference by the
+        task's preferences over memory types (``m3edge.memory.retrieval.task_vector``; ones for general)."""
         pref = torch.softmax(self.preference(torch.cat([x, memory], dim=-1)), dim=-1)
-        return pref @ self.type_to_expert
+        if task is not None:
+            pref = pref * task
+            pref = pref / pref.sum(-1, keepdim=True)
+        return pref @ self.type_to_expert, pref

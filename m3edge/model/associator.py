@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3edge.model.routing import select_topk
-from m3edge.synaptic import RECENCY_TAU, RETRIEVAL_TEMPERATURE
+from m3edge.memory.retrieval import FUSION
+from m3edge.memory.synaptic import RECENCY_TAU, RETRIEVAL_TEMPERATURE
 
-FUSION = (0.4, 0.4, 0.2)  # temporal, spatial, context
 
 
 def fuse_scores(temporal: torch.Tensor, spatial: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """ResistiveArraySimulator: the torch agent's view of the crossbar that holds its memory keys.
 
-The device model is ``m3edge.runtime.crossbar`` (numpy, shared with the device runtime): differential pairs in
+The device model is ``m3edge.memory.crossbar`` (numpy, shared with the device runtime): differential pairs in
 [g_min, g_max], levels, programming and read noise, drift, stuck-at faults, DAC/ADC, energy. This wrapper keeps
 the array's columns in step with the stored memories and takes and returns tensors. Preset ``ideal`` is exact
 float, which parity uses.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from m3edge.runtime.crossbar import DEVICES, CrossbarArray, DeviceModel, device as get_device  # noqa: F401
+from m3edge.memory.crossbar import DEVICES, CrossbarArray, DeviceModel, device as get_device  # noqa: F401
 
 
 class ResistiveArraySimulator:
@@ -35,10 +35,12 @@ class ResistiveArraySimulator:
         ids = np.arange(len(w)) if ids is None else np.asarray(ids, dtype=np.int64)
         self.array.sync(ids, self.weights, written)
 
-    def read(self, x, now: float = 0.0) -> torch.Tensor:
-        """Column currents for inputs x [N, m], mapped back to the weight scale: ~ x @ weights.T."""
+    def read(self, x, now: float = 0.0, cols=None):
+        """Column currents for inputs x [N, m], mapped back to the weight scale: ~ x @ weights.T (a tensor for
+        a tensor, numpy for numpy); ``cols``: only those columns."""
         xn = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        return torch.from_numpy(self.array.read(np.asarray(xn, dtype=np.float32), self.weights, now))
+        out = self.array.read(np.asarray(xn, dtype=np.float32), self.weights, now, cols)
+        return torch.from_numpy(out) if isinstance(x, torch.Tensor) else out
 
     @property
     def ledger(self):

@@ -2,7 +2,7 @@
 
 The learned part is here (a d -> d ``Linear + LayerNorm + GELU``); the graph (merge duplicates within cosine
 ``merge_similarity`` by running mean, link nodes within ``link_similarity`` or whose source memories were
-associated) is ``m3edge.knowledge.KnowledgeGraph``, numpy code the device runtime shares.
+associated) is ``m3edge.memory.knowledge.KnowledgeGraph``, numpy code the device runtime shares.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from m3edge.knowledge import LINK_SIMILARITY, MERGE_SIMILARITY, KnowledgeGraph, KnowledgeNode  # noqa: F401
+from m3edge.memory.knowledge import LINK_SIMILARITY, MERGE_SIMILARITY, KnowledgeGraph, KnowledgeNode  # noqa: F401
 
 
 class MemoryDistiller(nn.Module):

@@ -52,7 +52,7 @@ class EmotionalExpert(nn.Module):
 
 
 class MLPExpert(nn.Module):
-    """GELU MLP: procedural, working and associative experts."""
+    """GELU MLP: procedural, spatial and temporal experts."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -18,13 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3edge.config import ModelConfig
+import numpy as np
+
+from m3edge.config import MEMORY_TYPES, ModelConfig
+from m3edge.memory import retrieval
+from m3edge.memory.index import suffix_orders, window_hashes
+from m3edge.memory.synaptic import IMPORTANCE_WEIGHTS, Clock, SynapticStorage, experience_importance  # noqa: F401
+from m3edge.memory.synaptic import store_experiences, unit
 from m3edge.model.associator import ContextualAssociator
 from m3edge.model.crossbar import ResistiveArraySimulator
 from m3edge.model.distiller import MemoryDistiller
 from m3edge.model.sensory import SensoryBuffer
-from m3edge.synaptic import IMPORTANCE_WEIGHTS, Clock, SynapticStorage, experience_importance  # noqa: F401
-from m3edge.synaptic import store_experiences, unit
 
 
 class M3MemorySystem(nn.Module):
@@ -38,35 +42,71 @@ class M3MemorySystem(nn.Module):
         self.distiller = MemoryDistiller(d)
         self.storage = SynapticStorage(capacity, clock)
         self.crossbar = ResistiveArraySimulator(device)
+        self.orders = suffix_orders(cfg.context)
+
+    def reset(self, capacity: int | None = None) -> None:
+        """Forget everything (a fresh store, optionally of another capacity)."""
+        st = self.storage
+        self.storage = SynapticStorage(capacity or st.capacity, st.clock)
+        self.crossbar = ResistiveArraySimulator(self.crossbar.device, self.crossbar.seed)
+        self.distiller.graph = type(self.distiller.graph)(self.distiller.graph.merge_similarity,
+                                                          self.distiller.graph.link_similarity)
 
     def encode_experience(self, state: torch.Tensor, next_byte: torch.Tensor) -> torch.Tensor:
         onehot = F.one_hot(next_byte, self.cfg.vocab).to(state.dtype)
         return self.memory_encoder(torch.cat([state, onehot], dim=-1))
 
     def retrieve_from(self, query, keys, values, ages, spatial=None):
-        """Differentiable retrieval against given memories (training uses an in-batch bank)."""
+        """The associator over given memories, every one of them scored (calibration's bank of experiences)."""
         return self.associator(query, keys, values, ages, spatial)
 
-    @torch.no_grad()
-    def retrieve(self, query: torch.Tensor, reconsolidate: bool = True) -> torch.Tensor:
-        """Context [N, d] from long-term memory for sensory keys [N, m]; zeros when empty."""
-        if len(self.storage) == 0:
-            return query.new_zeros(query.shape[0], self.cfg.d_model)
-        ids, keys, values, ages = (x if i == 0 else torch.from_numpy(x) for i, x in enumerate(self.storage.arrays()))
-        # The array holds the stored unit keys (the store's own rows, as the device runtime reads them) so a read
-        # is a cosine; columns are written when their memory was created.
-        self.crossbar.program(self.storage.unit_keys(), ids, self.storage.extra_array("created"))
-        spatial = self.crossbar.read(unit(query.numpy()), self.storage.clock())
-        context, idx, _ = self.retrieve_from(query, keys, values, ages, spatial)
-        if reconsolidate:
-            for row in idx.tolist():
-                self.storage.reconsolidate([ids[i] for i in row])
-        return context
+    def context_keys(self, key: torch.Tensor) -> torch.Tensor:
+        """The context encoder's unit-length view of sensory keys (the associator's third score)."""
+        return F.normalize(self.associator.context_encoder(key), dim=-1)
+
+    def hashes(self, windows) -> np.ndarray:
+        w = windows.numpy() if isinstance(windows, torch.Tensor) else np.asarray(windows)
+        return window_hashes(w, self.orders)
+
+    def _spatial(self, query_units: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        st = self.storage
+        # The array holds the stored unit keys (the store's own rows, as the device runtime reads them) so a
+        # read is a cosine; columns are written when their memory was created.
+        self.crossbar.program(st.unit_keys(), st._cols.id_array(), st.extra_array("created"))
+        return self.crossbar.read(query_units, st.clock(), rows)
 
     @torch.no_grad()
-    def store(self, state, key, next_byte, complexity, surprise) -> list[int]:
-        """Store experiences whose importance reaches the consolidation path; returns new ids."""
-        value = self.encode_experience(state, next_byte)
-        ids = store_experiences(self.storage, key.numpy(), value.numpy(), complexity.numpy(), surprise.numpy())
+    def read(self, key: torch.Tensor, windows, mode: str = "hybrid", task: str = "general", scene: str = "",
+             segment: retrieval.Segment | None = None) -> retrieval.Retrieved:
+        """The top ``memory_read_k`` memories per query (``m3edge.memory.retrieval``, shared with the runtime)."""
+        n = key.shape[0]
+        cfg = self.cfg
+        if not len(self.storage) and segment is None:
+            return retrieval.empty(n, cfg.memory_read_k, cfg.d_model)
+        return retrieval.retrieve(self.storage, self._spatial, unit(key.numpy()), self.context_keys(key).numpy(),
+                                  self.hashes(windows), cfg.memory_read_k, cfg.d_model, self.storage.clock(), mode,
+                                  task, scene, segment)
+
+    @torch.no_grad()
+    def segment(self, state, key, windows, next_bytes: torch.Tensor) -> retrieval.Segment:
+        """Consecutive rows of one text, each retrievable by the rows after it (a prompt, an eval chunk)."""
+        return retrieval.Segment(unit(key.numpy()), self.context_keys(key).numpy(), next_bytes.numpy(),
+                                 self.hashes(windows), self.encode_experience(state, next_bytes).numpy())
+
+    @torch.no_grad()
+    def store(self, state, key, windows, next_byte, complexity, surprise, preference, task: str = "general",
+              scene: str = "") -> list[int]:
+        """Store experiences: the value, what followed, the context hashes, the type (the alignment's
+        preferred memory type), with the task's importance weights."""
+        value = self.encode_experience(state, next_byte).numpy()
+        ctx = self.context_keys(key).numpy()
+        hashes = self.hashes(windows)
+        types = preference.argmax(-1).numpy()
+        nb = next_byte.numpy()
+        extras = [{"context_key": ctx[i], "next_byte": np.int64(nb[i]), "hashes": hashes[i],
+                   "type_id": np.int64(types[i]), "scene": scene} for i in range(len(nb))]
+        ids = store_experiences(self.storage, key.numpy(), value, complexity.numpy(), surprise.numpy(), extras,
+                                weights=retrieval.TASK_IMPORTANCE[task],
+                                memory_types=[MEMORY_TYPES[t] for t in types.tolist()])
         self.distiller.consolidate(self.storage.consolidation_candidates())
         return ids

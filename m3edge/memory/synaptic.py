@@ -10,6 +10,11 @@ The seed's numbers, each a named constant so tests can check the formulas:
     at capacity the highest score is forgotten
   forgetting rate 0.01: association strengths decay by (1 - 0.01) per day unused
   consolidation threshold 0.7: memories at or above it go to the MemoryDistiller
+
+Bounded cost (docs/seed.md): a new memory links to at most LINK_CAP of its most similar candidates (the
+recent FIFO and context-hash matches of ``index.ContextIndex``, never a scan of every memory), a memory holds
+at most LINK_LIMIT links (its weakest goes first), novelty is measured against the same candidates, and a full
+store forgets EVICT_FRACTION of its capacity at once (one compaction of the columns instead of one per insert).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from m3edge.memory.index import RECENT, ContextIndex
+
 HEBBIAN_INIT = 0.5
 RECONSOLIDATE_GAIN, RECONSOLIDATE_STEP = 1.1, 0.05
 PRIORITY_GAIN = 1.05
@@ -27,12 +34,13 @@ FORGET_WEIGHTS = (0.4, 0.3, 0.3)
 FORGETTING_RATE = 0.01
 CONSOLIDATION_THRESHOLD = 0.7
 ASSOCIATE_SIMILARITY = 0.5  # a new memory is associated with stored ones at least this similar
+LINK_CAP = 8  # ... the LINK_CAP most similar of them (the seed linked every pair above the threshold)
+LINK_LIMIT = 2 * LINK_CAP  # links one memory may hold; a new link past it replaces the weakest
+EVICT_FRACTION = 0.01  # a full store forgets this share of its capacity at once (at least one memory)
 DAY = 86_400.0
 DECAY_INTERVAL = 3_600.0  # seconds between applications of the forgetting rate
 IMPORTANCE_WEIGHTS = (0.4, 0.4, 0.2)  # complexity, surprise, novelty
-# A batch is compared with the stored keys SCAN_ROWS rows at a time, SCAN_BLOCK keys per matrix product
-# ([1024, 4096] float32 = 16 MB: cache-resident, and large enough for an efficient product).
-SCAN_ROWS, SCAN_BLOCK = 1024, 4096
+SCAN_ROWS = 1024  # rows of a batch compared with the batch's earlier rows per matrix product
 # Retrieval (the ContextualAssociator): recency time constant, softmax temperature over the top scores.
 RECENCY_TAU = DAY
 RETRIEVAL_TEMPERATURE = 0.1
@@ -76,6 +84,7 @@ class Memory:
     memory_type: str = "episodic"
     associations: dict[int, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    scene: str = ""  # the scene / context string ``contextual_match`` selects on
 
 
 class Columns:
@@ -105,12 +114,15 @@ class Columns:
         self.ids.extend(mids)
         self.n += k
 
-    def remove(self, mid: int) -> None:
-        r = self.row(mid)
-        for buf in self.cols.values():
-            buf[r:self.n - 1] = buf[r + 1:self.n]
-        del self.ids[r]
-        self.n -= 1
+    def remove(self, mids) -> None:
+        """Drop the rows of held ids, in one compaction of every column."""
+        keep = np.ones(self.n, dtype=bool)
+        keep[np.searchsorted(self.id_array(), np.asarray(sorted(mids), dtype=np.int64))] = False
+        for name, buf in self.cols.items():
+            kept = buf[: self.n][keep]
+            buf[: len(kept)] = kept
+        self.ids = [i for i, k in zip(self.ids, keep.tolist()) if k]
+        self.n = len(self.ids)
 
     def row(self, mid: int) -> int:
         """The row of a held id (rows are in id order)."""
@@ -132,47 +144,48 @@ class SynapticStorage:
         self._last_decay = clock()
         self._cols = Columns()
         self.forgotten = 0  # memories forgotten so far: callers know whether rows moved
+        self.index = ContextIndex(0)  # set up by the first memory that carries context hashes
+        self._dirty: set[int] = set()  # ids whose priority changed since the last consolidation
 
     def __len__(self) -> int:
         return len(self.memories)
 
     def store(self, key, value, priority: float, memory_type: str = "episodic", extra: dict | None = None) -> int:
         """``extra`` holds per-memory arrays a caller keeps alongside (the runtime's context keys)."""
-        key = np.array(key, dtype=np.float32)
-        return self._insert(key, value, priority, memory_type, extra, self._similar(key))
+        return self.store_many(np.asarray(key, dtype=np.float32)[None], np.asarray(value)[None], [priority],
+                               [extra], memory_type)[0]
 
-    def store_many(self, keys, values, priorities, extras: list | None = None, memory_type: str = "episodic",
-                   prior: tuple[list[int], np.ndarray] | None = None) -> list[int]:
-        """Store rows in order, as repeated ``store`` calls do, with one matrix product for the batch.
-
-        ``prior`` = (ids, cosines [B, len(ids)]) of each row's key against memories stored before the batch,
-        or (ids, rows, cols) of the pairs at or above the threshold, when the caller already has them
-        (``store_experiences`` scans them for novelty). A row associates
-        with those still present and with earlier rows of the batch still present, as ``store`` would."""
+    def store_many(self, keys, values, priorities, extras: list | None = None, memory_type="episodic",
+                   prior: tuple[np.ndarray, np.ndarray] | None = None) -> list[int]:
+        """Store rows in order, each linked to its LINK_CAP most similar candidates at or above the threshold:
+        stored memories of ``stored_similarity`` (or ``prior`` = (ids, cosines [B, len(ids)], -inf where not
+        a candidate), when the caller has them) and earlier rows of the batch within the FIFO. ``memory_type``
+        is one type for every row or one per row. A full store then forgets EVICT_FRACTION of its capacity."""
         keys = np.asarray(keys, dtype=np.float32)
         n = len(keys)
         units = unit(keys)
-        if prior is None:
-            prior = (self._cols.id_array(),) + scan_stored(units, self.unit_keys() if len(self) else units[:0], 0)[1:]
-        prior_ids = np.asarray(prior[0], dtype=np.int64)
-        rows, cols = similar_pairs(prior[1]) if len(prior) == 2 else prior[1:]
-        bounds = np.searchsorted(rows, np.arange(n + 1))
-        wr, wc = similar_pairs(units @ units.T, lower=True)  # earlier rows of the batch
-        wbounds = np.searchsorted(wr, np.arange(n + 1))
-        hit_ids = prior_ids[cols].tolist()
-        wc = wc.tolist()
         extras = extras if extras is not None else [None] * n
-        batched = len(self.memories) + n <= self.capacity  # nothing is forgotten during the batch
+        types = [memory_type] * n if isinstance(memory_type, str) else list(memory_type)
+        if prior is None:
+            prior = stored_similarity(self, units, [None if e is None else e.get("hashes") for e in extras])
+        prior_ids, prior_sims = np.asarray(prior[0], dtype=np.int64), prior[1]
         new: list[int] = []
-        for b in range(n):
-            others = [i for i in hit_ids[bounds[b]:bounds[b + 1]] if i in self.memories]
-            others += [new[c] for c in wc[wbounds[b]:wbounds[b + 1]] if new[c] in self.memories]
-            if batched:
-                new.append(self._new_memory(keys[b], values[b], priorities[b], memory_type, extras[b], others).id)
-            else:
-                new.append(self._insert(keys[b], values[b], priorities[b], memory_type, extras[b], others))
-        if batched:
-            self._add_columns([self.memories[i] for i in new], units)
+        for s in range(0, n, SCAN_ROWS):
+            e = min(n, s + SCAN_ROWS)
+            lo = max(0, s - RECENT)
+            batch = units[s:e] @ units[lo:e].T  # earlier rows of the batch inside each row's FIFO
+            for b in range(s, e):
+                row = batch[b - s, max(lo, b - RECENT) - lo:b - lo]
+                cand = np.concatenate([prior_sims[b], row]) if prior_sims.shape[1] else row
+                hits = np.flatnonzero(cand >= ASSOCIATE_SIMILARITY)
+                top = hits[np.argsort(-cand[hits], kind="stable")[:LINK_CAP]]  # ties: the older memory
+                np_ = len(prior_ids)
+                others = [int(prior_ids[c]) if c < np_ else new[max(lo, b - RECENT) + c - np_] for c in top.tolist()]
+                others = [i for i in others if i in self.memories]
+                new.append(self._new_memory(keys[b], values[b], priorities[b], types[b], extras[b], others).id)
+        self._add_columns([self.memories[i] for i in new], units)
+        if len(self.memories) > self.capacity:
+            self.forget(len(self.memories) - self.capacity + int(self.capacity * EVICT_FRACTION))
         return new
 
     def _new_memory(self, key, value, priority, memory_type, extra, others: list[int]) -> Memory:
@@ -180,20 +193,24 @@ class SynapticStorage:
         now = self.clock()
         mid = self._next_id
         self._next_id += 1
+        extra = dict(extra or {})
+        scene = str(extra.pop("scene", "") or "")
         mem = Memory(mid, np.array(key, dtype=np.float32), np.array(value, dtype=np.float32),
-                     float(min(1.0, max(0.0, priority))), now, now, memory_type=memory_type, extra=dict(extra or {}))
+                     float(min(1.0, max(0.0, priority))), now, now, memory_type=memory_type, extra=extra, scene=scene)
         for other in others:
+            links = self.memories[other].associations
+            if len(links) >= LINK_LIMIT:  # the weakest link goes (ties: the oldest memory)
+                self._unlink(other, min(links, key=lambda j: (links[j], j)))
             mem.associations[other] = HEBBIAN_INIT
-            self.memories[other].associations[mid] = HEBBIAN_INIT
+            links[mid] = HEBBIAN_INIT
         self.memories[mid] = mem
+        self._dirty.add(mid)
+        self.index.add(mid, extra.get("hashes"), scene)
         return mem
 
-    def _insert(self, key, value, priority, memory_type, extra, others: list[int]) -> int:
-        mem = self._new_memory(key, value, priority, memory_type, extra, others)
-        self._add_columns([mem])
-        while len(self.memories) > self.capacity:
-            self.forget_one()
-        return mem.id
+    def _unlink(self, a: int, b: int) -> None:
+        self.memories[a].associations.pop(b, None)
+        self.memories[b].associations.pop(a, None)
 
     def _add_columns(self, mems: list[Memory], units: np.ndarray | None = None) -> None:
         """Append the records' rows (in id order) to the columns; ``units`` = their unit keys if known."""
@@ -215,13 +232,11 @@ class SynapticStorage:
         mems = sorted(memories, key=lambda m: m.id)
         self.memories, self._cols = {m.id: m for m in mems}, Columns()
         self._add_columns(mems)
+        self.index = ContextIndex(0)
+        for m in mems:
+            self.index.add(m.id, m.extra.get("hashes"), m.scene)
+        self._dirty = set(self.memories)
         self._next_id, self._last_decay = next_id, last_decay
-
-    def _similar(self, key: np.ndarray) -> list[int]:
-        if not self.memories:
-            return []
-        sim = self.unit_keys() @ unit(key)
-        return [i for i, s in zip(self._cols.ids, sim.tolist()) if s >= ASSOCIATE_SIMILARITY]
 
     def arrays(self) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
         """(ids, keys [M, m], values [M, d], ages in seconds [M]) in id order."""
@@ -239,6 +254,7 @@ class SynapticStorage:
         """A retrieval strengthens what it touched: priorities, access counts and co-retrieved links."""
         now = self.clock()
         c = self._cols
+        self._dirty.update(ids)
         for i in ids:
             m = self.memories[i]
             m.priority = reconsolidate_priority(m.priority)
@@ -258,20 +274,35 @@ class SynapticStorage:
         days = (now - cols.get("last_access")) / DAY
         return a * (1.0 - cols.get("priority")) + b / (1.0 + cols.get("access_count")) + c * days
 
+    def forget(self, count: int = 1) -> list[int]:
+        """Forget the ``count`` memories with the highest forgetting scores (ties: the older), at once."""
+        victims = self.victims(count)
+        self._drop(victims)
+        return victims
+
     def forget_one(self) -> int:
-        return self._drop(self.victim())
+        return self.forget(1)[0]
+
+    def victims(self, count: int) -> list[int]:
+        scores = self.forgetting_scores(self.clock())
+        order = np.argsort(-scores, kind="stable")[:count]
+        return sorted(self._cols.id_array()[order].tolist())
 
     def victim(self) -> int:
         """The memory forgetting takes next: the highest forgetting score (ties: the older memory)."""
-        return int(self._cols.ids[int(np.argmax(self.forgetting_scores(self.clock())))])
+        return self.victims(1)[0]
 
-    def _drop(self, victim: int) -> int:
-        for j in self.memories[victim].associations:
-            self.memories[j].associations.pop(victim, None)
-        del self.memories[victim]
-        self._cols.remove(victim)
-        self.forgotten += 1
-        return victim
+    def _drop(self, victims: list[int]) -> None:
+        gone = set(victims)
+        for v in victims:
+            for j in self.memories[v].associations:
+                if j not in gone:
+                    self.memories[j].associations.pop(v, None)
+        for v in victims:
+            del self.memories[v]
+            self._dirty.discard(v)
+        self._cols.remove(victims)
+        self.forgotten += len(victims)
 
     def decay(self) -> None:
         """Apply the forgetting rate to association strengths for the days since the last decay.
@@ -289,75 +320,62 @@ class SynapticStorage:
             m.associations = {j: s * factor for j, s in m.associations.items() if s * factor >= 1e-3}
 
     def consolidation_candidates(self) -> list[Memory]:
-        """Memories at or above the threshold, in id order (the records' order)."""
-        if not self.memories:
-            return []
-        hot = self._cols.id_array()[self._cols.get("priority") >= CONSOLIDATION_THRESHOLD]
-        return [self.memories[i] for i in hot.tolist()]
+        """Memories at or above the threshold among those stored or reconsolidated since the last call (a
+        priority changes only then), in id order: bounded by the step, not the store."""
+        hot = sorted(i for i in self._dirty if i in self.memories
+                     and self.memories[i].priority >= CONSOLIDATION_THRESHOLD)
+        self._dirty.clear()
+        return [self.memories[i] for i in hot]
 
 
-def similar_pairs(cosines: np.ndarray, lower: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) where cosines >= ASSOCIATE_SIMILARITY, row-major order as ``np.nonzero`` gives; with
-    ``lower`` only below the diagonal (a batch against its own earlier rows). One flat scan: a 2-d nonzero
-    over a [B, 100,000] mask costs tens of milliseconds, a flat one about one."""
-    mask = cosines >= ASSOCIATE_SIMILARITY
-    if lower:
-        mask = np.tril(mask, k=-1)
-    return np.divmod(np.flatnonzero(mask), max(mask.shape[1], 1))
-
-
-def scan_stored(units: np.ndarray, stored: np.ndarray, novelty_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Compare unit rows with every stored unit key in column blocks that stay in cache (one matrix product
-    per block; a [rows, 100,000] matrix would be written to memory and read back twice).
-
-    Returns (each row's highest cosine over the first ``novelty_cols`` stored keys, -inf if none; the
-    (row, column) pairs at or above ASSOCIATE_SIMILARITY in row-major order, as ``similar_pairs`` of the
-    full product gives)."""
-    best = np.full(len(units), -np.inf, dtype=np.float32)
-    rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for c in range(0, len(stored), SCAN_BLOCK):
-        sims = units @ stored[c:c + SCAN_BLOCK].T
-        if c < novelty_cols:
-            np.maximum(best, sims[:, :novelty_cols - c].max(axis=1), out=best)
-        r, k = similar_pairs(sims)
-        rows.append(r)
-        cols.append(k + c)
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    order = np.argsort(rows, kind="stable")  # blocks ascend, so columns stay ascending within a row
-    return best, rows[order], cols[order]
+def stored_similarity(storage: SynapticStorage, units: np.ndarray, hashes: list) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [C], cosines [B, C]) of unit rows against their stored candidates: the recent FIFO (every row) and
+    each row's exact and suffix context matches (``hashes[b]``, or None); -inf where not a row's candidate."""
+    m = len(storage)
+    if not m:
+        return np.zeros(0, np.int64), np.zeros((len(units), 0), np.float32)
+    ids = storage._cols.id_array()
+    recent0 = max(0, m - RECENT)
+    per_row = [[] if h is None else storage.index.exact(h, storage.memories) + storage.index.suffix(h, storage.memories)
+               for h in hashes]
+    extra = np.unique(np.asarray([i for r in per_row for i in r], dtype=np.int64))
+    extra_rows = np.searchsorted(ids, extra)
+    old = extra_rows < recent0
+    extra, extra_rows = extra[old], extra_rows[old]
+    rows = np.concatenate([extra_rows, np.arange(recent0, m)]).astype(np.int64)
+    sims = units @ storage.unit_keys()[rows].T
+    mask = np.zeros(sims.shape, dtype=bool)
+    mask[:, len(extra_rows):] = True
+    col = {i: c for c, i in enumerate(extra.tolist())}
+    for b, r in enumerate(per_row):
+        mask[b, [col[i] for i in r if i in col]] = True
+    return ids[rows], np.where(mask, sims, -np.inf).astype(np.float32)
 
 
 def store_experiences(storage: SynapticStorage, keys: np.ndarray, values: np.ndarray, complexity: np.ndarray,
-                      surprise: np.ndarray, extras: list[dict] | None = None, rows: int = SCAN_ROWS) -> list[int]:
-    """Store a batch of experiences the way the agent does: novelty against what was stored before the
-    batch, importance from the seed's mix, one store per row in order, then the forgetting-rate decay.
-
-    The cosines of up to ``rows`` rows against every stored key are one blocked scan (``scan_stored``),
-    shared by novelty and the Hebbian associations."""
+                      surprise: np.ndarray, extras: list[dict] | None = None, rows: int = 128,
+                      weights=IMPORTANCE_WEIGHTS, memory_types="episodic") -> list[int]:
+    """Store a batch of experiences the way the agent does, ``rows`` at a time: novelty against the stored
+    candidates (``stored_similarity``), importance from the seed's mix (``weights``: a task's own, see
+    ``retrieval.TASK_IMPORTANCE``), one store per row in order, then the forgetting-rate decay. Cost per row
+    is bounded by the candidates, not by the store's size."""
     keys = np.asarray(keys, dtype=np.float32)
     values = np.asarray(values, dtype=np.float32)
     complexity, surprise = np.reshape(complexity, -1), np.reshape(surprise, -1)
     n = len(keys)
     extras = extras or [None] * n
-    m0, forgotten0 = len(storage), storage.forgotten
-    # Forgetting during the batch moves rows; novelty still compares with the memories before the batch. Only a
-    # chunk after the first can see rows moved, so a batch of one chunk needs no copy (a full store's every step).
-    before = storage.unit_keys().copy() if m0 and m0 + n > storage.capacity and n > rows else None
+    types = [memory_types] * n if isinstance(memory_types, str) else list(memory_types)
+    a, b, c = weights
     ids: list[int] = []
     for s in range(0, n, rows):
         e = min(n, s + rows)
         units = unit(keys[s:e])
-        intact = storage.forgotten == forgotten0
-        stored = storage.unit_keys() if len(storage) else units[:0]
-        best, hit_rows, hit_cols = scan_stored(units, stored, m0 if intact else 0)
-        if not m0:
-            novelty = np.ones(e - s, dtype=np.float32)
+        prior = stored_similarity(storage, units, [None if x is None else x.get("hashes") for x in extras[s:e]])
+        if prior[1].shape[1]:
+            novelty = 1 - np.clip(np.max(prior[1], axis=1), 0, 1)
         else:
-            if not intact:
-                best = scan_stored(units, before, len(before))[0]
-            novelty = 1 - np.clip(best, 0, 1)
-        importance = experience_importance(complexity[s:e], surprise[s:e], novelty)
-        prior = (storage._cols.id_array(), hit_rows, hit_cols)
-        ids += storage.store_many(keys[s:e], values[s:e], importance.tolist(), extras[s:e], prior=prior)
+            novelty = np.ones(e - s, dtype=np.float32)
+        importance = a * complexity[s:e] + b * surprise[s:e] + c * novelty
+        ids += storage.store_many(keys[s:e], values[s:e], importance.tolist(), extras[s:e], types[s:e], prior=prior)
     storage.decay()
     return ids

@@ -325,18 +325,44 @@ class CrossbarArray:
         self.device = device(self.device)
         self.ledger = Ledger()
         self.rng = np.random.default_rng(self.seed)
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.written = np.zeros(0, dtype=np.float64)
-        self._w = np.zeros((0, self.dim), dtype=np.float32)  # normalised effective weights
-        self._scale = np.zeros(0, dtype=np.float32)
-        self._gsum = np.zeros(0, dtype=np.float32)
-        self._epoch = np.zeros(0, dtype=np.int64)  # drift grid cell each column was evaluated at
+        # Growable columns (amortised appends, one compaction per removal batch): a store at 100,000 memories
+        # programs one column per step, which must not copy every other column.
+        from m3edge.memory.synaptic import Columns
+
+        self._cols = Columns()
         # Reads at times in [_fresh_from, _fresh_until) find every column in the grid cell it was evaluated at
         # (a cell only changes when a column's age crosses the next grid point), so they skip the check.
         self._fresh_from, self._fresh_until = math.inf, -math.inf
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self._cols.n
+
+    def _col(self, name: str, shape=(), dtype=np.float32) -> np.ndarray:
+        return self._cols.get(name) if name in self._cols.cols else np.zeros((0,) + shape, dtype=dtype)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._cols.id_array()
+
+    @property
+    def written(self) -> np.ndarray:
+        return self._col("written", dtype=np.float64)
+
+    @property
+    def _w(self) -> np.ndarray:  # normalised effective weights ([n, 0] on an exact device)
+        return self._col("w", (0,))
+
+    @property
+    def _scale(self) -> np.ndarray:
+        return self._col("scale")
+
+    @property
+    def _gsum(self) -> np.ndarray:
+        return self._col("gsum")
+
+    @property
+    def _epoch(self) -> np.ndarray:  # drift grid cell each column was evaluated at
+        return self._col("epoch", dtype=np.int64)
 
     def _epochs(self, age: np.ndarray) -> np.ndarray:
         dev = self.device
@@ -357,12 +383,9 @@ class CrossbarArray:
             gsum = (2 * self.dim * dev.g_min + (dev.g_max - dev.g_min) * a.sum(axis=1)
                     / np.maximum(a.max(axis=1), 1e-12)).astype(np.float32)
             w, scale = np.zeros((len(ids), 0), np.float32), np.ones(len(ids), np.float32)
-        self.ids = np.concatenate([self.ids, ids])
-        self.written = np.concatenate([self.written, written])
-        self._w = np.concatenate([self._w, w]) if w.shape[1] else self._w
-        self._scale = np.concatenate([self._scale, scale])
-        self._gsum = np.concatenate([self._gsum, gsum])
-        self._epoch = np.concatenate([self._epoch, self._epochs(np.zeros(len(ids)))])
+        self._cols.extend(ids.tolist(), {"written": written, "w": np.asarray(w, np.float32),
+                                         "scale": np.asarray(scale, np.float32), "gsum": np.asarray(gsum, np.float32),
+                                         "epoch": self._epochs(np.zeros(len(ids)))})
         self._fresh_from, self._fresh_until = math.inf, -math.inf  # new columns: check them at the next read
         if account:
             self.account_writes(len(ids))
@@ -378,10 +401,14 @@ class CrossbarArray:
         """Make the columns match the caller's rows: drop the ids it no longer holds, program the new ones.
         Ids only grow, so new rows are the ones past the last id held."""
         ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) == len(self.ids) and np.array_equal(ids, self.ids):
+        # Ids ascend, rows are only appended (larger ids) or removed (fewer rows): equal length and equal first
+        # and last ids mean the same rows, without comparing every id on every read.
+        if len(ids) == len(self.ids) and (not len(ids) or (ids[0] == self.ids[0] and ids[-1] == self.ids[-1])):
             return
-        if len(self.ids):
-            gone = self.ids[~np.isin(self.ids, ids)]
+        held = self.ids
+        appended = len(held) and len(ids) >= len(held) and ids[0] == held[0] and ids[len(held) - 1] == held[-1]
+        if len(held) and not appended:  # rows were removed (appends alone keep the held prefix)
+            gone = held[~np.isin(held, ids)]
             if len(gone):
                 self.remove(gone)
         start = int(np.searchsorted(ids, self.ids[-1], side="right")) if len(self.ids) else 0
@@ -390,11 +417,8 @@ class CrossbarArray:
             self.write(ids[start:], np.asarray(weights)[start:], written[start:], account)
 
     def remove(self, ids) -> None:
-        keep = ~np.isin(self.ids, np.asarray(list(ids), dtype=np.int64))
-        self.ids, self.written = self.ids[keep], self.written[keep]
-        if self._w.shape[0]:
-            self._w = self._w[keep]
-        self._scale, self._gsum, self._epoch = self._scale[keep], self._gsum[keep], self._epoch[keep]
+        ids = np.asarray(list(ids), dtype=np.int64)
+        self._cols.remove(ids[np.isin(ids, self.ids)].tolist())
 
     def _refresh_drift(self, weights: np.ndarray, now: float) -> None:
         """Re-evaluate drift for the columns whose age crossed a grid point since they were last evaluated."""
@@ -417,29 +441,31 @@ class CrossbarArray:
         edge = dev.drift_t0 * np.exp((self._epoch + 1) * math.log1p(self.drift_grid))
         return float(np.min(self.written + edge * (1 - 1e-6) - 1e-3))
 
-    def read(self, x: np.ndarray, weights: np.ndarray, now: float = 0.0) -> np.ndarray:
+    def read(self, x: np.ndarray, weights: np.ndarray, now: float = 0.0, cols: np.ndarray | None = None) -> np.ndarray:
         """Scores [N, n] ~ x @ weights.T for inputs x [N, dim]; ``weights`` are the caller's exact rows,
-        aligned with the columns (an exact device computes with them directly)."""
+        aligned with the columns (an exact device computes with them directly). ``cols``: read only these
+        columns (a tiled array drives only the tiles that hold them; energy is charged for those)."""
         x = np.asarray(x, dtype=np.float32)
         dev = self.device
-        n_cols = len(self.ids)
+        sel = slice(None) if cols is None else np.asarray(cols, dtype=np.int64)
+        n_cols = len(self.ids) if cols is None else len(sel)
         if dev.exact:
-            out = x @ weights.T
+            out = x @ np.asarray(weights)[sel].T
             x_sq = float(np.mean(x.astype(np.float64) ** 2)) if x.size else 0.0
         else:
             self._refresh_drift(np.asarray(weights), now)
             xmax = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-12)
             xn = quantize_signed(x / xmax, dev.dac_bits, 1.0)
-            y = xn @ self._w.T
+            y = xn @ self._w[sel].T
             if dev.read_noise:
                 # Independent device noise summed along a column: N(0, sigma^2 sum_i xn_i^2 (2 devices)).
                 sigma = dev.read_noise * dev.g_max / (dev.g_max - dev.g_min)
                 std = sigma * np.sqrt(2.0 * (xn.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
                 y = y + (self.rng.standard_normal(y.shape) * std).astype(np.float32)
             y = quantize_signed(y, dev.adc_bits, dev.out_bound)
-            out = (y * xmax * self._scale[None, :]).astype(np.float32)
+            out = (y * xmax * self._scale[sel][None, :]).astype(np.float32)
             x_sq = float(np.mean(xn.astype(np.float64) ** 2)) if xn.size else 0.0
-        pj, ns = read_cost(len(x), x_sq, float(self._gsum.sum(dtype=np.float64)), n_cols, self.dim, dev)
+        pj, ns = read_cost(len(x), x_sq, float(self._gsum[sel].sum(dtype=np.float64)), n_cols, self.dim, dev)
         self.ledger.reads += len(x)
         self.ledger.read_pj += pj
         self.ledger.read_ns += ns

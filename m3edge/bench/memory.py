@@ -1,0 +1,233 @@
+"""What long-term memory buys and costs, measured through the agent's real paths (``m3edge bench --suite memory``).
+
+- recall: a fact stated once (``secret_code = '<11 random characters>'``), then N kB of unrelated real text, then
+  the cue ``secret_code = '``; the share of the fact's bytes greedy decoding reproduces, memory on and off, for
+  the torch agent and each bundle, on the ``ideal`` and ``reram`` crossbars.
+- decode: bytes/s of greedy decoding with memory on after 0, 1k, 10k and 100k stored memories (real text
+  ingested as a prompt), beside memory off on the same agent; the prompt's ingestion time; RSS growth over a
+  1,024-byte generation.
+Every figure is a ratio against a baseline measured in the same run, or a time the issue bounds.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CUE = b"secret_code = '"
+ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def current_rss_mb() -> float:
+    """Resident set size now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def recall_case(filler: np.ndarray, n_kb: int, trial: int, code_len: int = 11) -> tuple[bytes, bytes]:
+    """(prompt, the code it states): a line of text, the fact, N kB of other text cut at a line end, the cue."""
+    rng = np.random.default_rng(1000 + trial)
+    code = bytes(rng.choice(list(ALPHABET), code_len).tolist())
+    start = int(rng.integers(0, max(1, len(filler) - n_kb * 1024 - 4096)))
+    text = bytes(filler[start:start + n_kb * 1024 + 2048])
+    head_end = text.index(b"\n", 200) + 1 if b"\n" in text[200:] else 200
+    body = text[head_end:head_end + n_kb * 1024]
+    body = body[: body.rfind(b"\n") + 1] or body + b"\n"
+    prompt = text[:head_end] + CUE + code + b"'\n" + body + CUE
+    return prompt, code
+
+
+def reproduced(out: bytes, code: bytes) -> float:
+    return sum(a == b for a, b in zip(out, code)) / len(code)
+
+
+@dataclass
+class TorchAgent:
+    """The torch reference (a fresh memory per case)."""
+
+    checkpoint: str
+    device: str = "ideal"
+
+    def __post_init__(self):
+        from m3edge import checkpoint
+
+        self.agent = checkpoint.load(self.checkpoint)
+        self.agent.memory.crossbar = type(self.agent.memory.crossbar)(self.device)
+
+    def generate(self, prompt: bytes, n: int, use_memory: bool) -> bytes:
+        self.agent.memory.reset(capacity=100_000)
+        return self.agent.generate(prompt, n, use_memory=use_memory)
+
+
+@dataclass
+class BundleAgent:
+    """A bundle through the torch-free runtime (a fresh EdgeAgent, so a fresh memory, per case)."""
+
+    bundle: str
+    device: str = "ideal"
+    threads: int = 2
+    agent: object = field(default=None, repr=False)
+
+    def open(self):
+        from m3edge.runtime.agent import EdgeAgent
+
+        if self.agent is not None:
+            self.agent.close()
+        self.agent = EdgeAgent.open(self.bundle, threads=self.threads, memory_device=self.device)
+        return self.agent
+
+    def generate(self, prompt: bytes, n: int, use_memory: bool) -> bytes:
+        return self.open().generate(prompt, n, use_memory=use_memory)
+
+
+def recall_bench(engines: dict, filler: np.ndarray, sizes_kb=(1, 4, 16, 64), trials: int = 5,
+                 progress=None) -> dict:
+    """Per engine, per N kB: mean share of the code reproduced with memory on and off."""
+    rows = []
+    for name, eng in engines.items():
+        for n_kb in sizes_kb:
+            on, off = [], []
+            t = time.perf_counter()
+            for trial in range(trials):
+                prompt, code = recall_case(filler, n_kb, trial)
+                on.append(reproduced(eng.generate(prompt, len(code), True), code))
+                off.append(reproduced(eng.generate(prompt, len(code), False), code))
+            rows.append({"engine": name, "kb": n_kb, "trials": trials, "memory_on": float(np.mean(on)),
+                         "memory_off": float(np.mean(off)), "seconds": time.perf_counter() - t})
+            if progress:
+                progress(f"recall {name} {n_kb} kB: on {rows[-1]['memory_on']:.0%}, off {rows[-1]['memory_off']:.0%}")
+    return {"cue": CUE.decode(), "code_bytes": 11, "rows": rows}
+
+
+def decode_bench(bundle: str, text: np.ndarray, sizes=(0, 1_000, 10_000, 100_000), n_bytes: int = 256,
+                 rss_bytes: int = 1024, threads: int = 2, progress=None) -> dict:
+    """Greedy bytes/s with memory on after ``sizes`` stored memories, against memory off on the same agent."""
+    from m3edge.runtime.agent import EdgeAgent
+
+    rows = []
+    cue = b"\n    def "
+    for size in sizes:
+        agent = EdgeAgent.open(bundle, threads=threads)
+        t = time.perf_counter()
+        if size:
+            agent.generate(bytes(text[: size + 1]), 0)  # stores `size` experiences in one batched pass
+        fill_s = time.perf_counter() - t
+        prompt_4k = bytes(text[len(text) - 4097:])
+        agent.generate(cue, 8, use_memory=False)  # warm every session up
+        t = time.perf_counter()
+        agent.generate(cue, n_bytes, use_memory=False)
+        off = n_bytes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        agent.generate(cue, n_bytes)
+        on = n_bytes / (time.perf_counter() - t)
+        t = time.perf_counter()
+        agent.generate(prompt_4k, 0)  # a 4 KB prompt ingested
+        ingest = time.perf_counter() - t
+        gc.collect()
+        rss0 = current_rss_mb()
+        agent.generate(cue, rss_bytes)
+        gc.collect()
+        rss1 = current_rss_mb()
+        rows.append({"memories": len(agent.memory), "fill_s": fill_s, "bytes_per_s_memory_off": off,
+                     "bytes_per_s_memory_on": on, "ratio": on / off, "ingest_4kb_s": ingest,
+                     "rss_growth_mb": rss1 - rss0, "rss_mb": rss1, "capacity": agent.memory.capacity})
+        if progress:
+            progress(f"decode at {size} memories: on {on:.0f} B/s, off {off:.0f} B/s ({on / off:.0%}); "
+                     f"4 KB prompt {ingest:.2f} s; RSS +{rss1 - rss0:.1f} MB")
+        agent.close()
+    return {"bytes": n_bytes, "rows": rows}
+
+
+def eval_memory(path: str, texts: dict, max_bytes: int | None = None) -> list[dict]:
+    """``m3edge eval PATH --memory --json`` on each text: bits/byte with memory beside without."""
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for name, file in texts.items():
+        args = [sys.executable, "-m", "m3edge.cli", "eval", str(path), "--data", str(file), "--memory", "--json"]
+        if max_bytes:
+            args += ["--max-bytes", str(max_bytes)]
+        r = subprocess.run(args, capture_output=True, text=True, check=True)
+        m = json.loads(r.stdout)["memory"]
+        rows.append({"text": name, "file": str(file), **m})
+    return rows
+
+
+def run_memory(checkpoint: str, bundles: dict, data_dir: Path, sizes_kb=(1, 4, 16, 64), trials: int = 5,
+               decode_sizes=(0, 1_000, 10_000, 100_000), progress=None) -> dict:
+    """The whole memory suite: online eval, recall (torch and bundles, ideal and reram), decode at scale."""
+    from m3edge.data import load_split, read_bytes
+
+    data_dir = Path(data_dir)
+    say = progress or (lambda m: None)
+    res = {"eval": eval_memory(checkpoint, {"eval": data_dir / "eval.txt", "prose": data_dir / "prose.txt"})}
+    say(f"online eval: {res['eval']}")
+    filler = load_split(data_dir, "eval")
+    engines = {"torch": TorchAgent(checkpoint), "torch-reram": TorchAgent(checkpoint, "reram")}
+    for name, b in bundles.items():
+        engines[name] = BundleAgent(b)
+    engines[f"{next(iter(bundles))}-reram"] = BundleAgent(next(iter(bundles.values())), "reram")
+    res["recall"] = recall_bench(engines, filler, sizes_kb, trials, progress)
+    fill = np.concatenate([load_split(data_dir, "calibration"), load_split(data_dir, "eval"),
+                           read_bytes(data_dir / "prose.txt")])
+    res["decode"] = decode_bench(next(iter(bundles.values())), fill, decode_sizes, progress=progress) \
+        | {"bundle": next(iter(bundles))}
+    res["goals"] = goals(res)
+    return res
+
+
+def goals(res: dict) -> list[dict]:
+    """The memory issue's goals, judged on this run's own numbers."""
+    out = []
+    for row in res.get("eval", []):
+        out.append({"goal": f"online bits/byte with memory <= 0.85x without ({row['text']})",
+                    "measured": row["ratio"], "target": 0.85, "met": row["ratio"] <= 0.85})
+    by = {(r["engine"], r["kb"]): r for r in res.get("recall", {}).get("rows", [])}
+    for (eng, kb), r in sorted(by.items()):
+        if kb == 4 and not eng.endswith("reram"):
+            out.append({"goal": f"recall after 4 kB, {eng}: >= 90% on, < 10% off", "measured": [r["memory_on"], r["memory_off"]],
+                        "met": r["memory_on"] >= 0.9 and r["memory_off"] < 0.1})
+        if eng.endswith("-reram") and (eng[: -len("-reram")], kb) in by:
+            ideal = by[(eng[: -len("-reram")], kb)]["memory_on"]
+            out.append({"goal": f"reram within 10 points of ideal at {kb} kB ({eng})", "measured": r["memory_on"] - ideal,
+                        "met": r["memory_on"] >= ideal - 0.10})
+    rows = res.get("decode", {}).get("rows", [])
+    if rows:
+        last = rows[-1]
+        out.append({"goal": f"decode with memory on at {last['memories']} memories >= 50% of memory off",
+                    "measured": last["ratio"], "target": 0.5, "met": last["ratio"] >= 0.5})
+        worst = max(r["ingest_4kb_s"] for r in rows)
+        out.append({"goal": "a 4 KB prompt ingested in under 1 s", "measured": worst, "target": 1.0, "met": worst < 1.0})
+        rss = max(r["rss_growth_mb"] for r in rows)
+        out.append({"goal": "RSS growth under a 1,024-byte generation < 50 MB", "measured": rss, "target": 50,
+                    "met": rss < 50})
+    return out
+
+
+def format_memory(res: dict) -> str:
+    lines = ["online eval with memory (bits/byte):"]
+    for r in res.get("eval", []):
+        lines.append(f"  {r['text']:<6} {r['bits_per_byte']:.4f} with, {r['bits_per_byte_without']:.4f} without "
+                     f"({r['ratio']:.3f}x), {r['memories']} memories")
+    lines.append("recall (share of the fact's bytes reproduced, memory on / off):")
+    for r in res.get("recall", {}).get("rows", []):
+        lines.append(f"  {r['engine']:<16} {r['kb']:>3} kB  {r['memory_on']:6.1%} / {r['memory_off']:6.1%}")
+    lines.append("decode (greedy bytes/s):")
+    for r in res.get("decode", {}).get("rows", []):
+        lines.append(f"  {r['memories']:>7} memories  on {r['bytes_per_s_memory_on']:7.1f}  off "
+                     f"{r['bytes_per_s_memory_off']:7.1f}  ({r['ratio']:.0%})  4 KB prompt {r['ingest_4kb_s']:.2f} s  "
+                     f"RSS +{r['rss_growth_mb']:.1f} MB")
+    for g in goals(res):
+        lines.append(f"  {'MET ' if g['met'] else 'MISS'} {g['goal']}: {g['measured']}")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Bounded retrieval candidates: what a query is scored against, at any store size.
+
+The seed's associator scores every stored memory, which costs O(M) per step (and made the old store's links
+quadratic). A query here is scored only against
+  - the recent FIFO: the last ``RECENT`` memories (the seed's sensory FIFO buffer, as retrieval sees it),
+  - exact-context matches: memories whose last ``context`` bytes equal the query's (``factual`` retrieval),
+  - suffix matches: memories sharing the query's last ``context // 2`` or ``context // 4`` bytes, so a similar
+    context seen long ago (beyond the FIFO) is still found,
+  - scene matches: the most recent memories stored under the query's scene string (``contextual_match``).
+Each hash bucket keeps its ``BUCKET`` most recent ids, so a query has at most RECENT + 4 * BUCKET candidates
+whatever the store holds (100,000 memories or 10). Hash lists are pruned lazily: a forgotten id is dropped when
+its bucket is next read.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+RECENT = 1024  # the FIFO every query scans (training's in-stream bank has the same size)
+BUCKET = 32  # ids kept per exact / suffix / scene bucket (the most recent)
+_P = 0x100000001B3  # odd multiplier of the polynomial hash (FNV's prime)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64's finaliser
+
+
+def suffix_orders(context: int) -> tuple[int, ...]:
+    """Context lengths hashed: the full window (exact match) and two shorter suffixes, longest first (always
+    three, so every memory has three hash columns; a short context repeats a length)."""
+    return tuple(max(1, context // f) for f in (1, 2, 4))
+
+
+def _powers(order: int) -> np.ndarray:
+    p = np.ones(order, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(order - 2, -1, -1):
+            p[i] = p[i + 1] * np.uint64(_P)
+    return p
+
+
+def window_hashes(windows: np.ndarray, orders: tuple[int, ...]) -> np.ndarray:
+    """[N, len(orders)] int64: a 64-bit hash of each window's last n bytes, for every n in ``orders``
+    (polynomial in the bytes, wrapping mod 2^64, then splitmix64's finaliser; one product per order). Equal
+    contexts hash equal; two different ones collide with probability about 2^-64."""
+    w = np.ascontiguousarray(windows, dtype=np.uint64)
+    k = w.shape[1]
+    out = np.zeros((len(w), len(orders)), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j, order in enumerate(orders):
+            h = w[:, k - order:] @ _powers(order) + np.uint64(order)
+            h ^= h >> np.uint64(30)
+            h *= _MIX1
+            h ^= h >> np.uint64(27)
+            h *= _MIX2
+            h ^= h >> np.uint64(31)
+            out[:, j] = h
+    out = out.view(np.int64)
+    out[out == 0] = 1  # 0 means "no context" (a memory stored without hashes)
+    return out
+
+
+class ContextIndex:
+    """Hash buckets (per order, per scene) of the most recent ids; the FIFO is the store's last rows."""
+
+    def __init__(self, n_orders: int):
+        self.buckets: list[dict[int, deque]] = [{} for _ in range(n_orders)]
+        self.scenes: dict[str, deque] = {}
+
+    def add(self, mid: int, hashes, scene: str = "") -> None:
+        if hashes is not None and len(hashes) and not self.buckets:
+            self.buckets = [{} for _ in hashes]
+        for table, h in zip(self.buckets, () if hashes is None else hashes):
+            if not h:
+                continue
+            q = table.get(int(h))
+            if q is None:
+                q = table[int(h)] = deque(maxlen=BUCKET)
+            q.append(mid)
+        if scene:
+            q = self.scenes.get(scene)
+            if q is None:
+                q = self.scenes[scene] = deque(maxlen=BUCKET)
+            q.append(mid)
+
+    def exact(self, hashes, alive) -> list[int]:
+        """Ids stored after exactly this context (the full-window hash), oldest first."""
+        return self._read(self.buckets[0], int(hashes[0]), alive) if self.buckets else []
+
+    def suffix(self, hashes, alive) -> list[int]:
+        return [i for table, h in zip(self.buckets[1:], hashes[1:]) for i in self._read(table, int(h), alive)]
+
+    def scene(self, scene: str, alive) -> list[int]:
+        return self._read(self.scenes, scene, alive) if scene else []
+
+    @staticmethod
+    def _read(table: dict, h, alive) -> list[int]:
+        q = table.get(h)
+        if not q:
+            return []
+        ids = [i for i in q if i in alive]
+        if len(ids) < len(q):  # prune forgotten ids
+            q.clear()
+            q.extend(ids)
+        return ids
