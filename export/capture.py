@@ -71,10 +71,14 @@ def capture(agent, text: np.ndarray, n_tokens: int) -> Captured:
     cap = Captured()
     cap.inputs[("encoder", None, None)] = (w.numpy(),)
     cap.inputs[("memory", None, None)] = (enc.x.numpy(), next_bytes.numpy())
-    ones = torch.ones(len(pos), 6)
-    cap.inputs[("alignment", None, None)] = (enc.x.numpy(), mem.numpy(), ones.numpy())
+    # Every task type's input in turn (general the most): an INT8 alignment is calibrated over all of them.
+    from m3edge.memory.retrieval import TASK_TYPES, task_vector
+
+    tasks = [task_vector("general")] * len(TASK_TYPES) + [task_vector(t) for t in TASK_TYPES]
+    task = torch.from_numpy(np.stack([tasks[i % len(tasks)] for i in range(len(pos))]))
+    cap.inputs[("alignment", None, None)] = (enc.x.numpy(), mem.numpy(), task.numpy())
     x = enc.x
-    bias = agent.alignment(x, mem, ones)[0]
+    bias = agent.alignment(x, mem, task)[0]
     for layer, (norm, moe) in enumerate(zip(agent.norms, agent.layers)):
         cap.inputs[("router", layer, None)] = (x.numpy(), bias.numpy())
         h = norm(x)

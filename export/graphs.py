@@ -3,8 +3,8 @@
   encoder    windows [T, K] int64           -> x [T, d], key [T, m], complexity [T, 1],
                                                context_key [T, m] (unit-length context-encoder view of key)
   memory     x [T, d], next_byte [T] int64  -> value [T, d] (the experience the long-term store keeps)
-  alignment  x [T, d], memory [T, d],       -> bias [T, E], preference [T, 6] (memory types, task-weighted)
-             task [T, 6]
+  alignment  x [T, d], memory [T, d],       -> bias [T, E], type_scores [T, 6] (memory types; argmax = a memory's
+             task [T, 6] (log preferences)       type)
   router L   x [T, d], bias [T, E]          -> h [T, d] (the layer's pre-norm), logits [T, E]
   expert L,e h [C, d]                       -> y [C, d]      one graph per expert, exported on its own
                                                                (its exact single-token view: export/views.py)
@@ -167,7 +167,7 @@ def split(agent, token_buckets, capacity_buckets, bank_rows: int | None = None) 
         GraphSpec("memory", MemoryGraph(agent), [Port("x", (d,)), Port("next_byte", (), "int64")],
                   [Port("value", (d,))], tb, reference=MemoryReference(agent)),
         GraphSpec("alignment", AlignmentGraph(agent), [Port("x", (d,)), Port("memory", (d,)), Port("task", (6,))],
-                  [Port("bias", (e,)), Port("preference", (6,))], tb),
+                  [Port("bias", (e,)), Port("type_scores", (6,))], tb),
     ]
     for layer in range(cfg.n_layers):
         specs.append(GraphSpec("router", RouterGraph(agent, layer), [Port("x", (d,)), Port("bias", (e,))],

@@ -65,7 +65,7 @@ def targets(as_json):
 @click.option("--config", "config_file", type=click.Path(), help="Model config JSON instead of a preset.")
 @click.option("--data", "data_dir", type=click.Path(), help="Folder with train.txt and eval.txt.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Checkpoint directory to write.")
-@click.option("--steps", default=3000, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=3600, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=1024, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")

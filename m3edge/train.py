@@ -26,7 +26,7 @@ from m3edge.data import load_split, windows
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 3600
     batch: int = 1024  # tokens per step
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -84,6 +84,13 @@ def _prose(agent, data_dir, tc: TrainConfig) -> dict | None:
     return evaluate_online(agent, read_bytes(path), max_bytes=tc.eval_bytes) if path.is_file() else None
 
 
+def _log(curve: list, step: int, tc: TrainConfig, ce, ce_lm, memory: bool, out) -> None:
+    if step % tc.log_every == 0 or step == tc.steps - 1:
+        curve.append({"step": step, "loss": ce.item(), "bits_per_byte": ce.item() / math.log(2),
+                      "lm_bits_per_byte": ce_lm.item() / math.log(2), "memory": memory,
+                      "balance_loss": out.balance_loss.item()})
+
+
 def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
     """Returns (agent, report). ``progress`` is an optional callable(step, loss)."""
     from m3edge.evaluate import baselines, evaluate, evaluate_online
@@ -109,6 +116,21 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
     for step in range(tc.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
+        use_memory = rng.random() < tc.memory_prob
+        if not use_memory:  # the memory-off objective: independent positions, the most varied batch
+            pos = rng.integers(0, len(text), tc.batch)
+            target = torch.from_numpy(text[pos].astype(np.int64))
+            out = agent.decode(agent.encode(torch.from_numpy(windows(text, pos, cfg.context))))
+            ce = ce_lm = F.cross_entropy(out.logits, target)
+            loss = ce + out.balance_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), 1.0)
+            opt.step()
+            _log(curve, step, tc, ce, ce_lm, False, out)
+            if progress:
+                progress(step, ce.item())
+            continue
         reset = rng.random(S) < 1.0 / tc.reset_every
         over = start + T >= len(text)
         jump = reset | over
@@ -122,27 +144,21 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
         qhash = torch.from_numpy(window_hashes(w, order)[:, 0])
         enc = agent.encode(torch.from_numpy(w))
         ctx = agent.memory.context_keys(enc.key)
-        use_memory = rng.random() < tc.memory_prob
-        if use_memory:
-            cur = lambda a: a.detach().reshape(S, T, *a.shape[1:])  # noqa: E731
-            bkey = torch.cat([bank["key"], cur(enc.key)], 1)
-            bctx = torch.cat([bank["ctx"], cur(ctx)], 1)
-            bx = torch.cat([bank["x"], cur(enc.x)], 1)
-            bhash = torch.cat([bank["hash"], qhash.reshape(S, T)], 1)
-            bbyte = torch.cat([bank["byte"], target.reshape(S, T)], 1)
-            nb = bank["key"].shape[1]
-            causal = torch.arange(T)[None, :] < torch.arange(T)[:, None]
-            mask = torch.cat([filled[:, None, :].expand(S, T, nb), causal.expand(S, T, T)], 2)
-            context, read = bank_read(agent, enc.key.reshape(S, T, -1), ctx.reshape(S, T, -1), qhash.reshape(S, T),
-                                      bkey, bctx, bhash, bbyte, bx, mask)
-            out = agent.decode(enc, context, None, read)
-            ce = F.cross_entropy(out.logits, target)
-            ce_lm = F.cross_entropy(out.lm_logits, target)
-            loss = ce + ce_lm + out.balance_loss
-        else:
-            out = agent.decode(enc)
-            ce = ce_lm = F.cross_entropy(out.logits, target)
-            loss = ce + out.balance_loss
+        cur = lambda a: a.detach().reshape(S, T, *a.shape[1:])  # noqa: E731
+        bkey = torch.cat([bank["key"], cur(enc.key)], 1)
+        bctx = torch.cat([bank["ctx"], cur(ctx)], 1)
+        bx = torch.cat([bank["x"], cur(enc.x)], 1)
+        bhash = torch.cat([bank["hash"], qhash.reshape(S, T)], 1)
+        bbyte = torch.cat([bank["byte"], target.reshape(S, T)], 1)
+        nb = bank["key"].shape[1]
+        causal = torch.arange(T)[None, :] < torch.arange(T)[:, None]
+        mask = torch.cat([filled[:, None, :].expand(S, T, nb), causal.expand(S, T, T)], 2)
+        context, read = bank_read(agent, enc.key.reshape(S, T, -1), ctx.reshape(S, T, -1), qhash.reshape(S, T),
+                                  bkey, bctx, bhash, bbyte, bx, mask)
+        out = agent.decode(enc, context, None, read)
+        ce = F.cross_entropy(out.logits, target)
+        ce_lm = F.cross_entropy(out.lm_logits, target)
+        loss = ce + ce_lm + out.balance_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(agent.parameters(), 1.0)
@@ -152,10 +168,7 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
             for name, a in new.items():
                 bank[name] = torch.cat([bank[name], a.detach().reshape(S, T, *a.shape[1:])], 1)[:, -RECENT:]
             filled = torch.cat([filled, torch.ones(S, T, dtype=torch.bool)], 1)[:, -RECENT:]
-        if step % tc.log_every == 0 or step == tc.steps - 1:
-            curve.append({"step": step, "loss": ce.item(), "bits_per_byte": ce.item() / math.log(2),
-                          "lm_bits_per_byte": ce_lm.item() / math.log(2), "memory": bool(use_memory),
-                          "balance_loss": out.balance_loss.item()})
+        _log(curve, step, tc, ce, ce_lm, True, out)
         if progress:
             progress(step, ce.item())
     agent.eval()

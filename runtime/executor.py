@@ -254,8 +254,8 @@ class BundleExecutor:
         return self.run_tokens("memory", [x, next_bytes.astype(np.int64)])[0]
 
     def align(self, x: np.ndarray, memory: np.ndarray, task: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(router bias, memory-type preference); ``task`` [6] or [N, 6] (ones: no task preference)."""
-        t = np.ones((len(x), 6), np.float32) if task is None else np.broadcast_to(task, (len(x), 6)).astype(np.float32)
+        """(router bias, memory-type scores); ``task`` [6] or [N, 6] (``retrieval.task_vector``; zeros: none)."""
+        t = np.zeros((len(x), 6), np.float32) if task is None else np.broadcast_to(task, (len(x), 6)).astype(np.float32)
         return tuple(self.run_tokens("alignment", [x, memory.astype(np.float32), t]))
 
     def read(self, logits: np.ndarray, read) -> np.ndarray:

@@ -209,3 +209,31 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_memory_that_matters_gives_the_same_logits_and_bytes_on_the_bundle(tiny_bundle, tiny_checkpoint):
+    """A fact stated once, 2 kB of other text, then its cue: memory changes the continuation, and the bundle's
+    log-probabilities (through its reader graph) match torch's within 1e-4, greedy bytes identical."""
+    fact = b"\nsecret_code = 'QXZ7731PLUM'\n"
+    filler = bytes(load_split(DATA, "eval")[:2048])
+    prompt = b"import os\n" + fact + filler + b"\nsecret_code = '"
+    agent = checkpoint.load(tiny_checkpoint, clock=clock)
+    torch_on = agent.generate(prompt, 11)
+    w = torch.from_numpy(windows(np.frombuffer(prompt + torch_on, dtype=np.uint8), np.array([len(prompt) + 11]), 8))
+    torch_logp = agent.step(w).logits[0].numpy()
+    agent.memory.reset()
+    torch_off = agent.generate(prompt, 11, use_memory=False)
+    with EdgeAgent.open(tiny_bundle, clock=clock) as e:
+        assert e.generate(prompt, 11) == torch_on
+        logp = e.step(prompt + torch_on)
+        assert len(e.memory) == len(prompt) - 1 + 11
+    with EdgeAgent.open(tiny_bundle, clock=clock) as e:
+        assert e.generate(prompt, 11, use_memory=False) == torch_off
+    assert torch_on != torch_off  # memory changed what the agent predicts
+    assert np.abs(logp - torch_logp).max() <= 1e-4
+    with EdgeAgent.open(tiny_bundle, clock=clock) as e:  # factual: exact context matches or nothing
+        e.generate(prompt, 0)
+        unseen = b"QWERTYUIOPASDFGHJKLZ"  # no window of it was ever stored: factual retrieves nothing
+        assert e.generate(unseen, 4, mode="factual") == e.generate(unseen, 4, use_memory=False)
+        with pytest.raises(ValueError, match="unknown retrieval mode"):
+            e.generate(prompt, 1, mode="fuzzy")

@@ -447,8 +447,10 @@ class CrossbarArray:
         columns (a tiled array drives only the tiles that hold them; energy is charged for those)."""
         x = np.asarray(x, dtype=np.float32)
         dev = self.device
-        sel = slice(None) if cols is None else np.asarray(cols, dtype=np.int64)
-        n_cols = len(self.ids) if cols is None else len(sel)
+        sel = slice(None) if cols is None else cols if isinstance(cols, slice) else np.asarray(cols, dtype=np.int64)
+        if isinstance(sel, np.ndarray) and sel.ndim == 2:
+            return self._read_gathered(x, weights, now, sel)
+        n_cols = len(range(*sel.indices(len(self)))) if isinstance(sel, slice) else len(sel)
         if dev.exact:
             out = x @ np.asarray(weights)[sel].T
             x_sq = float(np.mean(x.astype(np.float64) ** 2)) if x.size else 0.0
@@ -466,6 +468,32 @@ class CrossbarArray:
             out = (y * xmax * self._scale[sel][None, :]).astype(np.float32)
             x_sq = float(np.mean(xn.astype(np.float64) ** 2)) if xn.size else 0.0
         pj, ns = read_cost(len(x), x_sq, float(self._gsum[sel].sum(dtype=np.float64)), n_cols, self.dim, dev)
+        self.ledger.reads += len(x)
+        self.ledger.read_pj += pj
+        self.ledger.read_ns += ns
+        return out
+
+
+    def _read_gathered(self, x: np.ndarray, weights: np.ndarray, now: float, cols: np.ndarray) -> np.ndarray:
+        """[N, E]: query i read against its own columns cols[i] (the same device model as ``read``)."""
+        dev = self.device
+        if dev.exact:
+            out = np.einsum("nm,nem->ne", x, np.asarray(weights)[cols])
+            x_sq = float(np.mean(x.astype(np.float64) ** 2)) if x.size else 0.0
+        else:
+            self._refresh_drift(np.asarray(weights), now)
+            xmax = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-12)
+            xn = quantize_signed(x / xmax, dev.dac_bits, 1.0)
+            y = np.einsum("nm,nem->ne", xn, self._w[cols])
+            if dev.read_noise:
+                sigma = dev.read_noise * dev.g_max / (dev.g_max - dev.g_min)
+                std = sigma * np.sqrt(2.0 * (xn.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
+                y = y + (self.rng.standard_normal(y.shape) * std).astype(np.float32)
+            y = quantize_signed(y, dev.adc_bits, dev.out_bound)
+            out = (y * xmax * self._scale[cols]).astype(np.float32)
+            x_sq = float(np.mean(xn.astype(np.float64) ** 2)) if xn.size else 0.0
+        g = float(self._gsum[cols].sum(dtype=np.float64)) / max(1, len(x))
+        pj, ns = read_cost(len(x), x_sq, g, cols.shape[1], self.dim, dev)
         self.ledger.reads += len(x)
         self.ledger.read_pj += pj
         self.ledger.read_ns += ns

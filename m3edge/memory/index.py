@@ -14,6 +14,7 @@ its bucket is next read.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 
 import numpy as np
@@ -30,6 +31,7 @@ def suffix_orders(context: int) -> tuple[int, ...]:
     return tuple(max(1, context // f) for f in (1, 2, 4))
 
 
+@functools.lru_cache(maxsize=None)
 def _powers(order: int) -> np.ndarray:
     p = np.ones(order, dtype=np.uint64)
     with np.errstate(over="ignore"):

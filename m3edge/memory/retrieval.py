@@ -19,6 +19,7 @@ one batched pass that still predicts each byte from everything before it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ TASK_PREFERENCES = {
     "general": (1 / 6,) * 6,
     "medical_diagnosis": (0.30, 0.35, 0.15, 0.05, 0.05, 0.10),
     "financial_decision": (0.20, 0.30, 0.20, 0.10, 0.05, 0.15),
-    "code_generation": (0.15, 0.30, 0.40, 0.00, 0.05, 0.10),
+    "code_generation": (0.15, 0.30, 0.38, 0.02, 0.05, 0.10),
     "creative_writing": (0.25, 0.20, 0.05, 0.30, 0.10, 0.10),
     "general_chat": (0.30, 0.20, 0.10, 0.25, 0.05, 0.10),
 }
@@ -63,9 +64,17 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+@functools.lru_cache(maxsize=None)
+def _task_vector(task: str) -> np.ndarray:
+    v = np.log(np.asarray(TASK_PREFERENCES[task], dtype=np.float64) * len(MEMORY_TYPES)).astype(np.float32)
+    v.flags.writeable = False
+    return v
+
+
 def task_vector(task: str) -> np.ndarray:
-    """[6] multiplicative preference over memory types for the alignment (1 each for ``general``)."""
-    return np.asarray(TASK_PREFERENCES[check_task(task)], dtype=np.float32) * len(MEMORY_TYPES)
+    """[6] the alignment's task input: log of the task's preference over memory types relative to uniform (zeros
+    for ``general``); added to the type scores, it multiplies the type preference by the task's."""
+    return _task_vector(check_task(task))
 
 
 def topk_stable(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,6 +165,9 @@ def retrieve(storage, spatial_read, key_units: np.ndarray, context_keys: np.ndar
     check_mode(mode)
     check_task(task)
     n = len(key_units)
+    if n <= rows_per_chunk:
+        return _retrieve_rows(storage, spatial_read, key_units, context_keys, hashes, r, d, now, mode, task, scene,
+                              segment, 0)
     out = empty(n, r, d)
     for s in range(0, n, rows_per_chunk):
         e = min(n, s + rows_per_chunk)
@@ -199,14 +211,56 @@ def _segment_candidates(segment: Segment, qh: np.ndarray, offset: int, mode: str
     return seg_rows, window
 
 
+def candidate_rows(per_query: list[list[int]], id_array: np.ndarray, below: int) -> np.ndarray:
+    """[n, E] the rows of each query's candidate ids that lie below row ``below`` (older than the FIFO),
+    unique and ascending, padded with -1: one searchsorted for the whole batch."""
+    n = len(per_query)
+    lens = [len(q) for q in per_query]
+    if not sum(lens):
+        return np.zeros((n, 0), np.int64)
+    flat = np.searchsorted(id_array, np.fromiter((i for q in per_query for i in q), np.int64, sum(lens)))
+    owner = np.repeat(np.arange(n), lens)
+    keep = flat < below
+    flat, owner = flat[keep], owner[keep]
+    order = np.lexsort((flat, owner))
+    flat, owner = flat[order], owner[order]
+    first = np.ones(len(flat), dtype=bool)
+    first[1:] = (flat[1:] != flat[:-1]) | (owner[1:] != owner[:-1])
+    flat, owner = flat[first], owner[first]
+    counts = np.bincount(owner, minlength=n)
+    out = np.full((n, int(counts.max()) if len(counts) else 0), -1, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out[owner, np.arange(len(flat)) - starts[owner]] = flat
+    return out
+
+
+def _stored_scores(cols, sel, spatial_read, qu, qc, now, task):
+    """Fused scores of stored rows: ``sel`` a slice (every query, [n, C]) or an [n, E] index array (each query
+    its own rows, gathered); with their exact hashes and next bytes, shaped alike."""
+    gathered = isinstance(sel, np.ndarray)
+    ages = np.maximum(now - cols.get("created")[sel], 0)
+    temporal = np.exp(-ages / RECENCY_TAU)
+    score = FUSION[0] * (temporal if gathered else temporal[None, :]) + FUSION[1] * spatial_read(qu, sel)
+    if qc is not None and "context_key" in cols.cols:
+        ck = cols.get("context_key")[sel]
+        score = score + FUSION[2] * (np.einsum("nm,nem->ne", qc, ck) if gathered else qc @ ck.T)
+    bonus = _type_bonus(task, cols.get("type_id")[sel])
+    score = (score + (bonus if gathered else bonus[None, :])).astype(np.float32)
+    return score, cols.get("hashes")[sel, 0], cols.get("next_byte")[sel]
+
+
 def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, scene, segment, offset) -> Retrieved:
     n = len(qu)
     m = len(storage)
     index = storage.index
     alive = storage.memories
-    # Stored candidates: one sorted set of rows for the chunk, and a mask of which query may use which.
-    recent0 = max(0, m - RECENT)
-    per_query: list[list[int]] = []
+    cols = storage._cols
+    id_array = cols.id_array()
+    use_fifo = mode != "factual"
+    recent0 = max(0, m - RECENT) if use_fifo else m
+    # Each query's own candidates beyond the FIFO (hash and scene matches), gathered per query: [n, E] rows,
+    # ascending (older first, for ties), padded with -1.
+    per_query = []
     for i in range(n):
         ids: list[int] = []
         if mode != "experiential":
@@ -214,44 +268,37 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
         if mode != "factual":
             ids += index.suffix(qh[i], alive) + index.scene(scene, alive)
         per_query.append(ids)
-    extra_ids = np.unique(np.asarray([i for ids in per_query for i in ids], dtype=np.int64))
-    id_array = storage._cols.id_array()
-    extra_rows = np.searchsorted(id_array, extra_ids) if len(extra_ids) else np.zeros(0, np.int64)
-    use_fifo = mode != "factual"
-    fifo_rows = np.arange(recent0, m) if use_fifo else np.zeros(0, np.int64)
-    extra_rows = extra_rows[extra_rows < recent0] if use_fifo else extra_rows
-    rows = np.concatenate([extra_rows, fifo_rows]).astype(np.int64)  # ascending: older first (ties)
-    mask = np.zeros((n, len(rows)), dtype=bool)
-    if len(rows):
-        # Columns of the extra rows (the FIFO's rows are every query's candidates, so no lookup is needed).
-        col_of = {i: j for j, i in enumerate(id_array[extra_rows].tolist())}
-        for i, ids in enumerate(per_query):
-            mask[i, [col_of[x] for x in ids if x in col_of]] = True
-        if use_fifo:
-            fifo0 = len(extra_rows)
-            span = len(fifo_rows)
-            for i in range(n):  # a segment row's FIFO holds the segment rows before it: fewer stored ones
-                drop = 0 if segment is None else max(0, span - max(0, RECENT - (offset + i)))
-                mask[i, fifo0 + drop:] = True
-    cols = storage._cols
-    if len(rows):
-        stored_hash = cols.get("hashes")[rows, 0]
-        ages = np.maximum(now - cols.get("created")[rows], 0)
-        score = (FUSION[0] * np.exp(-ages / RECENCY_TAU)[None, :] + FUSION[1] * spatial_read(qu, rows)
-                 + (FUSION[2] * (qc @ cols.get("context_key")[rows].T) if qc is not None and "context_key" in cols.cols
-                    else 0.0)
-                 + _type_bonus(task, cols.get("type_id")[rows])[None, :]).astype(np.float32)
-        # A memory stored without what followed it (a store from before schema 3) cannot be read.
-        score = np.where(mask & (cols.get("next_byte")[rows] >= 0)[None, :], score, -np.inf)
-        exact = (stored_hash[None, :] == qh[:, :1])
+    extra = candidate_rows(per_query, id_array, recent0)
+    width = extra.shape[1]
+    parts, masks, row_parts = [], [], []
+    if width:
+        safe = np.maximum(extra, 0)
+        parts.append(_stored_scores(cols, safe, spatial_read, qu, qc, now, task))
+        masks.append(extra >= 0)
+        row_parts.append(safe)
+    if recent0 < m:  # the FIFO: a slice of the columns (a view, not a copy), every query's candidates
+        parts.append(tuple(np.broadcast_to(a, (n, m - recent0)) if a.ndim == 1 else a
+                           for a in _stored_scores(cols, slice(recent0, m), spatial_read, qu, qc, now, task)))
+        span = m - recent0
+        fifo_mask = np.ones((n, span), dtype=bool)
+        if segment is not None:  # a segment row's FIFO holds the segment rows before it: fewer stored ones
+            for i in range(n):
+                fifo_mask[i, :max(0, span - max(0, RECENT - (offset + i)))] = False
+        masks.append(fifo_mask)
+        row_parts.append(np.broadcast_to(np.arange(recent0, m), (n, span)))
+    if parts:
+        score, stored_hash, bytes_ = (np.concatenate(p, axis=1) for p in zip(*parts))
+        rows2 = np.concatenate(row_parts, axis=1)
+        mask = np.concatenate(masks, axis=1) & (bytes_ >= 0)  # a memory from before schema 3 cannot be read
+        exact = stored_hash == qh[:, :1]
         if mode == "factual":
-            score = np.where(exact, score, -np.inf)
-        bytes_ = np.broadcast_to(cols.get("next_byte")[rows], score.shape)
-        ids = np.broadcast_to(cols.id_array()[rows], score.shape)
+            mask &= exact
+        score = np.where(mask, score, -np.inf)
+        ids = id_array[rows2]
     else:
         score = np.zeros((n, 0), np.float32)
         exact = np.zeros((n, 0), bool)
-        bytes_ = ids = np.zeros((n, 0), np.int64)
+        bytes_ = ids = rows2 = np.zeros((n, 0), np.int64)
     seg_rows = np.zeros(0, np.int64)
     if segment is not None:
         seg_rows, causal = _segment_candidates(segment, qh, offset, mode)
@@ -276,14 +323,16 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
     res.exact[:, :k] = np.take_along_axis(exact, idx, 1) & valid
     res.next_bytes[:, :k] = np.where(valid, np.take_along_axis(bytes_, idx, 1), 0)
     res.ids[:, :k] = np.where(valid, np.take_along_axis(ids, idx, 1), -1)
-    n_stored = len(rows)
-    stored_values = cols.get("value") if m else None
-    for c in range(k):
-        col = idx[:, c]
-        from_store = (col < n_stored) & valid[:, c]
-        if from_store.any():
-            res.values[from_store, c] = stored_values[rows[col[from_store]]]
-        from_seg = (col >= n_stored) & valid[:, c]
-        if from_seg.any():
-            res.values[from_seg, c] = segment.values[seg_rows[col[from_seg] - n_stored]]
+    n_stored = rows2.shape[1]
+    slots = np.zeros((n, r), dtype=bool)
+    slots[:, :k] = valid
+    cols_ = np.zeros((n, r), dtype=np.int64)
+    cols_[:, :k] = idx
+    from_store = slots & (cols_ < n_stored)
+    if from_store.any():
+        qi = np.nonzero(from_store)[0]
+        res.values[from_store] = cols.get("value")[rows2[qi, cols_[from_store]]]
+    from_seg = slots & (cols_ >= n_stored)
+    if from_seg.any():
+        res.values[from_seg] = segment.values[seg_rows[cols_[from_seg] - n_stored]]
     return res

@@ -169,6 +169,7 @@ class SynapticStorage:
         if prior is None:
             prior = stored_similarity(self, units, [None if e is None else e.get("hashes") for e in extras])
         prior_ids, prior_sims = np.asarray(prior[0], dtype=np.int64), prior[1]
+        np_ = prior_ids.shape[1]
         new: list[int] = []
         for s in range(0, n, SCAN_ROWS):
             e = min(n, s + SCAN_ROWS)
@@ -179,8 +180,7 @@ class SynapticStorage:
                 cand = np.concatenate([prior_sims[b], row]) if prior_sims.shape[1] else row
                 hits = np.flatnonzero(cand >= ASSOCIATE_SIMILARITY)
                 top = hits[np.argsort(-cand[hits], kind="stable")[:LINK_CAP]]  # ties: the older memory
-                np_ = len(prior_ids)
-                others = [int(prior_ids[c]) if c < np_ else new[max(lo, b - RECENT) + c - np_] for c in top.tolist()]
+                others = [int(prior_ids[b, c]) if c < np_ else new[max(lo, b - RECENT) + c - np_] for c in top.tolist()]
                 others = [i for i in others if i in self.memories]
                 new.append(self._new_memory(keys[b], values[b], priorities[b], types[b], extras[b], others).id)
         self._add_columns([self.memories[i] for i in new], units)
@@ -329,27 +329,27 @@ class SynapticStorage:
 
 
 def stored_similarity(storage: SynapticStorage, units: np.ndarray, hashes: list) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [C], cosines [B, C]) of unit rows against their stored candidates: the recent FIFO (every row) and
-    each row's exact and suffix context matches (``hashes[b]``, or None); -inf where not a row's candidate."""
+    """(ids [B, C], cosines [B, C]) of unit rows against their stored candidates: each row's exact and suffix
+    context matches older than the FIFO (``hashes[b]``, or None), gathered per row, then the recent FIFO
+    (shared); -inf (id -1) where a row has fewer candidates."""
     m = len(storage)
+    n = len(units)
     if not m:
-        return np.zeros(0, np.int64), np.zeros((len(units), 0), np.float32)
+        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
     ids = storage._cols.id_array()
+    keys = storage.unit_keys()
     recent0 = max(0, m - RECENT)
-    per_row = [[] if h is None else storage.index.exact(h, storage.memories) + storage.index.suffix(h, storage.memories)
-               for h in hashes]
-    extra = np.unique(np.asarray([i for r in per_row for i in r], dtype=np.int64))
-    extra_rows = np.searchsorted(ids, extra)
-    old = extra_rows < recent0
-    extra, extra_rows = extra[old], extra_rows[old]
-    rows = np.concatenate([extra_rows, np.arange(recent0, m)]).astype(np.int64)
-    sims = units @ storage.unit_keys()[rows].T
-    mask = np.zeros(sims.shape, dtype=bool)
-    mask[:, len(extra_rows):] = True
-    col = {i: c for c, i in enumerate(extra.tolist())}
-    for b, r in enumerate(per_row):
-        mask[b, [col[i] for i in r if i in col]] = True
-    return ids[rows], np.where(mask, sims, -np.inf).astype(np.float32)
+    from m3edge.memory.retrieval import candidate_rows
+
+    idx = storage.index
+    extra = candidate_rows([[] if h is None else idx.exact(h, storage.memories) + idx.suffix(h, storage.memories)
+                            for h in hashes], ids, recent0)
+    width = extra.shape[1]
+    safe = np.maximum(extra, 0)
+    e_sims = np.where(extra >= 0, np.einsum("nm,nem->ne", units, keys[safe]), -np.inf) if width else np.zeros((n, 0))
+    f_sims = units @ keys[recent0:m].T  # the FIFO: a view of the columns
+    all_ids = np.concatenate([np.where(extra >= 0, ids[safe], -1), np.broadcast_to(ids[recent0:m], (n, m - recent0))], 1)
+    return all_ids, np.concatenate([e_sims, f_sims], axis=1).astype(np.float32)
 
 
 def store_experiences(storage: SynapticStorage, keys: np.ndarray, values: np.ndarray, complexity: np.ndarray,

@@ -3,7 +3,7 @@
   windows [N, K] bytes -> ByteFrontEnd -> h [N, d]
   SensoryBuffer(h) -> key [N, m], complexity [N, 1];  x = h + complexity * expand(key)   (encoder graph)
   long-term memory(key, context hashes) -> top R memories: scores, next bytes, values     (host side)
-  MemoryExpertAlignment(x, context, task) -> bias [N, E], type preference [N, 6]          (alignment graph)
+  MemoryExpertAlignment(x, context, task) -> bias [N, E], memory-type scores [N, 6]        (alignment graph)
   per layer: h = norm(x); logits = gate(h) + bias (router graph); x = x + sum_k w_k expert_k(h)
   head(final_norm(x)) -> next-byte logits [N, 256]                                       (head graph)
   MemoryReader(logits, retrieved scores / bytes / exact / valid) -> log-probs [N, 256]    (reader graph)
@@ -44,7 +44,7 @@ class AgentOutput:
     routed: list[Routed]
     balance_loss: torch.Tensor
     lm_logits: torch.Tensor | None = None  # the head's logits (before the memory reader)
-    preference: torch.Tensor | None = None  # [N, 6] the alignment's memory-type preference
+    preference: torch.Tensor | None = None  # [N, 6] the alignment's memory-type scores (argmax: the type)
 
 
 def reader_inputs(read: retrieval.Retrieved) -> tuple[torch.Tensor, ...]:

@@ -24,10 +24,11 @@ class MemoryExpertAlignment(nn.Module):
         self.type_to_expert = nn.Parameter(membership)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, task: torch.Tensor | None = None):
-        """(router bias [N, E], type preference [N, 6]). ``task`` [N, 6] re-weights the preference by the
-        task's preferences over memory types (``m3edge.memory.retrieval.task_vector``; ones for general)."""
-        pref = torch.softmax(self.preference(torch.cat([x, memory], dim=-1)), dim=-1)
+        """(router bias [N, E], type scores [N, 6]). ``task`` [N, 6] is the log of the task's preferences over
+        memory types relative to uniform (``m3edge.memory.retrieval.task_vector``; zeros for general):
+        softmax(scores) = p * pref / sum(p * pref). A memory's type is argmax(scores). Scores, not the softmax,
+        are the graph's output: an INT8 TFLite softmax may only output at scale 1/256."""
+        scores = self.preference(torch.cat([x, memory], dim=-1))
         if task is not None:
-            pref = pref * task
-            pref = pref / pref.sum(-1, keepdim=True)
-        return pref @ self.type_to_expert, pref
+            scores = scores + task
+        return torch.softmax(scores, dim=-1) @ self.type_to_expert, scores
