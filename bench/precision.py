@@ -1,6 +1,6 @@
 """README's precision table (issue 4): each target's bundle of the small reference against torch and fp32.
 
-    python bench/precision.py [--out runs/precision] [--readme README.md] [--keep] [--check]
+    python bench/precision.py [--out runs/precision] [--readme docs/export.md] [--keep] [--check]
 
 Exports ``checkpoints/small`` for rpi5 at fp32 (the baseline), rpi5 (INT8), jetson (INT8 router, FP16 rest)
 and rpi5-tflite (LiteRT INT8), each with ``m3edge export``, then reads every bundle's own reports: the
@@ -64,7 +64,7 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "precision")
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--readme", type=Path, default=ROOT / "docs" / "export.md")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()

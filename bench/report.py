@@ -1,6 +1,6 @@
 """README's performance tables and the plots, regenerated from the full suite's JSON so they never disagree.
 
-    python bench/report.py [bench/results-full.json] [--readme README.md] [--plots bench/plots] [--check]
+    python bench/report.py [bench/results-full.json] [--readme docs/performance.md] [--plots bench/plots] [--check]
 
 Everything between the two marker comments in README is this script's output; ``--check`` exits 1 when
 README differs from what the JSON gives (``make bench`` regenerates both). Plots need the ``bench`` extra
@@ -302,7 +302,7 @@ def _two_panels(plt, path: Path, series: dict, xlabel: str, left: tuple, right: 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="?", default=str(ROOT / "bench" / "results-full.json"))
-    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--readme", default=str(ROOT / "docs" / "performance.md"))
     ap.add_argument("--plots", default=str(ROOT / "bench" / "plots"), help="folder for the PNGs; '' for none")
     ap.add_argument("--check", action="store_true", help="exit 1 if README differs from the JSON; write nothing")
     a = ap.parse_args(argv)

@@ -84,7 +84,7 @@ class EdgeAgent:
             rows = [i for i, (_, m, r) in enumerate(items) if (m, r) == kind]
             logits, enc = self._forward(np.stack([items[i][0] for i in rows]), kind[0], kind[1])
             for j, i in enumerate(rows):
-                results[i] = (logits[j:j + 1], tuple(a[j:j + 1] for a in enc))
+                results[i] = (logits[j:j + 1], tuple(None if a is None else a[j:j + 1] for a in enc))
         return results
 
     def _forward_one(self, window: np.ndarray, use_memory: bool, recall: "Recall"):

@@ -56,7 +56,8 @@ def test_jetson_profile_builds_fp16_experts_judged_by_the_gates(tmp_path):
     want = targets.load("jetson").precision
     for g in m["graphs"]:
         # The memory encoder runs at the encoder's precision; a bank is its experts' graphs.
-        assert g["precision"] == want[{"memory": "encoder", "bank": "expert"}.get(g["role"], g["role"])]
+        # The reader is always fp32 (export/pipeline.py: resolve_precision).
+        assert g["precision"] == (want | {"reader": "fp32"})[{"memory": "encoder", "bank": "expert"}.get(g["role"], g["role"])]
     assert not [n for n in m["precision"]["notes"] if "fp16" in n]  # built, not just requested
     weights = {f["path"]: f["bytes"] for f in m["files"] if f["path"].endswith(".weights")}
     expert = next(g for g in m["graphs"] if g["role"] == "expert" and g["precision"] == "fp16")

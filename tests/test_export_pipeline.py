@@ -38,7 +38,7 @@ def test_tiny_preset_bundle_is_complete_static_and_within_gates(tmp_path, tiny_t
     assert banks[0]["weights"] == [f"graphs/layer0/expert_{e:02d}.weights" for e in range(8)]
     assert banks[0]["inputs"][0]["shape"] == [8 * 8, 16] == banks[0]["outputs"][0]["shape"]
     assert {g["memory_type"] for g in m["graphs"] if g["role"] == "expert"} == {
-        "episodic", "semantic", "procedural", "emotional", "working", "associative"}
+        "episodic", "semantic", "procedural", "emotional", "spatial", "temporal"}
     for g in m["graphs"]:
         model = onnx.load(str(out / g["path"]), load_external_data=False)
         for v in list(model.graph.input) + list(model.graph.output):

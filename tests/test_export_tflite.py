@@ -52,7 +52,8 @@ def test_every_expert_kind_converts_int8_and_the_rest_as_documented(tflite_bundl
     assert {g["precision"] for g in experts} == {"int8"}
     by_role = {g["role"]: g["precision"] for g in m["graphs"] if g["role"] != "expert"}
     # exactly these roles: a .tflite embeds its weights, so a TFLite bundle has no banks
-    assert by_role == {"encoder": "fp32", "memory": "fp32", "alignment": "int8", "router": "fp32", "head": "int8"}
+    assert by_role == {"encoder": "fp32", "memory": "fp32", "alignment": "int8", "router": "fp32", "head": "int8",
+                       "reader": "fp32"}
     kept = [n.split(":")[0] for n in m["precision"]["notes"] if "kept fp32" in n]
     assert set(kept) == KEPT_FP32
     # One file per module, one static signature per bucket.

@@ -152,7 +152,8 @@ def test_sigterm_during_load_loses_no_acknowledged_memory_write(tiny_bundle, tmp
     threads = [threading.Thread(target=client) for _ in range(8)]
     for t in threads:
         t.start()
-    while len(acked) < 10:
+    deadline = time.monotonic() + 120
+    while len(acked) < 10 and time.monotonic() < deadline:  # bounded: a broken server fails, never hangs
         time.sleep(0.05)
     assert s.stop()
     for t in threads:

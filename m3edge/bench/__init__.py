@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 PROMPT_BYTES = 48
-ROOT = Path(__file__).resolve().parents[1]  # the source tree: the full suite's checkpoints and scripts live here
+ROOT = Path(__file__).resolve().parents[2]  # the source tree: the full suite's checkpoints and scripts live here
 
 
 def prompts(data_dir: Path, n: int) -> list[bytes]:
@@ -938,7 +938,3 @@ def format_full(res: dict) -> str:
         state = "n/a" if g["met"] is None else ("met" if g["met"] else "MISSED")
         lines.append(f"goal {state}: {g['goal']} (measured {g['measured']}, target {g['target']})")
     return "\n".join(lines)
-
-
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":
-    print(json.dumps(worker(json.loads(sys.argv[2]))))

@@ -54,7 +54,7 @@ def reader_inputs(read: retrieval.Retrieved) -> tuple[torch.Tensor, ...]:
 
 
 def task_tensor(task: str, n: int) -> torch.Tensor:
-    return torch.from_numpy(retrieval.task_vector(task)).expand(n, -1)
+    return torch.tensor(retrieval.task_vector(task)).expand(n, -1)
 
 
 class MemoryMoEAgent(nn.Module):
