@@ -30,3 +30,13 @@ def test_committed_reference_beats_the_ngram_baselines_and_uses_every_expert():
     b = res["baselines"]
     assert res["bits_per_byte"] < b["bigram_bits_per_byte"] < b["unigram_bits_per_byte"]
     assert res["experts_used"] == [64, 64]
+
+
+def test_eval_memory_on_a_bundle_runs_online_and_reports_both(tiny_bundle):
+    r = run_cli("eval", tiny_bundle, "--memory", "--max-bytes", "3000", "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)["memory"]
+    assert {"bits_per_byte", "bits_per_byte_without", "memories"} <= set(m)
+    assert m["memories"] == 3000 and m["bits_per_byte"] < m["bits_per_byte_without"]  # the memory helps
+    bad = run_cli("eval", tiny_bundle, "--memory", "--task-type", "poetry")
+    assert bad.returncode == 2 and "poetry" in bad.stderr and "Traceback" not in bad.stderr

@@ -120,12 +120,27 @@ def test_step_and_memory_search(server):
     (None, {"prompt": "a", "colour": "red"}, 422, "unknown field 'colour'"),
     (None, {"prompt": "a" * 9000}, 422, "longer than"),
     (b"{" + b" " * 70000 + b"}", None, 413, "limit"),
+    (None, {"prompt": "a", "task_type": "poetry"}, 422, "task_type"),
+    (None, {"prompt": "a", "retrieval_mode": "fuzzy"}, 422, "retrieval_mode"),
+    (None, {"prompt": "a", "memory": "yes"}, 422, "memory"),
 ])
 def test_bad_requests_get_4xx_with_a_message(server, raw, body, code, word):
     status, reply = server.post("/v1/generate", body, raw)
     assert status == code and word in reply["error"]
     assert "Traceback" not in json.dumps(reply)
     assert server.get("/healthz")[0] == 200  # still serving
+
+
+def test_retrieval_fields_steer_generation(server):
+    """The seed's task types and retrieval modes over HTTP; a factual query with no stored match retrieves nothing,
+    so it answers as memory off does."""
+    unseen = "QWERTYUIOPASDFGHJKLZ"
+    status, factual = server.post("/v1/generate", {"prompt": unseen, "max_bytes": 4, "retrieval_mode": "factual",
+                                                   "task_type": "code_generation", "scene": "s1"})
+    status_off, off = server.post("/v1/generate", {"prompt": unseen, "max_bytes": 4, "memory": False})
+    assert status == status_off == 200 and factual["text"] == off["text"]
+    status, body = server.post("/v1/step", {"context": "import os\nimport ", "top": 2, "task_type": "general_chat"})
+    assert status == 200 and len(body["top"]) == 2
 
 
 def test_routes_and_methods(server):
