@@ -49,6 +49,7 @@ bench-memory: install
 	$(BIN)/m3edge export --target rpi5-tflite --checkpoint checkpoints/small -o $(MEMBENCH)/litert --force
 	$(BIN)/m3edge bench --suite memory --checkpoint checkpoints/small --bundle fp32=$(MEMBENCH)/fp32 \
 		--bundle int8=$(MEMBENCH)/int8 --bundle litert=$(MEMBENCH)/litert -o bench/results-memory-read.json
+	$(BIN)/python bench/memory_report.py bench/results-memory-read.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info

@@ -1,0 +1,44 @@
+"""m3edge.bench.memory: the recall cases, the real recall path on a tiny agent, goals and the generated tables."""
+
+import numpy as np
+import pytest
+
+from m3edge.bench import memory as mb
+from m3edge.data import load_split
+
+from conftest import DATA
+
+
+def test_a_recall_case_states_the_fact_once_then_the_cue():
+    filler = load_split(DATA, "eval")
+    prompt, code = mb.recall_case(filler, 4, 0)
+    assert len(code) == 11 and prompt.count(mb.CUE + code) == 1 and prompt.endswith(mb.CUE)
+    between = prompt.split(mb.CUE + code)[1]
+    assert 3 * 1024 < len(between) <= 4 * 1024 + len(mb.CUE) + 2
+    assert mb.reproduced(code, code) == 1.0 and mb.reproduced(b"x" * 11, code) == 0.0
+    assert mb.recall_case(filler, 4, 0) == (prompt, code) and mb.recall_case(filler, 4, 1)[1] != code
+
+
+def test_recall_runs_through_the_agent_with_memory_on_and_off(tiny_checkpoint):
+    res = mb.recall_bench({"torch": mb.TorchAgent(str(tiny_checkpoint))}, load_split(DATA, "eval"), (1,), trials=1)
+    (row,) = res["rows"]
+    assert row["engine"] == "torch" and row["kb"] == 1 and 0 <= row["memory_off"] <= row["memory_on"] <= 1
+
+
+def test_goals_and_tables_come_from_the_results():
+    res = {"eval": [{"text": "eval", "bits_per_byte": 1.4, "bits_per_byte_without": 2.0, "ratio": 0.7, "memories": 9}],
+           "recall": {"rows": [{"engine": "fp32", "kb": 4, "trials": 2, "memory_on": 1.0, "memory_off": 0.0},
+                               {"engine": "fp32-reram", "kb": 4, "trials": 2, "memory_on": 0.85, "memory_off": 0.0}]},
+           "decode": {"bundle": "fp32", "rows": [{"memories": 100_000, "bytes_per_s_memory_off": 1000.0,
+                                                  "bytes_per_s_memory_on": 400.0, "ratio": 0.4, "ingest_4kb_s": 0.9,
+                                                  "rss_growth_mb": 1.0}]}}
+    goals = {g["goal"]: g["met"] for g in mb.goals(res)}
+    assert goals["online bits/byte with memory <= 0.85x without (eval)"]
+    assert not goals["reram within 10 points of ideal at 4 kB (fp32-reram)"]
+    assert not goals["decode with memory on at 100000 memories >= 50% of memory off"]
+    table = mb.markdown(res)
+    assert "| fp32 | 100% / 0% |" in table and "**missed**" in table and "| 100,000 | 1000 | 400 | 40% |" in table
+    page = f"x\n{mb.BEGIN}\nold\n{mb.END}\ny"
+    assert mb.splice(page, table) == f"x\n{mb.BEGIN}\n{table}{mb.END}\ny"
+    with pytest.raises(ValueError, match="markers"):
+        mb.splice("no markers", table)
