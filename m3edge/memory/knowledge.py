@@ -3,8 +3,11 @@
 Consolidation (the seed's, docs/seed.md): each candidate memory (priority >= 0.7) not yet consolidated is
 distilled (a d -> d map the caller passes in: the torch agent's learned ``Linear + LayerNorm + GELU``); a
 distilled vector within cosine ``merge_similarity`` of an existing node is a duplicate and merges into it
-(running mean, count + 1); otherwise it becomes a new node, linked to every earlier node within cosine
+(running mean, count + 1); otherwise it becomes a new node, linked to the earlier nodes within cosine
 ``link_similarity``. Nodes are also linked when their source memories were associated.
+
+Bounded (docs/seed.md): a distilled vector is compared with the nodes of its memory's associations and the
+``RECENT_NODES`` newest nodes, not with every node (which grew the cost of a step with the store).
 
 The graph records what changed since ``drain_changes`` was last called, so a durable store writes only that.
 """
@@ -16,6 +19,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+RECENT_NODES = 256
 MERGE_SIMILARITY = 0.95
 LINK_SIMILARITY = 0.5
 COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's eps
@@ -84,10 +88,12 @@ class KnowledgeGraph:
         added = 0
         for m, v in zip(todo, distilled):
             n = len(self.nodes)
-            sims = cosine_to_rows(self._mat[:n], v, self._sq[:n]) if n else np.zeros(0, dtype=np.float32)
-            best = int(np.argmax(sims)) if n else -1
+            near = {self.node_of[j] for j in m.associations if j in self.node_of}
+            cand = np.array(sorted(near | set(range(max(0, n - RECENT_NODES), n))), dtype=np.int64)
+            sims = cosine_to_rows(self._mat[cand], v, self._sq[cand]) if n else np.zeros(0, dtype=np.float32)
+            best = int(np.argmax(sims)) if n else -1  # ties: the older node, as over every node
             if n and float(sims[best]) >= self.merge_similarity:
-                node = best
+                node = int(cand[best])
                 k = self.nodes[node]
                 k.vector = (k.vector * k.count + v) / (k.count + 1)
                 k.count += 1
@@ -98,7 +104,7 @@ class KnowledgeGraph:
                 self.nodes.append(KnowledgeNode(v.copy(), 1, {m.id}))
                 self._set_row(node, v)
                 added += 1
-                for other in np.nonzero(sims >= self.link_similarity)[0].tolist():
+                for other in cand[sims >= self.link_similarity].tolist():
                     self._link(other, node)
             self._changed_nodes.add(node)
             self.node_of[m.id] = node
