@@ -68,9 +68,11 @@ def targets(as_json):
 @click.option("--steps", default=3600, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=1024, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--eval-bytes", type=click.IntRange(2), help="Evaluate on the first N bytes only (default: all, "
+                                                           "with and without memory, which takes minutes).")
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 @click.option("--json", "as_json", is_flag=True)
-def train(preset_name, config_file, data_dir, output, steps, batch, seed, force, as_json):
+def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_bytes, force, as_json):
     """Train the reference agent on bytes of real text; writes a checkpoint and training_report.json."""
     import torch
     from tqdm import tqdm
@@ -86,7 +88,7 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, force,
     if out_dir.exists() and not force:  # before training, not after
         raise BadInput(f"{out_dir}: already exists (pass --force to replace it)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    tc = TrainConfig(steps=steps, batch=batch, seed=seed)
+    tc = TrainConfig(steps=steps, batch=batch, seed=seed, eval_bytes=eval_bytes)
     bar = tqdm(total=steps, desc="train", unit="step", file=sys.stderr, disable=None)
 
     def progress(step, loss):

@@ -82,12 +82,12 @@ def test_save_never_replaces_a_folder_that_is_not_a_checkpoint(tiny_agent, tmp_p
     with pytest.raises(BadInput, match="not an m3edge checkpoint"):
         checkpoint.save(tiny_agent, mine)
     assert (mine / "thesis.tex").read_text() == "years of work"
-    r = run_cli("train", "--preset", "tiny", "-o", mine, "--steps", "1", "--batch", "4", "--force")
+    r = run_cli("train", "--preset", "tiny", "-o", mine, "--steps", "1", "--batch", "4", "--eval-bytes", "512", "--force")
     assert r.returncode == 2 and (mine / "thesis.tex").is_file()
 
 
 def test_train_needs_force_to_replace_a_checkpoint(ck):
-    r = run_cli("train", "--preset", "tiny", "-o", ck, "--steps", "1", "--batch", "4")
+    r = run_cli("train", "--preset", "tiny", "-o", ck, "--steps", "1", "--batch", "4", "--eval-bytes", "512")
     assert r.returncode == 2 and "--force" in r.stderr
-    r = run_cli("train", "--preset", "tiny", "-o", ck, "--steps", "1", "--batch", "4", "--force")
+    r = run_cli("train", "--preset", "tiny", "-o", ck, "--steps", "1", "--batch", "4", "--eval-bytes", "512", "--force")
     assert r.returncode == 0, r.stderr

@@ -21,7 +21,7 @@ def test_targets_json_lists_profiles():
 
 def test_train_cli_writes_checkpoint_and_report(tmp_path):
     out = tmp_path / "ck"
-    r = run_cli("train", "--preset", "tiny", "-o", out, "--steps", "3", "--batch", "64", "--json")
+    r = run_cli("train", "--preset", "tiny", "-o", out, "--steps", "3", "--batch", "64", "--eval-bytes", "512", "--json")
     assert r.returncode == 0, r.stderr
     assert {"config.json", "model.safetensors", "checkpoint.json", "training_report.json"} <= {
         p.name for p in out.iterdir()}
