@@ -35,7 +35,7 @@ def test_goals_and_tables_come_from_the_results():
     goals = {g["goal"]: g["met"] for g in mb.goals(res)}
     assert goals["online bits/byte with memory <= 0.85x without (eval)"]
     assert not goals["reram within 10 points of ideal at 4 kB (fp32-reram)"]
-    assert not goals["decode with memory on at 100000 memories >= 50% of memory off"]
+    assert not goals["decode with memory on at 100,000 memories >= 50% of memory off"]
     table = mb.markdown(res)
     assert "| fp32 | 100% / 0% |" in table and "**missed**" in table and "| 100,000 | 1000 | 400 | 40% |" in table
     page = f"x\n{mb.BEGIN}\nold\n{mb.END}\ny"

@@ -137,7 +137,7 @@ def decode_bench(bundle: str, text: np.ndarray, sizes=(0, 1_000, 10_000, 100_000
         agent.generate(cue, rss_bytes)
         gc.collect()
         rss1 = current_rss_mb()
-        rows.append({"memories": len(agent.memory), "fill_s": fill_s, "bytes_per_s_memory_off": off,
+        rows.append({"filled": size, "memories": len(agent.memory), "fill_s": fill_s, "bytes_per_s_memory_off": off,
                      "bytes_per_s_memory_on": on, "ratio": on / off, "ingest_4kb_s": ingest,
                      "rss_growth_mb": rss1 - rss0, "rss_mb": rss1, "capacity": agent.memory.capacity})
         if progress:
@@ -205,7 +205,7 @@ def goals(res: dict) -> list[dict]:
     rows = res.get("decode", {}).get("rows", [])
     if rows:
         last = rows[-1]
-        out.append({"goal": f"decode with memory on at {last['memories']} memories >= 50% of memory off",
+        out.append({"goal": f"decode with memory on at {last.get('filled', last['memories']):,} memories >= 50% of memory off",
                     "measured": last["ratio"], "target": 0.5, "met": last["ratio"] >= 0.5})
         worst = max(r["ingest_4kb_s"] for r in rows)
         out.append({"goal": "a 4 KB prompt ingested in under 1 s", "measured": worst, "target": 1.0, "met": worst < 1.0})
@@ -261,10 +261,10 @@ def markdown(res: dict) -> str:
     if dec:
         out += ["", f"Decode on the `{res['decode'].get('bundle', 'fp32')}` bundle (greedy bytes/s, memory on against off "
                 "on the same agent, one process, 2 threads):", "",
-                "| memories | memory off | memory on | on / off | 4 KB prompt ingested | RSS growth over 1,024 bytes |",
+                "| memories stored first | memory off | memory on | on / off | 4 KB prompt ingested | RSS growth over 1,024 bytes |",
                 "|---|---|---|---|---|---|"]
         for r in dec:
-            out.append(f"| {r['memories']:,} | {r['bytes_per_s_memory_off']:.0f} | {r['bytes_per_s_memory_on']:.0f} | "
+            out.append(f"| {r.get('filled', r['memories']):,} | {r['bytes_per_s_memory_off']:.0f} | {r['bytes_per_s_memory_on']:.0f} | "
                        f"{r['ratio']:.0%} | {r['ingest_4kb_s']:.2f} s | {r['rss_growth_mb']:+.1f} MB |")
     goals_ = goals(res)
     if goals_:
