@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from m3edge.runtime.store import DB_NAME, SCHEMA_VERSION, MemoryInputError, MemoryStore, topk_stable
-from m3edge.memory.synaptic import DAY
+from m3edge.memory.synaptic import DAY, EVICT_FRACTION
 
 from conftest import ROOT, memory_step, run_cli
 
@@ -66,7 +66,7 @@ def test_parity_with_the_torch_memory_system_under_ideal(tiny_cfg, tmp_path):
                 state[3:] = state[:3] + 0.01  # near-duplicates: merges in the graph, strong associations
             memory_step(ref, dev, state, rng, step)
             clock.t += 0.3 * DAY  # decay applies; old memories age toward forgetting
-    assert ref.storage.forgotten > 0 and len(ref.storage) == 40
+    assert ref.storage.forgotten > 0 and 40 - int(40 * EVICT_FRACTION) <= len(ref.storage) <= 40
     assert state_of(dev.storage) == state_of(ref.storage)
     assert ref.distiller.graph.nodes and graph_of(dev.store_.graph) == graph_of(ref.distiller.graph)
     dev.close()
