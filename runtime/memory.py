@@ -30,9 +30,10 @@ SNAPSHOT_VERSION = 1
 AGENT_DEVICE = "ideal"  # the torch agent's default memory device; parity depends on it
 
 
-# Resident bytes one memory costs beyond its vectors (its record, links, index entries and column rows); measured
-# by bench (memory decode) on the small reference: see README, memory.
-OVERHEAD_BYTES = 2048
+# Resident bytes one memory costs beyond its vectors: its record and link dicts, its hash-bucket entries, the
+# crossbar's and the graph's share. Measured on the small reference: RSS grew 17.6 kB a memory from 15k to 95k
+# memories (bench/results-memory-read.json, decode rows), of which 3 kB are the vectors below.
+OVERHEAD_BYTES = 14_600
 
 
 def bytes_per_memory(cfg) -> int:
