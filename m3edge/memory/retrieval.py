@@ -185,8 +185,8 @@ def _segment_candidates(segment: Segment, qh: np.ndarray, offset: int, mode: str
     the index would hold them had those rows been stored one at a time."""
     n = len(qh)
     q = offset + np.arange(n)
-    lo = max(0, offset - RECENT) if mode != "factual" else offset
-    cand: dict[int, None] = dict.fromkeys(range(lo if mode != "factual" else offset, offset + n))
+    # factual reads no window: only exact matches (added below)
+    cand: dict[int, None] = {} if mode == "factual" else dict.fromkeys(range(max(0, offset - RECENT), offset + n))
     orders = [0] if mode == "factual" else ([1, 2] if mode == "experiential" else [0, 1, 2])
     extra: list[list[int]] = [[] for _ in range(n)]
     sorted_ = segment.sorted_hashes()
