@@ -65,8 +65,15 @@ def read_meta(ckpt_dir: str | Path) -> tuple[ModelConfig, dict]:
     return cfg, meta
 
 
-def load(ckpt_dir: str | Path, **agent_kwargs):
-    """Rebuild the agent, refusing weights whose sha256, keys or shapes do not match."""
+# Tensors a checkpoint from before them may lack: they keep their initial values, which leave the model's
+# function unchanged (the co-occurrence matrix at zero counts, its weight at 0), so an older checkpoint loads
+# and computes as it did.
+ADDED_LATER = frozenset({"alignment.co_occurrence", "alignment.co_weight"})
+
+
+def load(ckpt_dir: str | Path, allow_missing: frozenset = ADDED_LATER, **agent_kwargs):
+    """Rebuild the agent, refusing weights whose sha256, keys or shapes do not match (except the missing
+    tensors named in ``allow_missing``, which keep their initial values)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -82,7 +89,7 @@ def load(ckpt_dir: str | Path, **agent_kwargs):
         raise BadInput(f"{d / WEIGHTS}: unreadable safetensors file ({e})") from None
     agent = MemoryMoEAgent(cfg, **agent_kwargs)
     expected = agent.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - allow_missing)
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
@@ -91,7 +98,7 @@ def load(ckpt_dir: str | Path, **agent_kwargs):
         if v.shape != expected[k].shape:
             raise BadInput(f"{d / WEIGHTS}: tensor {k!r} has shape {tuple(v.shape)}, "
                            f"config.json implies {tuple(expected[k].shape)}")
-    agent.load_state_dict(state)
+    agent.load_state_dict(state, strict=False)  # keys checked above: only allowed ones may be missing
     agent.eval()
     return agent
 

@@ -70,9 +70,12 @@ def targets(as_json):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--eval-bytes", type=click.IntRange(2), help="Evaluate on the first N bytes only (default: all, "
                                                            "with and without memory, which takes minutes).")
+@click.option("--init", "init_dir", type=click.Path(), help="Continue from this checkpoint's weights (its config "
+                                                              "is used; a second training stage).")
+@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 @click.option("--json", "as_json", is_flag=True)
-def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_bytes, force, as_json):
+def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_bytes, init_dir, lr, force, as_json):
     """Train the reference agent on bytes of real text; writes a checkpoint and training_report.json."""
     import torch
     from tqdm import tqdm
@@ -82,13 +85,20 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_b
     from m3edge.data import default_data_dir
     from m3edge.train import TrainConfig, train as run
 
-    cfg = ModelConfig.load(config_file) if config_file else preset(preset_name)
+    if init_dir:
+        if config_file:
+            raise BadInput("pass either --init or --config, not both (--init uses its checkpoint's config)")
+        cfg = checkpoint.read_meta(init_dir)[0]
+    else:
+        cfg = ModelConfig.load(config_file) if config_file else preset(preset_name)
     data = Path(data_dir) if data_dir else default_data_dir()
     out_dir = Path(output)
     if out_dir.exists() and not force:  # before training, not after
         raise BadInput(f"{out_dir}: already exists (pass --force to replace it)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    tc = TrainConfig(steps=steps, batch=batch, seed=seed, eval_bytes=eval_bytes)
+    init = str(Path(init_dir).resolve()) if init_dir else None
+    tc = TrainConfig(steps=steps, batch=batch, seed=seed, eval_bytes=eval_bytes, init=init, lr=lr,
+                     warmup=min(100, steps // 10) if init else 100)
     bar = tqdm(total=steps, desc="train", unit="step", file=sys.stderr, disable=None)
 
     def progress(step, loss):
@@ -97,8 +107,12 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_b
 
     agent, report = run(cfg, data, tc, progress)
     bar.close()
-    out = checkpoint.save(agent, output, {"preset": None if config_file else preset_name, "seed": seed,
-                                          "data": "calibration_data/train.txt"}, force=force)
+    info = {"preset": None if config_file else preset_name, "seed": seed, "data": "calibration_data/train.txt",
+            "steps": steps}
+    if init_dir:  # the stage before this one, as its checkpoint.json said (read before it is replaced)
+        info["init"] = {k: v for k, v in checkpoint.read_meta(init_dir)[1].items() if k not in ("format", "m3edge_version")}
+        info["preset"] = info["init"].get("preset")
+    out = checkpoint.save(agent, output, info, force=force)
     (out / "training_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     ev = report["eval"]
     emit({"checkpoint": str(out), **ev, "baselines": report["baselines"]}, as_json,

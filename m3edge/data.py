@@ -35,6 +35,37 @@ def windows(data: np.ndarray, positions: np.ndarray, context: int) -> np.ndarray
     return padded[idx].astype(np.int64)
 
 
+FACT_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def with_facts(text: np.ndarray, rng: np.random.Generator, every: int = 2048, gap: tuple[int, int] = (64, 900)) -> np.ndarray:
+    """``text`` with copy exercises spliced in at line ends: about one per ``every`` bytes, a line
+    ``<name> = '<code>'`` (a random identifier and a random 6-16 character code) stated once, then restated
+    ``gap`` bytes later. Real text rarely repeats a string the model cannot predict, so without these the
+    reader's gate learns that an exact context match never beats a confident model; with them it learns that
+    a match copying an unpredictable string is right (the recall goal of issue 16). Pure: same rng, same text."""
+    data = bytes(np.asarray(text, dtype=np.uint8))
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
+    starts = np.sort(rng.choice(ends[ends < len(data) - gap[1]], size=max(1, len(data) // every), replace=False))
+    inserts: list[tuple[int, bytes]] = []
+    for s in starts:
+        name = bytes(rng.choice(list(b"abcdefghijklmnopqrstuvwxyz"), int(rng.integers(3, 9))).tolist())
+        if rng.random() < 0.5:
+            name += b"_" + bytes(rng.choice(list(b"abcdefghijklmnopqrstuvwxyz"), int(rng.integers(2, 7))).tolist())
+        code = bytes(rng.choice(list(FACT_ALPHABET), int(rng.integers(6, 17))).tolist())
+        q = b"'" if rng.random() < 0.5 else b'"'
+        line = b"    " * int(rng.integers(0, 3)) + name + b" = " + q + code + q + b"\n"
+        later = ends[np.searchsorted(ends, s + int(rng.integers(*gap))):][:1]
+        inserts += [(int(s), line)] + [(int(later[0]), line)] * len(later)
+    inserts.sort(key=lambda t: t[0])
+    out, prev = [], 0
+    for at, line in inserts:
+        out += [data[prev:at], line]
+        prev = at
+    out.append(data[prev:])
+    return np.frombuffer(b"".join(out), dtype=np.uint8)
+
+
 def unigram_bits_per_byte(train: np.ndarray, test: np.ndarray) -> float:
     """Add-one smoothed byte frequencies from ``train``, scored on ``test``."""
     counts = np.bincount(train, minlength=256).astype(np.float64) + 1.0

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from m3edge.config import ModelConfig
-from m3edge.data import load_split, windows
+from m3edge.data import load_split, windows, with_facts
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class TrainConfig:
     reset_every: int = 64
     log_every: int = 50
     eval_bytes: int | None = None  # None: the whole eval split
+    init: str | None = None  # start from this checkpoint's weights (a second stage), not a random init
+    fact_every: int = 2048  # memory steps read text with a copy exercise per this many bytes (0: none); data.with_facts
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -100,13 +102,22 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     text = load_split(data_dir, "train")
-    agent = MemoryMoEAgent(cfg)
+    # Memory steps read the text with copy exercises spliced in (data.with_facts); memory-off steps the plain text.
+    mtext = with_facts(text, np.random.default_rng(tc.seed + 1), tc.fact_every) if tc.fact_every else text
+    if tc.init:
+        from m3edge.checkpoint import load
+
+        agent = load(tc.init)
+        if agent.cfg != cfg:
+            raise ValueError(f"{tc.init}: its config differs from the one asked to train")
+    else:
+        agent = MemoryMoEAgent(cfg)
     agent.train()
     opt = torch.optim.AdamW(agent.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     S = tc.streams
     T = max(1, tc.batch // S)
     order = suffix_orders(cfg.context)[:1]
-    start = rng.integers(0, len(text) - T, S)
+    start = rng.integers(0, len(mtext) - T, S)
     empty = lambda *shape, dtype=torch.float32: torch.zeros((S, 0) + shape, dtype=dtype)  # noqa: E731
     bank = {"key": empty(cfg.memory_dim), "ctx": empty(cfg.memory_dim), "x": empty(cfg.d_model),
             "hash": empty(dtype=torch.long), "byte": empty(dtype=torch.long)}
@@ -127,20 +138,22 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(agent.parameters(), 1.0)
             opt.step()
+            for r in out.routed:
+                agent.alignment.observe(r.index)
             _log(curve, step, tc, ce, ce_lm, False, out)
             if progress:
                 progress(step, ce.item())
             continue
         reset = rng.random(S) < 1.0 / tc.reset_every
-        over = start + T >= len(text)
+        over = start + T >= len(mtext)
         jump = reset | over
-        start[jump] = rng.integers(0, len(text) - T, int(jump.sum()))
+        start[jump] = rng.integers(0, len(mtext) - T, int(jump.sum()))
         if jump.any() and filled.shape[1]:
             filled[torch.from_numpy(jump)] = False
         pos = (start[:, None] + np.arange(T)[None, :]).reshape(-1)
         start += T
-        target = torch.from_numpy(text[pos].astype(np.int64))
-        w = windows(text, pos, cfg.context)
+        target = torch.from_numpy(mtext[pos].astype(np.int64))
+        w = windows(mtext, pos, cfg.context)
         qhash = torch.from_numpy(window_hashes(w, order)[:, 0])
         enc = agent.encode(torch.from_numpy(w))
         ctx = agent.memory.context_keys(enc.key)
@@ -163,6 +176,8 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(agent.parameters(), 1.0)
         opt.step()
+        for r in out.routed:
+            agent.alignment.observe(r.index)
         with torch.no_grad():  # the bank: each stream's last RECENT experiences, detached
             new = {"key": enc.key, "ctx": ctx, "x": enc.x, "hash": qhash, "byte": target}
             for name, a in new.items():

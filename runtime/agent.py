@@ -172,7 +172,8 @@ class EdgeAgent:
                 self.experts_used[layer].update(np.unique(r.index[r.keep]).tolist())
         return logits, (x, key, complexity, context_key, hashes, ex.last_preference, values)
 
-    def _remember(self, logits: np.ndarray, enc, next_bytes: np.ndarray, recall: "Recall" = None) -> None:
+    def _remember(self, logits: np.ndarray, enc, next_bytes: np.ndarray, recall: "Recall" = None,
+                  defer: bool = False) -> None:
         recall = recall or Recall()
         x, key, complexity, context_key, hashes, preference, values = enc
         z = logits.astype(np.float64)
@@ -182,7 +183,7 @@ class EdgeAgent:
         with self._lock:
             value = self.executor.experience(x, next_bytes) if values is None else values
             self.memory.store(key, context_key, value, complexity, surprise, next_bytes.astype(np.int64), hashes,
-                              preference.argmax(-1).astype(np.int64), recall.scene, recall.task)
+                              preference.argmax(-1).astype(np.int64), recall.scene, recall.task, defer=defer)
 
     def step(self, context, use_memory: bool = True, mode: str = "hybrid", task: str = "general",
              scene: str = "") -> np.ndarray:
@@ -227,18 +228,19 @@ class EdgeAgent:
                 nxt = int(rng.choice(len(p), p=p / p.sum()))
             else:
                 nxt = int(np.argmax(row))
-            if use_memory:
-                self._remember(logits, enc, np.array([nxt]), recall)
+            if use_memory:  # held and written in batches (m3edge/memory/pending.py); read at once
+                self._remember(logits, enc, np.array([nxt]), recall, defer=True)
             text.append(nxt)
             if on_byte is not None:
                 on_byte(nxt)
-        self.save_memory()
+        self.save_memory()  # writes what is held: a generation that returned is durable
         return bytes(text[start:])
 
     def save_memory(self) -> None:
-        """Snapshot the long-term memory to ``memory_dir`` (a no-op without one)."""
-        if self.memory_dir is not None:
-            with self._lock:
+        """Write held experiences; snapshot the long-term memory to ``memory_dir`` if one was given."""
+        with self._lock:
+            self.memory.flush()
+            if self.memory_dir is not None:
                 self.memory.save(self.memory_dir)
 
     def search_memory(self, query, k: int = 5) -> list[dict]:

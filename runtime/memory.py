@@ -22,6 +22,7 @@ import numpy as np
 
 from m3edge.errors import BadInput
 from m3edge.memory import retrieval
+from m3edge.memory.pending import Pending
 from m3edge.memory.synaptic import Clock, Memory, unit
 from m3edge.runtime.store import DB_NAME, MemoryStore, memory_extras
 
@@ -62,6 +63,7 @@ class LongTermMemory:
         self.distill = distill
         self.store_: MemoryStore | None = None  # made at the first store (its key sizes come with the data)
         self.directory: Path | None = None
+        self.pending = Pending()  # decode steps' experiences, written in batches (m3edge/memory/pending.py)
 
     @property
     def storage(self):
@@ -73,7 +75,8 @@ class LongTermMemory:
         return self.store_.storage
 
     def __len__(self) -> int:
-        return 0 if self.store_ is None else len(self.store_.storage)
+        """Memories held: stored, and decode experiences not yet written."""
+        return (0 if self.store_ is None else len(self.store_.storage)) + len(self.pending)
 
     def _make_store(self, key_dim: int, context_dim: int) -> MemoryStore:
         if self.directory is not None:
@@ -88,12 +91,16 @@ class LongTermMemory:
         """The top ``r`` memories per sensory key [N, m] (``m3edge.memory.retrieval``, as the torch agent reads
         them); a retrieval strengthens the top ``top_k`` it touched."""
         n = key.shape[0]
+        if segment is not None:
+            self.flush()  # a prompt's rows come after every held one
+        else:
+            segment = self.pending.segment()
         if not len(self) and segment is None:
             return retrieval.empty(n, r, self.d_model)
         if self.store_ is None:  # a segment on an empty memory: nothing stored to score, only its own rows
             self.store_ = self._make_store(key.shape[-1], context_key.shape[-1])
         got = self.store_.retrieve(unit(key), context_key, hashes, r, mode, task, scene, segment)
-        if reconsolidate and len(self):
+        if reconsolidate and len(self.store_.storage):
             groups = [g for g in got.reconsolidation_groups(self.top_k) if g]
             if groups:
                 self.store_.reconsolidate(groups)
@@ -101,6 +108,7 @@ class LongTermMemory:
 
     def search(self, query: np.ndarray, query_ctx: np.ndarray, k: int) -> list[dict]:
         """Top-k memories by the fused retrieval score, without touching them."""
+        self.flush()
         if not len(self):
             return []
         ms = self.store_
@@ -114,8 +122,32 @@ class LongTermMemory:
         return out
 
     def store(self, key, context_key, value, complexity, surprise, next_bytes=None, hashes=None, type_ids=None,
-              scene: str = "", task: str = "general") -> list[int]:
+              scene: str = "", task: str = "general", defer: bool = False) -> list[int]:
+        """Store experiences now, or (``defer``, one decode step's row) hold them for the next batched write;
+        held rows are read like stored ones. Returns the stored ids (none for a held row)."""
         key, context_key = np.asarray(key, dtype=np.float32), np.asarray(context_key, dtype=np.float32)
+        if defer and len(key) == 1 and next_bytes is not None and hashes is not None and type_ids is not None:
+            retrieval.check_task(task)
+            if not self.pending.accepts(scene, task):
+                self.flush()
+            self.pending.add(key[0], unit(key)[0], context_key[0], np.asarray(value, np.float32)[0],
+                             float(np.reshape(complexity, -1)[0]), float(np.reshape(surprise, -1)[0]),
+                             int(np.reshape(next_bytes, -1)[0]), np.asarray(hashes, np.int64)[0],
+                             int(np.reshape(type_ids, -1)[0]), scene, task)
+            return self.flush() if self.pending.full() else []
+        self.flush()
+        return self._store(key, context_key, value, complexity, surprise, next_bytes, hashes, type_ids, scene, task)
+
+    def flush(self) -> list[int]:
+        """Write the held decode experiences in one batch (a no-op when none are held)."""
+        p = self.pending.take()
+        if p is None:
+            return []
+        return self._store(p["keys"], p["context_keys"], p["values"], p["complexity"], p["surprise"],
+                           p["next_bytes"], p["hashes"], p["type_ids"], p["scene"], p["task"])
+
+    def _store(self, key, context_key, value, complexity, surprise, next_bytes, hashes, type_ids, scene,
+               task) -> list[int]:
         if self.store_ is None:
             self.store_ = self._make_store(key.shape[-1], context_key.shape[-1])
         return self.store_.store_experiences(key, value, complexity, surprise, context_key, next_bytes, hashes,
@@ -127,6 +159,7 @@ class LongTermMemory:
         """Everything is already committed when the store lives in ``memory_dir``: this only records the read
         energy spent since the last write. Any other directory gets a durable copy of the memory."""
         d = Path(memory_dir)
+        self.flush()
         if self.store_ is not None and self.store_.path is not None and self.directory == d:
             self.store_.save_ledger()
             return
@@ -159,6 +192,7 @@ class LongTermMemory:
         self.store_ = ms
 
     def close(self) -> None:
+        self.flush()
         if self.store_ is not None:
             self.store_.close()
 

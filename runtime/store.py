@@ -574,7 +574,7 @@ class MemoryStore:
                  scene: str = "", segment: retrieval.Segment | None = None) -> retrieval.Retrieved:
         """The top ``r`` memories per query over bounded candidates (``m3edge.memory.retrieval``)."""
         return retrieval.retrieve(self.storage, self._spatial, key_units, context_keys, hashes, r, self.value_dim,
-                                  self.clock(), mode, task, scene, segment)
+                                  self.clock(), mode, task, scene, segment, graph=self.graph)
 
     def search(self, query, query_ctx=None, k: int = 10) -> list[dict]:
         """Top-k memories by the fused score, without reconsolidating them."""

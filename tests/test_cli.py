@@ -28,6 +28,20 @@ def test_train_cli_writes_checkpoint_and_report(tmp_path):
     assert json.loads(r.stdout)["checkpoint"] == str(out)
 
 
+def test_train_init_continues_from_a_checkpoint_and_records_it(tmp_path):
+    first = tmp_path / "a"
+    r = run_cli("train", "--preset", "tiny", "-o", first, "--steps", "2", "--batch", "64", "--eval-bytes", "256")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--init", first, "-o", tmp_path / "b", "--steps", "2", "--batch", "64", "--eval-bytes", "256",
+                "--lr", "1e-3")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert meta["init"]["weights_sha256"] == json.loads((first / "checkpoint.json").read_text())["weights_sha256"]
+    assert meta["preset"] == "tiny" and meta["steps"] == 2
+    r = run_cli("train", "--init", tmp_path / "nope", "-o", tmp_path / "c", "--steps", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
 def test_bad_usage_exits_2():
     r = run_cli("train", "--preset", "huge", "-o", "/tmp/x-never")
     assert r.returncode == 2 and "unknown preset" in r.stderr and "Traceback" not in r.stderr

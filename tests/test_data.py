@@ -39,3 +39,22 @@ def test_bad_text_files(tmp_path):
         read_bytes(tmp_path / "one.txt")
     with pytest.raises(BadInput, match="unknown split"):
         load_split(DATA, "test")
+
+
+def test_with_facts_states_each_code_twice_with_a_gap_and_is_reproducible():
+    import re
+
+    from m3edge.data import with_facts
+
+    text = load_split(DATA, "train")[:40_000]
+    a = with_facts(text, np.random.default_rng(3), every=2048)
+    assert np.array_equal(a, with_facts(text, np.random.default_rng(3), every=2048))
+    s = bytes(a).decode("latin-1")
+    facts = re.findall(r"^ *([a-z_]+) = (['\"])([A-Za-z0-9]{6,16})\2$", s, re.M)
+    assert len(facts) >= 2 * (len(text) // 2048) * 0.8
+    for name, _, code in facts:
+        hits = [m.start() for m in re.finditer(re.escape(code), s)]
+        assert len(hits) >= 2 and hits[1] - hits[0] >= 64  # stated, then restated later
+    # nothing of the original text is lost: removing the inserted lines gives it back
+    rest = re.sub(r"^ *[a-z_]+ = (['\"])[A-Za-z0-9]{6,16}\1\n", "", s, flags=re.M)
+    assert rest.encode("latin-1") == bytes(text)

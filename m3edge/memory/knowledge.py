@@ -57,6 +57,7 @@ class KnowledgeGraph:
         self._changed_nodes: set[int] = set()
         self._new_edges: set[tuple[int, int]] = set()
         self._new_sources: dict[int, int] = {}
+        self._adj: dict[int, set[int]] | None = None  # node -> linked nodes, for reads
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -77,6 +78,23 @@ class KnowledgeGraph:
         if e not in self.edges:
             self.edges.add(e)
             self._new_edges.add(e)
+            if self._adj is not None:
+                self._adj.setdefault(a, set()).add(b)
+                self._adj.setdefault(b, set()).add(a)
+
+    def neighbours(self, memory_ids: Iterable[int], alive, limit: int) -> list[int]:
+        """The graph read on retrieval: the memories consolidated into the nodes of ``memory_ids`` and into
+        the nodes linked to those, the ``limit`` most recent still ``alive``, oldest first."""
+        if self._adj is None:  # built at the first read, then kept with every link
+            self._adj = {}
+            for a, b in self.edges:
+                self._adj.setdefault(a, set()).add(b)
+                self._adj.setdefault(b, set()).add(a)
+        nodes = {self.node_of[m] for m in memory_ids if m in self.node_of}
+        for k in list(nodes):
+            nodes |= self._adj.get(k, set())
+        found = sorted({m for k in nodes for m in self.nodes[k].sources if m in alive})
+        return found[-limit:]
 
     def consolidate(self, memories: Iterable, distill: Callable[[np.ndarray], np.ndarray] | None = None) -> int:
         """Fold memories (objects with .id, .value, .associations) into the graph; returns new nodes."""
@@ -116,6 +134,7 @@ class KnowledgeGraph:
 
     def restore(self, nodes: list[KnowledgeNode], edges: Iterable[tuple[int, int]], node_of: dict[int, int]) -> None:
         self.nodes, self.edges, self.node_of = list(nodes), set(edges), dict(node_of)
+        self._adj = None
         self._mat, self._sq = np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
         for i, k in enumerate(self.nodes):
             self._set_row(i, k.vector)

@@ -14,7 +14,8 @@ exact / suffix context hashes, the scene); the retrieval mode picks among them:
 
 A ``Segment`` is text being ingested in one batch (a prompt, an eval chunk): row i also sees the segment's
 rows j < i, which are compared digitally (they are not programmed into the crossbar yet), so a 4 KB prompt is
-one batched pass that still predicts each byte from everything before it.
+one batched pass that still predicts each byte from everything before it. A segment ``after`` all its
+queries is the decode steps' experiences not yet written (``m3edge.memory.pending``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ TASK_IMPORTANCE = {
 }
 TASK_WEIGHT = 0.5  # how far a task's preference moves a memory's score (at most +-0.2 on a 0..1 scale)
 TASK_TYPES = tuple(TASK_PREFERENCES)
+# The knowledge graph read on retrieval (the memories consolidated into the nodes of a query's context matches
+# and their linked nodes as extra candidates): measured in docs/memory.md, off because it did not help.
+GRAPH_READ = False
 
 
 def check_task(task: str) -> str:
@@ -81,6 +85,9 @@ def topk_stable(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k along the last axis, highest first, ties to the lower index: what a stable descending sort gives,
     in O(n) per row (a partition finds the k-th value; only the few rows at or above it are sorted)."""
     n = scores.shape[-1]
+    if (k >= n or n <= 64) and scores.ndim == 2:
+        idx = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+        return scores[np.arange(len(scores))[:, None], idx], idx
     if k >= n or n <= 64:
         idx = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
         return np.take_along_axis(scores, idx, axis=-1), idx
@@ -105,7 +112,12 @@ class Segment:
     next_bytes: np.ndarray  # [N] int64
     hashes: np.ndarray  # [N, orders] int64
     values: np.ndarray  # [N, d]
+    after: bool = False  # every query comes after all the rows (held decode writes), not at its own row
     _sorted: list | None = None
+
+    def positions(self, offset: int, n: int) -> np.ndarray:
+        """Each query's place in the segment: it may read the rows before it."""
+        return np.full(n, len(self.next_bytes)) if self.after else offset + np.arange(n)
 
     def sorted_hashes(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per hash order: (rows sorted by hash, stably, and the sorted hashes), built once per segment."""
@@ -156,24 +168,25 @@ def _type_bonus(task: str, type_ids: np.ndarray) -> np.ndarray:
 
 def retrieve(storage, spatial_read, key_units: np.ndarray, context_keys: np.ndarray, hashes: np.ndarray, r: int,
              d: int, now: float, mode: str = "hybrid", task: str = "general", scene: str = "",
-             segment: Segment | None = None, rows_per_chunk: int = 256) -> Retrieved:
+             segment: Segment | None = None, rows_per_chunk: int = 256, graph=None) -> Retrieved:
     """The top ``r`` memories for each query [N, m] (unit keys, unit context keys, context hashes).
 
     ``storage`` is a SynapticStorage whose memories carry ``context_key``, ``next_byte``, ``hashes`` and
     ``type_id`` columns; ``spatial_read(query_units, rows)`` returns the crossbar's [N, len(rows)] read of those
-    stored rows."""
+    stored rows. ``graph``: the knowledge graph, read for extra candidates when ``GRAPH_READ``."""
     check_mode(mode)
+    graph = graph if GRAPH_READ else None
     check_task(task)
     n = len(key_units)
     if n <= rows_per_chunk:
         return _retrieve_rows(storage, spatial_read, key_units, context_keys, hashes, r, d, now, mode, task, scene,
-                              segment, 0)
+                              segment, 0, graph)
     out = empty(n, r, d)
     for s in range(0, n, rows_per_chunk):
         e = min(n, s + rows_per_chunk)
         part = _retrieve_rows(storage, spatial_read, key_units[s:e], None if context_keys is None else context_keys[s:e],
                               hashes[s:e], r, d, now,
-                              mode, task, scene, segment, s)
+                              mode, task, scene, segment, s, graph)
         for name in ("ids", "scores", "next_bytes", "exact", "valid", "values"):
             getattr(out, name)[s:e] = getattr(part, name)
     return out
@@ -184,9 +197,10 @@ def _segment_candidates(segment: Segment, qh: np.ndarray, offset: int, mode: str
     before it, plus (beyond the window) the BUCKET most recent earlier rows sharing its exact or suffix hash, as
     the index would hold them had those rows been stored one at a time."""
     n = len(qh)
-    q = offset + np.arange(n)
+    q = segment.positions(offset, n)
     # factual reads no window: only exact matches (added below)
-    cand: dict[int, None] = {} if mode == "factual" else dict.fromkeys(range(max(0, offset - RECENT), offset + n))
+    cand: dict[int, None] = {} if mode == "factual" else dict.fromkeys(
+        range(max(0, int(q[0]) - RECENT), min(len(segment.next_bytes), int(q[-1]) + 1)))
     orders = [0] if mode == "factual" else ([1, 2] if mode == "experiential" else [0, 1, 2])
     extra: list[list[int]] = [[] for _ in range(n)]
     sorted_ = segment.sorted_hashes()
@@ -249,7 +263,8 @@ def _stored_scores(cols, sel, spatial_read, qu, qc, now, task):
     return score, cols.get("hashes")[sel, 0], cols.get("next_byte")[sel]
 
 
-def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, scene, segment, offset) -> Retrieved:
+def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, scene, segment, offset,
+                   graph=None) -> Retrieved:
     n = len(qu)
     m = len(storage)
     index = storage.index
@@ -267,6 +282,8 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
             ids += index.exact(qh[i], alive)
         if mode != "factual":
             ids += index.suffix(qh[i], alive) + index.scene(scene, alive)
+            if graph is not None:
+                ids += graph.neighbours(ids, alive, BUCKET)
         per_query.append(ids)
     extra = candidate_rows(per_query, id_array, recent0)
     width = extra.shape[1]
@@ -282,8 +299,8 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
         span = m - recent0
         fifo_mask = np.ones((n, span), dtype=bool)
         if segment is not None:  # a segment row's FIFO holds the segment rows before it: fewer stored ones
-            for i in range(n):
-                fifo_mask[i, :max(0, span - max(0, RECENT - (offset + i)))] = False
+            for i, qi in enumerate(segment.positions(offset, n).tolist()):
+                fifo_mask[i, :max(0, span - max(0, RECENT - qi))] = False
         masks.append(fifo_mask)
         row_parts.append(np.broadcast_to(np.arange(recent0, m), (n, span)))
     if parts:
@@ -320,9 +337,10 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
         return res
     res.scores[:, :k] = np.where(valid, top, 0)
     res.valid[:, :k] = valid
-    res.exact[:, :k] = np.take_along_axis(exact, idx, 1) & valid
-    res.next_bytes[:, :k] = np.where(valid, np.take_along_axis(bytes_, idx, 1), 0)
-    res.ids[:, :k] = np.where(valid, np.take_along_axis(ids, idx, 1), -1)
+    rix = np.arange(n)[:, None]  # plain fancy indexing: take_along_axis costs more than the gather at n = 1
+    res.exact[:, :k] = exact[rix, idx] & valid
+    res.next_bytes[:, :k] = np.where(valid, bytes_[rix, idx], 0)
+    res.ids[:, :k] = np.where(valid, ids[rix, idx], -1)
     n_stored = rows2.shape[1]
     slots = np.zeros((n, r), dtype=bool)
     slots[:, :k] = valid

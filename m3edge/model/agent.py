@@ -118,12 +118,14 @@ class MemoryMoEAgent(nn.Module):
 
     @torch.no_grad()
     def remember(self, out: AgentOutput, windows: torch.Tensor, next_bytes: torch.Tensor, task: str = "general",
-                 scene: str = "") -> list[int]:
-        """Store (state, observed byte) experiences; surprise is the byte's code length / 8 bits."""
+                 scene: str = "", defer: bool = False) -> list[int]:
+        """Store (state, observed byte) experiences; surprise is the byte's code length / 8 bits. ``defer``:
+        a decode step's row, held for the next batched write and read at once (as the runtime does)."""
         logp = torch.log_softmax(out.logits, dim=-1).gather(1, next_bytes.unsqueeze(1)).squeeze(1)
         surprise = (-logp / math.log(self.cfg.vocab)).clamp(0, 1)
         e = out.encoded
-        return self.memory.store(e.x, e.key, windows, next_bytes, e.complexity, surprise, out.preference, task, scene)
+        return self.memory.store(e.x, e.key, windows, next_bytes, e.complexity, surprise, out.preference, task, scene,
+                                 defer)
 
     @torch.no_grad()
     def generate(self, prompt: bytes, max_bytes: int, temperature: float = 0.0, seed: int | None = None,
@@ -149,6 +151,7 @@ class MemoryMoEAgent(nn.Module):
             else:
                 nxt = int(torch.argmax(logits))
             if use_memory:
-                self.remember(out, w, torch.tensor([nxt]), task, scene)
+                self.remember(out, w, torch.tensor([nxt]), task, scene, defer=True)
             text.append(nxt)
+        self.memory.flush()
         return bytes(text[len(prompt):])

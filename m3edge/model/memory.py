@@ -23,6 +23,7 @@ import numpy as np
 from m3edge.config import MEMORY_TYPES, ModelConfig
 from m3edge.memory import retrieval
 from m3edge.memory.index import suffix_orders, window_hashes
+from m3edge.memory.pending import Pending
 from m3edge.memory.synaptic import IMPORTANCE_WEIGHTS, Clock, SynapticStorage, experience_importance  # noqa: F401
 from m3edge.memory.synaptic import store_experiences, unit
 from m3edge.model.associator import ContextualAssociator
@@ -43,6 +44,7 @@ class M3MemorySystem(nn.Module):
         self.storage = SynapticStorage(capacity, clock)
         self.crossbar = ResistiveArraySimulator(device)
         self.orders = suffix_orders(cfg.context)
+        self.pending = Pending()  # decode steps' experiences, written in batches as the runtime does
 
     def reset(self, capacity: int | None = None) -> None:
         """Forget everything (a fresh store, optionally of another capacity)."""
@@ -51,6 +53,7 @@ class M3MemorySystem(nn.Module):
         self.crossbar = ResistiveArraySimulator(self.crossbar.device, self.crossbar.seed)
         self.distiller.graph = type(self.distiller.graph)(self.distiller.graph.merge_similarity,
                                                           self.distiller.graph.link_similarity)
+        self.pending = Pending()
 
     def encode_experience(self, state: torch.Tensor, next_byte: torch.Tensor) -> torch.Tensor:
         onehot = F.one_hot(next_byte, self.cfg.vocab).to(state.dtype)
@@ -81,11 +84,15 @@ class M3MemorySystem(nn.Module):
         """The top ``memory_read_k`` memories per query (``m3edge.memory.retrieval``, shared with the runtime)."""
         n = key.shape[0]
         cfg = self.cfg
+        if segment is not None:
+            self.flush()
+        else:
+            segment = self.pending.segment()
         if not len(self.storage) and segment is None:
             return retrieval.empty(n, cfg.memory_read_k, cfg.d_model)
         return retrieval.retrieve(self.storage, self._spatial, unit(key.numpy()), self.context_keys(key).numpy(),
                                   self.hashes(windows), cfg.memory_read_k, cfg.d_model, self.storage.clock(), mode,
-                                  task, scene, segment)
+                                  task, scene, segment, graph=self.distiller.graph)
 
     @torch.no_grad()
     def segment(self, state, key, windows, next_bytes: torch.Tensor) -> retrieval.Segment:
@@ -95,18 +102,39 @@ class M3MemorySystem(nn.Module):
 
     @torch.no_grad()
     def store(self, state, key, windows, next_byte, complexity, surprise, preference, task: str = "general",
-              scene: str = "") -> list[int]:
+              scene: str = "", defer: bool = False) -> list[int]:
         """Store experiences: the value, what followed, the context hashes, the type (the alignment's
-        preferred memory type), with the task's importance weights."""
+        preferred memory type), with the task's importance weights. ``defer`` (one decode step's row): hold it
+        for the next batched write (``m3edge/memory/pending.py``); held rows are read like stored ones."""
         value = self.encode_experience(state, next_byte).numpy()
         ctx = self.context_keys(key).numpy()
         hashes = self.hashes(windows)
         types = preference.argmax(-1).numpy()
         nb = next_byte.numpy()
+        keys, cx, sp = key.numpy(), complexity.numpy().reshape(-1), surprise.numpy().reshape(-1)
+        if defer and len(nb) == 1:
+            retrieval.check_task(task)
+            if not self.pending.accepts(scene, task):
+                self.flush()
+            self.pending.add(keys[0], unit(keys)[0], ctx[0], value[0], float(cx[0]), float(sp[0]), int(nb[0]),
+                             hashes[0], int(types[0]), scene, task)
+            return self.flush() if self.pending.full() else []
+        self.flush()
+        return self._store(keys, ctx, value, cx, sp, nb, hashes, types, scene, task)
+
+    def flush(self) -> list[int]:
+        """Write the held decode experiences in one batch (a no-op when none are held)."""
+        p = self.pending.take()
+        if p is None:
+            return []
+        return self._store(p["keys"], p["context_keys"], p["values"], p["complexity"], p["surprise"],
+                           p["next_bytes"], p["hashes"], p["type_ids"], p["scene"], p["task"])
+
+    def _store(self, keys, ctx, value, complexity, surprise, nb, hashes, types, scene, task) -> list[int]:
         extras = [{"context_key": ctx[i], "next_byte": np.int64(nb[i]), "hashes": hashes[i],
                    "type_id": np.int64(types[i]), "scene": scene} for i in range(len(nb))]
-        ids = store_experiences(self.storage, key.numpy(), value, complexity.numpy(), surprise.numpy(), extras,
+        ids = store_experiences(self.storage, keys, value, complexity, surprise, extras,
                                 weights=retrieval.TASK_IMPORTANCE[task],
-                                memory_types=[MEMORY_TYPES[t] for t in types.tolist()])
+                                memory_types=[MEMORY_TYPES[t] for t in np.asarray(types).tolist()])
         self.distiller.consolidate(self.storage.consolidation_candidates())
         return ids
