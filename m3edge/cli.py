@@ -215,6 +215,7 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, with_memory, retrieval
 def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, force, precision, calibration_method,
            allow_accuracy_drop, data_dir, parity_tokens, bank_rows, as_json):
     """Export per-expert static-shape graphs (ONNX or TFLite, as the target says), validated against torch."""
+    exit_on_sigterm()
     import time
 
     from tqdm import tqdm
@@ -227,7 +228,6 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
 
     from m3edge import limits
 
-    exit_on_sigterm()
     t0 = time.time()
     limits.outside_bundles("-o", output, replaces=True)
     target = targets.load(target_name)
@@ -383,6 +383,7 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
 def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cache, cache_experts, policy, prefetch,
         strict, task_type, retrieval_mode, scene, no_memory, as_json):
     """Continue a prompt with a bundle on this device (no torch needed)."""
+    exit_on_sigterm()
     import time
 
     from m3edge import limits
@@ -395,7 +396,6 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
         raise BadInput(f"--scene is {len(scene.encode())} bytes; the limit is 256")
     if memory_dir is not None:
         limits.outside_bundles("--memory-dir", memory_dir)
-    exit_on_sigterm()
     t0 = time.perf_counter()
     with EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts, policy=policy,
                         prefetch=prefetch, strict=strict, engine_cache=engine_cache) as agent:

@@ -82,10 +82,15 @@ _DISK = {"SQLITE_FULL": "the disk is full", "SQLITE_READONLY": "the storage is r
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
-def db_error(e: sqlite3.Error, path) -> BadInput:
+def db_error(e: sqlite3.Error, path, opening: bool = False) -> BadInput:
     """A typed, one-line error for an SQLite failure on ``path``: a ``StorageError`` (the server's 507) when the
-    storage refused the write, a ``CorruptStore`` when the file is damaged."""
+    storage refused the write, a ``CorruptStore`` when the file is damaged. ``opening``: nothing was written."""
     name = getattr(e, "sqlite_errorname", "") or ""
+    if opening and name not in _CORRUPT:
+        ro = _readonly_fs(Path(path).parent)
+        return StorageError(path, f"cannot open the memory store for writing ({e})"
+                                  + ("; the storage is read-only: choose a writable --memory-dir" if ro else
+                                     "; is the disk full, or the directory not writable?"))
     if name in _CORRUPT:
         return CorruptStore(f"{path}: the memory store is damaged ({e}); move it aside (or restore a backup) and "
                             f"the next run starts an empty one")
@@ -322,7 +327,7 @@ class MemoryStore:
                 db.close()
             if isinstance(e, MemoryInputError):
                 raise
-            raise db_error(e, path) from None
+            raise db_error(e, path, opening=True) from None
         if meta is None:
             if readonly:
                 db.close()
@@ -336,7 +341,7 @@ class MemoryStore:
                                    device or DEFAULT_DEVICE, seed, clock or time.time)
             except sqlite3.Error as e:
                 db.close()
-                raise db_error(e, path) from None
+                raise db_error(e, path, opening=True) from None
             except BaseException:
                 db.close()
                 raise
@@ -805,13 +810,17 @@ def connect(path: Path, readonly: bool, **kw) -> sqlite3.Connection:
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return db
     except sqlite3.OperationalError as e:
+        # Read-only media, or a full disk: mode=ro could not make the WAL index. Without a pending log the
+        # database file alone is the whole store, and immutable reads it without making anything.
         db.close()
-        if os.access(resolved.parent, os.W_OK) and not _readonly_fs(resolved.parent):
+        if not (getattr(e, "sqlite_errorname", "") or "").startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR",
+                                                                       "SQLITE_READONLY", "SQLITE_FULL")):
             raise
         wal = Path(f"{resolved}-wal")
         if wal.exists() and wal.stat().st_size:
-            raise StorageError(path, f"on read-only storage with an unmerged write-ahead log ({wal.stat().st_size} "
-                                     f"bytes): copy the directory to writable storage to read it ({e})") from None
+            raise StorageError(path, f"cannot be read here ({e}) and has an unmerged write-ahead log "
+                                     f"({wal.stat().st_size} bytes): copy the directory to writable storage with "
+                                     f"free space to read it") from None
     db = sqlite3.connect(f"file:{resolved}?mode=ro&immutable=1", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, **kw)
     return db
 
