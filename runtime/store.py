@@ -92,8 +92,8 @@ def db_error(e: sqlite3.Error, path, opening: bool = False) -> BadInput:
                                   + ("; the storage is read-only: choose a writable --memory-dir" if ro else
                                      "; is the disk full, or the directory not writable?"))
     if name in _CORRUPT:
-        return CorruptStore(f"{path}: the memory store is damaged ({e}); move it aside (or restore a backup) and "
-                            f"the next run starts an empty one")
+        return CorruptStore(f"{path}: not a readable memory store, it is damaged ({e}); move it aside (or restore "
+                            f"a backup) and the next run starts an empty one")
     base = name.split("_", 2)
     base = "_".join(base[:2]) if len(base) > 2 else name
     if base == "SQLITE_IOERR":
