@@ -41,11 +41,13 @@ def exit_on_sigterm() -> None:
     removes its temporary folder, a run rolls back its open memory transaction and closes the store. Python's
     default is to die on the spot. Exit status 143, as for a process the signal killed."""
     import signal
+    import threading
 
     def stop(signum, frame):
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is threading.main_thread():  # only there can Python set a handler
+        signal.signal(signal.SIGTERM, stop)
 
 
 def emit(obj: dict, as_json: bool, text: str) -> None:
@@ -92,9 +94,8 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_b
     from m3edge import checkpoint
     from m3edge.config import ModelConfig, preset
     from m3edge.data import default_data_dir
-    from m3edge.train import TrainConfig, train as run
-
     from m3edge import limits
+    from m3edge.train import TrainConfig, train as run
 
     cfg = ModelConfig.load(config_file) if config_file else preset(preset_name)
     limits.check_fits(cfg, str(config_file or f"preset {preset_name}"), "train")
@@ -225,7 +226,6 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
     from m3edge.export.pipeline import ExportFailed, ExportOptions, bank_rows as banks_at, export_bundle
     from m3edge.export.validate import format_table
     from m3edge.export.parity import format_end_to_end
-
     from m3edge import limits
 
     t0 = time.time()

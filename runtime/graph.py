@@ -73,11 +73,12 @@ class SessionConfig:
         return self.threads if params * rows >= PARALLEL_WORK else 1
 
     def providers_for(self, input_shapes: dict | None, graph: str | None = None) -> list[tuple[str, dict]]:
-        from m3edge.runtime.engines import checked_providers
+        from m3edge.runtime.engines import checked_providers, default_engine_cache
 
+        cache = self.cache_dir if self.cache_dir is not None else default_engine_cache()
         if self.target is not None:
-            return checked_providers(self.target.ort_providers(input_shapes, self.cache_dir, graph), self.cache_dir)
-        return checked_providers(list(self.providers), self.cache_dir)
+            return checked_providers(self.target.ort_providers(input_shapes, cache, graph), cache)
+        return checked_providers(list(self.providers), cache)
 
 
 class OrtGraph:

@@ -268,6 +268,8 @@ STORE_CASES = [
      "value is 4 bytes"),
     ("NaN key", ["UPDATE memories SET key = x'" + "0000c07f" * 16 + "' WHERE id = (SELECT min(id) FROM memories)"],
      "NaN"),
+    ("missing context", ["UPDATE memories SET context = NULL WHERE id = (SELECT max(id) FROM memories)"],
+     "context is a NoneType"),
     ("text priority", ["UPDATE memories SET priority = 'high' WHERE id = (SELECT min(id) FROM memories)"], "priority"),
     ("dangling node source", ["INSERT OR REPLACE INTO node_sources VALUES (999999, 12345)"], "node_sources"),
     ("next_id behind", ["UPDATE meta SET value = '0' WHERE key = 'next_id'"], "next_id"),
@@ -280,8 +282,7 @@ def test_an_edited_memory_store_exits_2_naming_the_file_and_field(bundle, store,
     _sql(d, *sql)
     r = m3edge("run", str(bundle), "--prompt", "x", "--max-bytes", "2", "--memory-dir", str(d))
     one_line_error(r, str(d / DB_NAME), needle)
-    if label not in ("short key blob", "short value blob", "NaN key", "text priority", "dangling node source",
-                     "next_id behind"):  # inspect reads counts and meta, not rows
+    if label.startswith(("bad meta", "negative", "missing meta")):  # inspect reads meta and counts, not rows
         one_line_error(m3edge("memory", "inspect", str(d)), str(d / DB_NAME), needle)
 
 
@@ -447,3 +448,19 @@ def test_kill_and_sigterm_during_run_memory_dir_lose_no_acknowledged_write(bundl
     r = m3edge("run", str(bundle), "--prompt", "after the kills", "--max-bytes", "4", "--memory-dir", str(d))
     assert r.returncode == 0, (SEED, r.stderr.decode())
     assert memory_count(d) > acked
+
+
+def test_a_profile_asking_for_more_threads_than_this_machine_has_gets_its_cores(bundle, work):
+    """A manifest's profile is data from elsewhere: 1,024 threads on a 2-core device would only contend."""
+    import shutil
+
+    from m3edge.runtime.agent import EdgeAgent
+
+    copy = work / "many-threads"
+    shutil.copytree(bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["target"] |= {"cores": 1024, "threads": 1024}
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with EdgeAgent.open(copy) as agent:
+        assert agent.executor.session.threads <= (os.cpu_count() or 1)
+        assert len(agent.generate(b"ab", 2, use_memory=False)) == 2

@@ -129,3 +129,9 @@ def test_engine_dirs_are_per_bundle_content_and_never_inside_a_bundle(tmp_path, 
     monkeypatch.delenv("M3EDGE_ENGINE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_engine_cache() == tmp_path / "xdg" / "m3edge" / "engines"
+
+
+def test_without_a_cache_dir_engines_go_to_the_default_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("M3EDGE_ENGINE_CACHE", str(tmp_path / "default"))
+    trt = SessionConfig(target=targets.load("jetson")).providers_for(SHAPES, "g")[0][1]
+    assert trt["trt_engine_cache_path"] == str((tmp_path / "default").resolve() / "trt_engines")
