@@ -846,8 +846,9 @@ class RowCheck:
     """Every stored memory row, before it is trusted: blob sizes against the store's dimensions (a short blob
     would fail far away, in a matrix product), column types, finite numbers, links and ids consistent.
 
-    One SQL query finds the first malformed row (in SQLite's C, so opening 100,000 memories costs ~10 ms more,
-    not a Python check per row); finiteness is one numpy pass over the columns once they are built."""
+    One SQL query finds the first malformed row, in SQLite's C rather than a Python check per row (measured at
+    100,000 memories on the shared 2-core host: 0.5 s, against 1.3 s to read the rows and ~46 s for the whole
+    open, so about 1%); finiteness is one numpy pass over the columns once they are built."""
 
     def __init__(self, store: "MemoryStore"):
         self.path, self.store = store.path, store

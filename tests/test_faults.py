@@ -421,7 +421,11 @@ def test_kill_and_sigterm_at_random_points_of_an_export_leave_no_half_bundle(pro
     assert r.returncode == 0, (SEED, r.stderr.decode())
     assert sorted(q.name for q in parent.iterdir()) == ["b"], SEED  # what the kills left was cleaned
     assert m3edge("inspect", str(out)).returncode == 0
-    assert (out.stat().st_mode & 0o777) == 0o755 and (out / "manifest.json").stat().st_mode & 0o044 == 0o044
+    # Readable by a service user: the umask's modes (0755 / 0644 under the usual 022), not mkdtemp's 0700.
+    from m3edge.atomic import _umask
+
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~_umask(), oct(out.stat().st_mode)
+    assert (out / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_kill_and_sigterm_during_run_memory_dir_lose_no_acknowledged_write(bundle, work):
@@ -464,3 +468,26 @@ def test_a_profile_asking_for_more_threads_than_this_machine_has_gets_its_cores(
     with EdgeAgent.open(copy) as agent:
         assert agent.executor.session.threads <= (os.cpu_count() or 1)
         assert len(agent.generate(b"ab", 2, use_memory=False)) == 2
+
+
+def test_the_next_export_cleans_what_a_kill_left_and_puts_a_previous_version_back(bundle, profile, work):
+    """Deterministic versions of the kill points: a temporary folder of a dead process, and a kill between the two
+    renames (the previous bundle moved aside to .b.old, the new one not yet in place)."""
+    import shutil
+
+    parent = work / "leftovers"
+    parent.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (parent / f".b.tmp-{dead.pid}-abcd1234").mkdir()
+    (parent / f".b.tmp-{dead.pid}-abcd1234" / "manifest.json").write_text("{half")
+    live = parent / f".b.tmp-{os.getpid()}-live0000"  # a process still writing: left alone
+    live.mkdir()
+    shutil.copytree(bundle, parent / ".b.old")
+    r = CliRunner().invoke(cli, ["inspect", str(parent / "b")])
+    assert r.exit_code == 2  # nothing in place yet: only a write beside it recovers
+    r = CliRunner().invoke(cli, export_args(profile, parent / "b"))
+    assert r.exit_code == 2 and "already exists" in r.output, r.output  # the previous bundle is back: not replaced
+    assert f"removed {parent / f'.b.tmp-{dead.pid}-abcd1234'}" in r.output and "restored" in r.output, r.output
+    assert sorted(p.name for p in parent.iterdir()) == [live.name, "b"]
+    assert CliRunner().invoke(cli, ["inspect", str(parent / "b")]).exit_code == 0
