@@ -397,12 +397,16 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
     if memory_dir is not None:
         limits.outside_bundles("--memory-dir", memory_dir)
     t0 = time.perf_counter()
-    with EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts, policy=policy,
-                        prefetch=prefetch, strict=strict, engine_cache=engine_cache) as agent:
-        t1 = time.perf_counter()
-        out = agent.generate(prompt, max_bytes, temperature, seed, not no_memory, retrieval_mode, task_type, scene)
-        t2 = time.perf_counter()
-        stats = agent.stats()
+    agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts, policy=policy,
+                           prefetch=prefetch, strict=strict, engine_cache=engine_cache)
+    try:
+        with agent:
+            t1 = time.perf_counter()
+            out = agent.generate(prompt, max_bytes, temperature, seed, not no_memory, retrieval_mode, task_type, scene)
+            t2 = time.perf_counter()
+            stats = agent.stats()
+    finally:  # after the agent's close (which records the read energy): the store merges its log and closes
+        agent.memory.close()
     text = out.decode("utf-8", errors="replace")
     res = {"text": text, "bytes": len(out), "bytes_per_s": len(out) / (t2 - t1) if t2 > t1 else 0.0,
            "open_s": t1 - t0, "cache": {k: stats["cache"][k] for k in ("hits", "misses", "evictions", "load_ms",
