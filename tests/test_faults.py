@@ -499,3 +499,31 @@ def test_the_next_export_cleans_what_a_kill_left_and_puts_a_previous_version_bac
     assert f"removed {parent / f'.b.tmp-{dead.pid}-abcd1234'}" in r.output and "restored" in r.output, r.output
     assert sorted(p.name for p in parent.iterdir()) == [live.name, "b"]
     assert CliRunner().invoke(cli, ["inspect", str(parent / "b")]).exit_code == 0
+
+
+@needs_mount
+def test_a_full_disk_is_a_typed_storage_error_for_the_server_to_map_to_507(work):
+    """The server maps ``StorageError.http_status``; the library raises it, rolls back and keeps what committed."""
+    import numpy as np
+
+    from m3edge.errors import StorageError
+    from m3edge.runtime.store import MemoryStore
+
+    mnt = work / "full-lib"
+    if not _mount(mnt, "256k"):
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        rng = np.random.default_rng(0)
+        s = MemoryStore.open(mnt / "m", key_dim=64, value_dim=64, context_dim=64)
+        stored = 0
+        with pytest.raises(StorageError) as e:
+            for _ in range(1000):
+                k = rng.standard_normal((8, 64)).astype(np.float32)
+                s.store(k, k, np.full(8, 0.5), context_keys=k)
+                stored += 8
+        assert e.value.http_status == 507 and str(mnt / "m" / DB_NAME) in str(e.value)
+        assert stored and len(s.storage) == stored  # the working set is what committed, nothing more
+        s.close()
+        assert memory_count(mnt / "m") == stored
+    finally:
+        _umount(mnt)
