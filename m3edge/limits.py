@@ -188,12 +188,6 @@ def utf8_text(name: str, value: str) -> str:
     return value
 
 
-def inside(child: str | Path, parent: str | Path) -> bool:
-    """``child`` (resolved, following symlinks) is ``parent`` or below it."""
-    c, p = Path(child).resolve(), Path(parent).resolve()
-    return c == p or p in c.parents
-
-
 def bundle_around(path: str | Path) -> Path | None:
     """The m3edge bundle ``path`` is in or below (its nearest ancestor holding a bundle manifest), if any."""
     from m3edge.bundle import is_bundle
