@@ -39,7 +39,6 @@ SCHEMA_VERSION = 3  # 2: expert banks (role "bank", a list of weights files); 3:
 READS = (3,)  # a schema 2 graph names its weights file itself: re-export (the message says so)
 FORMAT = "m3edge-bundle"
 MANIFEST = "manifest.json"
-ENGINE_CACHE = "trt_engines"  # TensorRT writes its engines here on the device; not part of the bundle
 ROLES = ("encoder", "memory", "alignment", "router", "expert", "bank", "head", "reader")
 
 
@@ -339,11 +338,12 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
                 raise BadInput(f"{p}: listed in the manifest but missing")
             if p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
                 raise BadInput(f"{p}: sha256 does not match the manifest (corrupt or modified)")
-        # A file nobody listed could still be read (an ONNX file names its external data itself): refuse it.
+        # A file nobody listed could still be read (an ONNX file names its external data itself, a TensorRT
+        # engine cache would run an engine built from other weights): refuse it. No directory is exempt.
         listed = {f["path"] for f in m["files"]} | {MANIFEST}
         for p in sorted(root.rglob("*")):
             rel = p.relative_to(root).as_posix()
-            if p.is_file() and rel not in listed and not rel.startswith(ENGINE_CACHE + "/"):
+            if not p.is_dir() and rel not in listed:
                 raise BadInput(f"{p}: not listed in the manifest (an m3edge bundle holds only listed files)")
     return Bundle(root, m)
 

@@ -36,6 +36,20 @@ class Group(click.Group):
             ctx.exit(2)
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (systemd, docker stop, a timeout) ends the command as Ctrl-C would, through its cleanup: an export
+    removes its temporary folder, a run rolls back its open memory transaction and closes the store. Python's
+    default is to die on the spot. Exit status 143, as for a process the signal killed."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():  # only there can Python set a handler
+        signal.signal(signal.SIGTERM, stop)
+
+
 def emit(obj: dict, as_json: bool, text: str) -> None:
     click.echo(json.dumps(obj, sort_keys=True) if as_json else text)
 
@@ -83,6 +97,7 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_b
     from m3edge import checkpoint
     from m3edge.config import ModelConfig, preset
     from m3edge.data import default_data_dir
+    from m3edge import limits
     from m3edge.train import TrainConfig, train as run
 
     if init_dir:
@@ -91,6 +106,8 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_b
         cfg = checkpoint.read_meta(init_dir)[0]
     else:
         cfg = ModelConfig.load(config_file) if config_file else preset(preset_name)
+    limits.check_fits(cfg, str(init_dir or config_file or f"preset {preset_name}"), "train")
+    limits.outside_bundles("-o", output, replaces=True)
     data = Path(data_dir) if data_dir else default_data_dir()
     out_dir = Path(output)
     if out_dir.exists() and not force:  # before training, not after
@@ -213,6 +230,7 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, with_memory, retrieval
 def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, force, precision, calibration_method,
            allow_accuracy_drop, data_dir, parity_tokens, bank_rows, as_json):
     """Export per-expert static-shape graphs (ONNX or TFLite, as the target says), validated against torch."""
+    exit_on_sigterm()
     import time
 
     from tqdm import tqdm
@@ -222,9 +240,12 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
     from m3edge.export.pipeline import ExportFailed, ExportOptions, bank_rows as banks_at, export_bundle
     from m3edge.export.validate import format_table
     from m3edge.export.parity import format_end_to_end
+    from m3edge import limits
 
     t0 = time.time()
+    limits.outside_bundles("-o", output, replaces=True)
     target = targets.load(target_name)
+    limits.check_fits(*_model_to_build(checkpoint_dir, preset_name, config_file), "export", target)
     agent, source = checkpoint.build_agent(checkpoint_dir, preset_name, config_file, seed)
     data = Path(data_dir) if data_dir else default_data_dir()
     opts = ExportOptions(precision=precision, parity_tokens=parity_tokens, calibration_method=calibration_method,
@@ -246,6 +267,19 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
           "summary": report["summary"], "end_to_end": report["end_to_end"]}, as_json, text)
     if not ok:
         raise err
+
+
+def _model_to_build(checkpoint_dir, preset_name, config_file):
+    """(config, its source) of the model ``build_agent`` would make, read without building it."""
+    from m3edge.config import ModelConfig, preset
+
+    if checkpoint_dir:
+        from m3edge.checkpoint import CONFIG, read_meta
+
+        return read_meta(checkpoint_dir)[0], str(Path(checkpoint_dir) / CONFIG)
+    if config_file:
+        return ModelConfig.load(config_file), str(config_file)
+    return preset(preset_name or "small"), f"preset {preset_name or 'small'}"
 
 
 @cli.command()
@@ -338,9 +372,11 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
 @click.argument("bundle_dir", type=click.Path())
 @click.option("--prompt", required=True, help="Text to continue.")
 @click.option("--max-bytes", default=64, show_default=True, type=click.IntRange(0, 1 << 20))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0))
-@click.option("--seed", type=int, help="Seed for sampling (temperature > 0).")
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0, 1e6))
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Seed for sampling (temperature > 0).")
 @click.option("--memory-dir", type=click.Path(), help="Keep long-term memory here across runs.")
+@click.option("--engine-cache", type=click.Path(), help="Where TensorRT builds its engines (default "
+                                                         "~/.cache/m3edge/engines; never inside a bundle).")
 @click.option("--cache-experts", type=click.IntRange(1),
               help="Experts kept loaded per layer (default: the profile's expert_cache_size).")
 @click.option("--policy", type=click.Choice(["lru", "lfu"]),
@@ -358,20 +394,33 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
 @click.option("--scene", default="", help="A scene / context string memories are stored under and matched on.")
 @click.option("--no-memory", is_flag=True, help="Run without long-term memory (nothing read, nothing stored).")
 @click.option("--json", "as_json", is_flag=True)
-def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_experts, policy, prefetch, strict,
-        task_type, retrieval_mode, scene, no_memory, as_json):
+def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cache, cache_experts, policy, prefetch,
+        strict, task_type, retrieval_mode, scene, no_memory, as_json):
     """Continue a prompt with a bundle on this device (no torch needed)."""
+    exit_on_sigterm()
     import time
 
+    from m3edge import limits
     from m3edge.runtime.agent import EdgeAgent
 
+    limits.finite("--temperature", temperature, 0.0, 1e6)  # click's FloatRange lets nan through
+    limits.utf8_text("--prompt", prompt)
+    limits.utf8_text("--scene", scene)
+    if len(scene.encode()) > 256:
+        raise BadInput(f"--scene is {len(scene.encode())} bytes; the limit is 256")
+    if memory_dir is not None:
+        limits.outside_bundles("--memory-dir", memory_dir)
     t0 = time.perf_counter()
-    with EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts, policy=policy,
-                        prefetch=prefetch, strict=strict) as agent:
-        t1 = time.perf_counter()
-        out = agent.generate(prompt, max_bytes, temperature, seed, not no_memory, retrieval_mode, task_type, scene)
-        t2 = time.perf_counter()
-        stats = agent.stats()
+    agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts, policy=policy,
+                           prefetch=prefetch, strict=strict, engine_cache=engine_cache)
+    try:
+        with agent:
+            t1 = time.perf_counter()
+            out = agent.generate(prompt, max_bytes, temperature, seed, not no_memory, retrieval_mode, task_type, scene)
+            t2 = time.perf_counter()
+            stats = agent.stats()
+    finally:  # after the agent's close (which records the read energy): the store merges its log and closes
+        agent.memory.close()
     text = out.decode("utf-8", errors="replace")
     res = {"text": text, "bytes": len(out), "bytes_per_s": len(out) / (t2 - t1) if t2 > t1 else 0.0,
            "open_s": t1 - t0, "cache": {k: stats["cache"][k] for k in ("hits", "misses", "evictions", "load_ms",
@@ -412,10 +461,20 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
 @click.option("--rebuild", is_flag=True, help="full: rebuild every artefact instead of reusing the work dir's.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("-o", "--output", type=click.Path(), help="Also write the JSON report here.")
+@click.option("--engine-cache", type=click.Path(), help="Where TensorRT builds its engines (default "
+                                                         "~/.cache/m3edge/engines; never inside a bundle).")
 @click.option("--json", "as_json", is_flag=True)
 def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, checkpoint_dir, named_bundles,
-          recall_kb, trials, models, runs, work_dir, rebuild, data_dir, output, as_json):
+          recall_kb, trials, models, runs, work_dir, rebuild, data_dir, output, engine_cache, as_json):
     """Torch eager vs the runtime, the expert-cache sweep and batching, side by side on this machine."""
+    import os
+
+    from m3edge.runtime.engines import ENV
+
+    if engine_cache:  # the benchmark's workers are separate processes: they read it from the environment
+        os.environ[ENV] = str(Path(engine_cache).expanduser().resolve())
+    if threads > 4 * (os.cpu_count() or 1):
+        raise BadInput(f"--threads {threads}: this machine has {os.cpu_count()} cores (at most 4 threads a core)")
     from m3edge.bench import batching_bench, format_batching, format_report, run_bench
     from m3edge.bundle import open_bundle
     from m3edge.data import default_data_dir
@@ -489,6 +548,8 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--memory-dir", type=click.Path(), help="Keep long-term memory here across restarts.")
+@click.option("--engine-cache", type=click.Path(), help="Where TensorRT builds its engines (default "
+                                                         "~/.cache/m3edge/engines; never inside a bundle).")
 @click.option("--cache-experts", type=click.IntRange(1), help="Experts kept loaded per layer.")
 @click.option("--batching/--no-batching", default=True, show_default=True, help="Merge concurrent steps into batches.")
 @click.option("--max-batch-size", default=64, show_default=True, type=click.IntRange(1))
@@ -497,8 +558,8 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
 @click.option("--timeout-ms", type=click.FloatRange(0), help="Reject a step still queued after this long.")
 @click.option("--expert-workers", default=1, show_default=True, type=click.IntRange(1),
               help="Threads running a batch's distinct experts side by side (the profile's threads are split).")
-def serve(bundle_dir, host, port, memory_dir, cache_experts, batching, max_batch_size, max_queue_delay_ms,
-          max_queue_size, timeout_ms, expert_workers):
+def serve(bundle_dir, host, port, memory_dir, engine_cache, cache_experts, batching, max_batch_size,
+          max_queue_delay_ms, max_queue_size, timeout_ms, expert_workers):
     """Serve a bundle over HTTP (JSON API, Prometheus metrics); needs the `serve` extra."""
     from m3edge.errors import BadInput
 
@@ -511,8 +572,12 @@ def serve(bundle_dir, host, port, memory_dir, cache_experts, batching, max_batch
     from m3edge.runtime.agent import EdgeAgent
     from m3edge.runtime.batcher import BatcherConfig
 
+    if memory_dir is not None:
+        from m3edge.limits import outside_bundles
+
+        outside_bundles("--memory-dir", memory_dir)
     agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts,
-                           expert_workers=expert_workers)
+                           expert_workers=expert_workers, engine_cache=engine_cache)
     if batching:
         buckets = tuple(b for b in agent.executor.token_buckets if b <= max_batch_size) or (max_batch_size,)
         agent.enable_batching(BatcherConfig(max_batch_size=max_batch_size, preferred_batch_sizes=buckets,

@@ -81,16 +81,10 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
+        from m3edge.limits import load_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise BadInput(f"{path}: no such file") from None
-        except OSError as e:
-            raise BadInput(f"{path}: cannot read ({e.strerror})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadInput(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(load_json(path, "a model config"), source=str(path))
 
     def validate(self, source: str = "config") -> None:
         def bad(msg):
@@ -120,6 +114,9 @@ class ModelConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 bad(f"{name!r} must be a finite non-negative number, got {v!r}")
+        from m3edge.limits import check_model_caps
+
+        check_model_caps(self, source)  # before any size is derived: 1e308 * d_model is no hidden size
         if self.expert_hidden < 2:
             bad("'expert_hidden_ratio' gives an expert hidden size below 2")
 

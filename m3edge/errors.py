@@ -19,3 +19,15 @@ class CheckFailed(M3EdgeError):
     """A checked property failed: a parity gate, a verification."""
 
     exit_code = 1
+
+
+class StorageError(BadInput):
+    """A write the disk refused (full, read-only, I/O error): nothing that returned was lost, the failed write
+    was rolled back. The CLI exits 2; a server maps ``http_status`` (507 Insufficient Storage)."""
+
+    exit_code = 2
+    http_status = 507
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")

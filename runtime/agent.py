@@ -12,6 +12,7 @@ torch agent byte for byte on fp32 bundles (tests/test_runtime_agent.py).
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from m3edge.bundle import open_bundle
 from m3edge.data import windows as make_windows
 from m3edge.runtime.cache import ExpertCache
+from m3edge.runtime.engines import engine_dir
 from m3edge.runtime.executor import BundleExecutor
 from m3edge.runtime.graph import SessionConfig
 from m3edge.memory.index import suffix_orders, window_hashes
@@ -96,7 +98,7 @@ class EdgeAgent:
     def open(cls, bundle_dir, memory_dir=None, cache_experts: int | None = None, policy: str | None = None,
              prefetch: bool | str = False, strict: bool = False, threads: int | None = None, clock=None,
              cache_bytes: int | None = None, expert_workers: int = 1, banks: bool = True,
-             memory_device: str = "ideal") -> "EdgeAgent":
+             memory_device: str = "ideal", engine_cache=None) -> "EdgeAgent":
         """Verify every file of the bundle, then set up sessions, the expert cache and the memory.
 
         Defaults are what ``m3edge bench`` measured on the small reference (README): prefetch is off, the
@@ -116,13 +118,18 @@ class EdgeAgent:
         agent's parity uses; ``reram``, ``pcm``: simulated devices, m3edge/memory/crossbar.py).
 
         ``banks``: run a batch that touches most of a layer's experts through the layer's expert bank, where
-        the bundle has one and the cache may hold every expert (``BundleExecutor._bank_for``)."""
+        the bundle has one and the cache may hold every expert (``BundleExecutor._bank_for``).
+
+        ``engine_cache``: where TensorRT builds its engines (``runtime/engines.py``; a subdirectory per bundle
+        content); never inside a bundle."""
         from m3edge.targets import Target
 
         bundle = open_bundle(bundle_dir)
         target = Target.from_dict(bundle.manifest["target"], f"{bundle_dir}/manifest.json target")
-        session = SessionConfig(threads=max(1, (threads or target.threads) // expert_workers), strict=strict, target=target,
-                                cache_dir=str(Path(bundle_dir).resolve()))
+        # The profile's threads, but never more than this machine's cores (a profile is data from elsewhere).
+        threads = threads or min(target.threads, os.cpu_count() or target.threads)
+        session = SessionConfig(threads=max(1, threads // expert_workers), strict=strict, target=target,
+                                cache_dir=str(engine_dir(bundle_dir, engine_cache)))
         if cache_experts is None and cache_bytes is None:
             cache_experts = target.expert_cache_size
             cache_bytes = int(target.expert_memory_budget_mb * 2 ** 20)

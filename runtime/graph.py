@@ -60,7 +60,7 @@ class SessionConfig:
     providers: list = field(default_factory=lambda: [("CPUExecutionProvider", {})])
     strict: bool = False
     target: object = None  # a targets.Target: providers per graph (TensorRT needs each graph's shapes)
-    cache_dir: str | None = None  # where TensorRT engines are cached
+    cache_dir: str | None = None  # where TensorRT engines are built and cached (runtime/engines.py): never a bundle
 
     def threads_for(self, weight_bytes: int, rows: int, precision: str = "fp32") -> int:
         """Intra-op threads for one graph: the profile's only where a call has the work to share. On a graph
@@ -73,9 +73,12 @@ class SessionConfig:
         return self.threads if params * rows >= PARALLEL_WORK else 1
 
     def providers_for(self, input_shapes: dict | None, graph: str | None = None) -> list[tuple[str, dict]]:
+        from m3edge.runtime.engines import checked_providers, default_engine_cache
+
+        cache = self.cache_dir if self.cache_dir is not None else default_engine_cache()
         if self.target is not None:
-            return self.target.ort_providers(input_shapes, self.cache_dir, graph)
-        return list(self.providers)
+            return checked_providers(self.target.ort_providers(input_shapes, cache, graph), cache)
+        return checked_providers(list(self.providers), cache)
 
 
 class OrtGraph:

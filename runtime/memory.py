@@ -24,7 +24,7 @@ from m3edge.errors import BadInput
 from m3edge.memory import retrieval
 from m3edge.memory.pending import Pending
 from m3edge.memory.synaptic import Clock, Memory, unit
-from m3edge.runtime.store import DB_NAME, MemoryStore, memory_extras
+from m3edge.runtime.store import DB_NAME, MemoryStore, empty_file, memory_extras
 
 SNAPSHOT = "memory.npz"
 SNAPSHOT_VERSION = 1
@@ -177,7 +177,9 @@ class LongTermMemory:
         if d.exists() and not d.is_dir():
             raise BadInput(f"{d}: --memory-dir must be a directory")
         self.directory = d
-        if (d / DB_NAME).is_file():
+        if (d / DB_NAME).is_file() and empty_file(d / DB_NAME):
+            ms = None  # a store whose creation never wrote (killed, disk full, touched): made at the first write
+        elif (d / DB_NAME).is_file():
             ms = MemoryStore.open(d, clock=self.clock, distill=self.distill)
         elif (d / SNAPSHOT).is_file():
             ms = migrate_snapshot(d, self.d_model, self.capacity, self.device, self.seed, self.clock)

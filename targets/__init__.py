@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from m3edge.errors import BadInput
-from m3edge.targets.schema import FIELDS, RUNTIME_ONLY_OPTIONS, validate
+from m3edge.targets.schema import FIELDS, RUNTIME_ONLY_OPTIONS, check_provider_option, validate
 
 __all__ = ["Target", "names", "aliases", "load", "all_targets", "validate"]
 
@@ -64,22 +63,31 @@ class Target:
         """The ``providers=`` argument for ``onnxruntime.InferenceSession`` for one graph.
 
         ``input_shapes`` (input name -> static shape) fills TensorRT's min/opt/max profile shapes, all the
-        same, where the profile asks for static shape profiles; a relative engine cache path is placed under
-        ``cache_dir`` so engines are not written to the current directory. ``graph`` names the module's graph
-        (its file and weights): TensorRT builds the weights into an engine, and experts share graph files,
+        same, where the profile asks for static shape profiles; engine and timing cache paths (relative in a
+        profile) are placed and confined under ``cache_dir`` (default: ``runtime.engines.default_engine_cache``).
+        ``graph`` names the module's graph (its file and weights): TensorRT builds the weights into an engine, and experts share graph files,
         so it prefixes the engine's cache name; without it two experts would share one engine.
         """
+        from m3edge.runtime.engines import confine, default_engine_cache
+
         out = []
         for p in self.providers:
+            at = f"target {self.name} provider {p['name']}"
+            for k, v in p["options"].items():  # again here: a Target can be built without from_dict
+                check_provider_option(p["name"], k, v, at)
             opts = {k: v for k, v in p["options"].items() if k not in RUNTIME_ONLY_OPTIONS}
             if p["name"] == "TensorrtExecutionProvider":
                 if p["options"].get("static_shape_profiles") and input_shapes:
                     spec = ",".join(f"{n}:{'x'.join(str(int(d)) for d in s)}" for n, s in input_shapes.items())
                     for k in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
                         opts[k] = spec
-                path = opts.get("trt_engine_cache_path")
-                if cache_dir is not None and isinstance(path, str) and not os.path.isabs(path):
-                    opts["trt_engine_cache_path"] = os.path.join(os.fspath(cache_dir), path)
+                # Engines and timing caches go inside the user's cache directory, never elsewhere: TensorRT
+                # writes to the working directory when a cache is enabled without a path, so one is always set.
+                root = cache_dir if cache_dir is not None else default_engine_cache()
+                for enable, key in (("trt_engine_cache_enable", "trt_engine_cache_path"),
+                                    ("trt_timing_cache_enable", "trt_timing_cache_path")):
+                    if opts.get(enable) or key in opts:
+                        opts[key] = confine(root, opts.get(key, ""), f"{at}: {key!r}")
                 if graph:  # a bank's key lists 64 weights files: hashed, to stay a valid file name
                     opts["trt_engine_cache_prefix"] = "m3edge_" + hashlib.sha256(graph.encode()).hexdigest()[:16]
             out.append((p["name"], opts))
@@ -87,15 +95,9 @@ class Target:
 
 
 def _read(path: Path, source: str) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"cannot read target profile {source}: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadInput(f"target profile {source} is not valid JSON: {e.msg} at line {e.lineno} "
-                       f"column {e.colno}") from None
+    from m3edge.limits import load_json
+
+    return load_json(path, "a target profile", source)
 
 
 def _builtin() -> dict[str, Target]:
