@@ -160,6 +160,8 @@ RACY_NS = 2_000_000_000  # a file changed this recently before it was hashed is 
 
 @dataclass
 class Bundle:
+    """An opened bundle: its folder and its manifest (one entry per graph and bucket); reads are sha256-checked."""
+
     root: Path
     manifest: dict
 
