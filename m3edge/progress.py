@@ -22,6 +22,7 @@ INTERVAL = 1.0  # and at most one a second (a phase's line excepted)
 
 
 def fmt_seconds(s: float) -> str:
+    """``12.3 s`` under a minute, then ``m:ss`` and ``h:mm:ss``."""
     s = max(0.0, s)
     if s < 60:
         return f"{s:.1f} s"
@@ -30,6 +31,7 @@ def fmt_seconds(s: float) -> str:
 
 
 def is_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal (a closed or fake stream is not)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -59,6 +61,7 @@ class Progress:
                 self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
 
     def line(self, label: str = "") -> str:
+        """The progress line for the count so far, with ``label`` at its end."""
         elapsed = self.clock() - self.t0
         if self.total:
             head = f"{self.desc}: {self.n}/{self.total} {self.unit}s ({self.n / self.total:.0%}), " \

@@ -159,3 +159,23 @@ def test_bench_progress_counts_rows(exported):
     # The runtime row, then the cache sweep at 1 expert per layer: 2 policies x 3 prefetch settings.
     assert [m["n"] for m in got] == [str(i) for i in range(1, 8)] and {m["total"] for m in got} == {"7"}
     assert got[0]["label"].startswith("m3edge-runtime: ") and got[1]["label"].startswith("cache 1/lru/prefetch off")
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_gets_a_tqdm_bar_not_lines():
+    out = Terminal()
+    with Progress("bar", 50, "step", stream=out) as p:
+        for _ in range(50):
+            p.update(1, "x")
+        p.note("a phase")
+    text = out.getvalue()
+    assert "\r" in text and "50/50" in text and "bar: a phase" in text
+    assert not lines(text.replace("\r", "\n"), "bar")  # no log-style lines on a terminal
+    quiet = Terminal()
+    with Progress("bar", 5, stream=quiet, quiet=True) as p:
+        p.update(5)
+    assert quiet.getvalue() == ""
