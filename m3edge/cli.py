@@ -222,6 +222,7 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
     from m3edge.data import default_data_dir
     from m3edge.export.pipeline import ExportFailed, ExportOptions, bank_rows as banks_at, export_bundle
     from m3edge.export.validate import format_table
+    from m3edge.export.graphs import split
     from m3edge.export.parity import E2E_STEPS, format_end_to_end
 
     t0 = time.time()
@@ -230,7 +231,8 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
     data = Path(data_dir) if data_dir else default_data_dir()
     opts = ExportOptions(precision=precision, parity_tokens=parity_tokens, calibration_method=calibration_method,
                          allow_accuracy_drop=allow_accuracy_drop, bank_rows=bank_rows, compact_names=compact_names)
-    n_graphs = 4 + agent.cfg.n_layers * (1 + agent.cfg.n_experts + bool(banks_at(agent, target, opts)))
+    # export_bundle reports once per module of the split (every role, banks included), then the end-to-end steps.
+    n_graphs = len(split(agent, target.token_buckets, target.capacity_buckets, banks_at(agent, target, opts)))
     # The end-to-end check's steps count too: the bar reaches its end when the bundle is checked, not before.
     bar = Progress(f"export {target.name}", n_graphs + E2E_STEPS, "step", quiet)
     try:

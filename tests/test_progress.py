@@ -96,6 +96,7 @@ def test_export_progress_reaches_its_end_after_the_end_to_end_check(exported):
     got = lines(r.stderr, "export tiny-test")
     assert got, r.stderr
     total = int(got[-1]["total"])
+    assert {m["total"] for m in got} == {str(total)}  # the count is right from the start, never grown
     assert got[-1]["n"] == got[-1]["total"] and got[-1]["label"] == "end-to-end: pass memory_read"
     e2e = [m for m in got if (m["label"] or "").startswith("end-to-end")]
     # Every end-to-end step has its line, and the first comes before the bar's end (4 of its steps remain).
