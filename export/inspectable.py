@@ -80,6 +80,9 @@ def name_graph(model: onnx.ModelProto, graph_name: str) -> onnx.ModelProto:
     outputs keep theirs (the manifest's ports). Drops doc strings and value_info (shape inference restores
     the latter; the exporter's carries its generic names)."""
     g = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        # A subgraph may read outer names this renaming would not follow; m3edge's graphs have none (If, Loop).
+        raise ValueError(f"{graph_name}: graphs with subgraphs are not renamed")
     ports = {v.name for v in g.input} | {v.name for v in g.output}
     used_nodes: set[str] = set()
     for i, n in enumerate(g.node):

@@ -136,3 +136,20 @@ def test_extract_bad_input_is_one_line(bundle, tmp_path, args, message):
     r = run_cli("extract", bundle, *args)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_compact_names_flag_gives_positional_names_still_stamped(tmp_path, tiny_target):
+    out = tmp_path / "compact"
+    r = run_cli("export", "--target", tiny_target, "--preset", "tiny", "-o", out, "--parity-tokens", "32",
+                "--bank-rows", "0", "--compact-names", "--quiet")
+    assert r.returncode == 0, r.stderr
+    from m3edge.export.inspectable import metadata
+
+    for path in sorted((out / "graphs").glob("*.onnx")):
+        model = onnx.load(str(path), load_external_data=False)
+        assert all(n.name == "" for n in model.graph.node), path
+        assert model.producer_version == m3edge.__version__ and metadata(model)["role"], path
+    # extract still works on it: the graph opens alone, with the compact names.
+    r = run_cli("extract", out, "head", "-o", tmp_path / "head.onnx")
+    assert r.returncode == 0, r.stderr
+    ort.InferenceSession(str(tmp_path / "head.onnx"), providers=["CPUExecutionProvider"])
