@@ -309,7 +309,7 @@ def inspect(bundle_dir, as_json):
 @cli.command()
 @click.argument("bundle_dir", type=click.Path())
 @click.argument("module")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Graph file to write (.onnx).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Graph file to write (.onnx; .tflite for a TFLite bundle).")
 @click.option("--bucket", type=click.IntRange(1), help="Which of the module's static shapes (default: its smallest).")
 @click.option("--external-data", is_flag=True,
               help="Weights in OUTPUT.data beside the graph instead of inside it (always so above 2 GiB).")
