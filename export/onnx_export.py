@@ -8,8 +8,8 @@ from its own module with a fixed example shape, so no expert depends on what a d
 Bucket variants of one module hold identical initializers; they are written once to ``<stem>.weights``
 (ONNX external data) and each bucket's graph keeps only its structure, every tensor but int64 shape
 constants external under the one name ``weights``. Graphs of the same structure are then the same bytes
-(``compact`` names tensors by position), so a graph file is named by its content and written once:
-the 64 experts of a kind share one file per bucket (m3edge.bundle).
+(names follow the structure: export/inspectable.py, or ``compact``), so a graph file is named by its content
+and written once: the 64 experts of a kind share one file per bucket (m3edge.bundle).
 """
 
 from __future__ import annotations

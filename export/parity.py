@@ -53,9 +53,16 @@ def bits_per_byte(logits: np.ndarray, target: np.ndarray) -> float:
     return float(-logp[np.arange(len(target)), target].mean() / math.log(2))
 
 
+# What end_to_end reports to ``progress``: the torch side's encoding and memory read, then each pass.
+PASSES = ("no_memory", "memory", "memory_read")
+E2E_STEPS = 1 + len(PASSES)
+
+
 @torch.no_grad()
 def end_to_end(agent, executor, text: np.ndarray, n_tokens: int, gates: Gates = Gates(),
-               quantized: bool = False) -> dict:
+               quantized: bool = False, progress=None) -> dict:
+    """``progress(label)``, if given, is called E2E_STEPS times: after the setup and after each pass."""
+    progress = progress or (lambda label: None)
     cfg = agent.cfg
     pos = np.arange(min(n_tokens, len(text)))
     target = text[pos].astype(np.int64)
@@ -66,6 +73,8 @@ def end_to_end(agent, executor, text: np.ndarray, n_tokens: int, gates: Gates = 
     # The third pass reads real memories (each token retrieves the tokens before it) through the reader.
     _, _, read = read_segment(agent, text, pos)
     passes["memory_read"] = torch.from_numpy(read.context(cfg.memory_top_k))
+    assert tuple(passes) == PASSES
+    progress(f"{len(pos)} tokens encoded, memories read")
     result = {"tokens": int(len(pos)), "passes": {}}
     for name, mem in passes.items():
         r = read if name == "memory_read" else None
@@ -85,6 +94,7 @@ def end_to_end(agent, executor, text: np.ndarray, n_tokens: int, gates: Gates = 
             "top1_agreement": float((got.logits.argmax(-1) == ref_logits.argmax(-1)).mean()),
             "bits_per_byte": {"torch": bits_per_byte(ref_logits, target), "bundle": bits_per_byte(got.logits, target)},
         }
+        progress(f"pass {name}")
     p = result["passes"]
     result["logits_max_abs_diff"] = max(v["logits_max_abs_diff"] for v in p.values())
     result["routing_agreement"] = min(v["routing_agreement"] for v in p.values())

@@ -4,7 +4,7 @@ write the bundle atomically. Stages run in that order; the bundle appears only w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +22,7 @@ from m3edge.export.capture import capture, next_token_counts
 from m3edge.export.graphs import split
 from m3edge.export import bank
 from m3edge.export import quantize as q
+from m3edge.export.inspectable import name_graph, provenance, stamp
 from m3edge.export.onnx_export import compact, export_module, write_graph, write_shared
 from m3edge.export.parity import Gates, end_to_end
 from m3edge.export import tflite
@@ -45,6 +46,9 @@ class ExportOptions:
     allow_accuracy_drop: bool = False
     gates: Gates = field(default_factory=Gates)
     bank_rows: int = 4  # a bank per layer at the smallest capacity bucket holding this many rows; 0: none
+    compact_names: bool = False  # positional tensor names (onnx_export.compact): smaller graph files, unreadable
+    # metadata_props every ONNX graph of this export carries (inspectable.provenance); export_bundle fills it.
+    graph_metadata: tuple[tuple[str, str], ...] = ()
 
 
 class ExportFailed(CheckFailed):
@@ -107,6 +111,14 @@ def _calibration_rows(spec, cal, calibration: dict) -> list[np.ndarray]:
     return rows
 
 
+def finish(model: onnx.ModelProto, spec, bucket: int, precision: str, opts: ExportOptions) -> onnx.ModelProto:
+    """A graph as the bundle stores it: named (export/inspectable.py) or compacted, stamped with what every
+    module sharing its file has in common (never its layer or expert: see inspectable)."""
+    model = compact(model) if opts.compact_names else name_graph(model, f"{spec.kind}.b{bucket}")
+    return stamp(model, dict(opts.graph_metadata) | {"role": spec.role, "kind": spec.kind, "bucket": bucket,
+                                                      "precision": precision})
+
+
 def build_onnx(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path,
                built: dict) -> Built:
     """A static ONNX graph per bucket, sharing one weights file; fp16- or int8-converted as the role asks."""
@@ -121,7 +133,8 @@ def build_onnx(spec, precision: str, cal, target, opts: ExportOptions, calibrati
                   for b, m in models.items()}
     elif precision == "fp16":
         models = {b: to_fp16(m) for b, m in models.items()}
-    weights_rel, paths = write_shared({b: compact(m) for b, m in models.items()}, root, spec.stem, spec.kind)
+    weights_rel, paths = write_shared({b: finish(m, spec, b, precision, opts) for b, m in models.items()}, root,
+                                      spec.stem, spec.kind)
     graphs = {b: {"path": rel, "weights": weights_rel, "inputs": _io(spec, spec.inputs, b),
                   "outputs": _io(spec, spec.outputs, b)} for b, rel in paths.items()}
     return Built(precision, [weights_rel, *sorted(set(paths.values()))], graphs, fp32_bytes)
@@ -166,7 +179,8 @@ def build_bank(spec, precision: str, cal, target, opts: ExportOptions, calibrati
     (bucket,) = spec.buckets
     experts = [built[("expert", spec.layer, e)].graphs[bucket] for e in range(spec.blocks)]
     models = [onnx.load(str(root / g["path"]), load_external_data=False) for g in experts]
-    rel = write_graph(bank.merge(models, bucket, spec.inputs[0].dims[0]), root, f"{spec.kind}.b{bucket}")
+    merged = finish(bank.merge(models, bucket, spec.inputs[0].dims[0]), spec, bucket, precision, opts)
+    rel = write_graph(merged, root, f"{spec.kind}.b{bucket}")
     graph = {"path": rel, "weights": [g["weights"] for g in experts],
              "inputs": _io(spec, spec.inputs, bucket), "outputs": _io(spec, spec.outputs, bucket)}
     return Built(precision, [rel], {bucket: graph}, 0)
@@ -240,9 +254,12 @@ def stage_check(root: Path, entry: dict, spec, cal, session, opts: ExportOptions
 
 def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, force: bool = False,
                   opts: ExportOptions = ExportOptions(), progress: Callable[[str], None] | None = None) -> dict:
-    """Write a validated bundle to ``out``; returns the parity report. Raises ExportFailed on a gate."""
+    """Write a validated bundle to ``out``; returns the parity report. Raises ExportFailed on a gate.
+    ``progress(label)`` is called once per module built and checked, then ``parity.E2E_STEPS`` times during the
+    end-to-end check (labels ``end-to-end: ...``)."""
     agent.eval()
     cfg = agent.cfg
+    opts = replace(opts, graph_metadata=tuple(sorted(provenance(cfg.to_dict(), source).items())))
     precision, notes = resolve_precision(target, opts.precision)
     rows = bank_rows(agent, target, opts)
     specs = split(agent, target.token_buckets, target.capacity_buckets, rows)
@@ -294,7 +311,8 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
         executor = BundleExecutor(bfmt.open_bundle(tmp, verify=False), session)
         quantized = any(e["precision"] != "fp32" for e in entries)
-        e2e = end_to_end(agent, executor, eval_text, opts.parity_tokens, opts.gates, quantized)
+        e2e = end_to_end(agent, executor, eval_text, opts.parity_tokens, opts.gates, quantized,
+                         progress and (lambda label: progress(f"end-to-end: {label}")))
         failed = [c for c in checks if not c.passed]
         accepted_drop = quantized and not e2e["passed"] and opts.allow_accuracy_drop
         report = {"passed": not failed and (e2e["passed"] or accepted_drop), "accuracy_drop_allowed": accepted_drop,

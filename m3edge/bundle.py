@@ -159,6 +159,8 @@ RACY_NS = 2_000_000_000  # a file changed this recently before it was hashed is 
 
 @dataclass
 class Bundle:
+    """An opened bundle: its folder and its manifest (one entry per graph and bucket); reads are sha256-checked."""
+
     root: Path
     manifest: dict
 
@@ -204,6 +206,7 @@ class Bundle:
         return data
 
     def graph_file(self, entry: dict) -> GraphFile:
+        """An entry's graph and weights bytes, checked, as a backend loads them."""
         return graph_file(entry, self.read)
 
     @property
@@ -211,6 +214,7 @@ class Bundle:
         return self.manifest["graphs"]
 
     def path(self, rel: str) -> Path:
+        """The file a manifest path names, refused if it leaves the bundle."""
         # Resolved once per path: a cache miss reads a file, and resolving costs more than reading 25 kB.
         # What is read is still checked against the manifest's sha256 every time.
         p = self._paths.get(rel)
@@ -219,9 +223,11 @@ class Bundle:
         return p
 
     def find(self, role: str, bucket: int, layer: int | None = None, expert: int | None = None) -> dict:
+        """The manifest entry of one module at one bucket (KeyError if the bundle has none)."""
         return self._index[(role, bucket, layer, expert)]
 
     def report(self, name: str) -> dict | None:
+        """``reports/<name>.json`` (parity, accuracy, calibration), or None when the export wrote none."""
         p = self.root / "reports" / f"{name}.json"
         return json.loads(p.read_text()) if p.is_file() else None
 

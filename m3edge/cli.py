@@ -54,6 +54,10 @@ def emit(obj: dict, as_json: bool, text: str) -> None:
     click.echo(json.dumps(obj, sort_keys=True) if as_json else text)
 
 
+# Progress goes to stderr (m3edge/progress.py): a bar on a terminal, n/N lines with an ETA otherwise.
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress on stderr (errors still are).")
+
+
 @click.group(cls=Group)
 @click.version_option(package_name="m3edge")
 def cli():
@@ -89,12 +93,14 @@ def targets(as_json):
 @click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 @click.option("--json", "as_json", is_flag=True)
-def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_bytes, init_dir, lr, force, as_json):
+@quiet_option
+def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_bytes, init_dir, lr, force, as_json,
+          quiet):
     """Train the reference agent on bytes of real text; writes a checkpoint and training_report.json."""
     import torch
-    from tqdm import tqdm
 
     from m3edge import checkpoint
+    from m3edge.progress import Progress
     from m3edge.config import ModelConfig, preset
     from m3edge.data import default_data_dir
     from m3edge import limits
@@ -116,11 +122,13 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_b
     init = str(Path(init_dir).resolve()) if init_dir else None
     tc = TrainConfig(steps=steps, batch=batch, seed=seed, eval_bytes=eval_bytes, init=init, lr=lr,
                      warmup=min(100, steps // 10) if init else 100)
-    bar = tqdm(total=steps, desc="train", unit="step", file=sys.stderr, disable=None)
+    bar = Progress("train", steps, "step", quiet)
 
     def progress(step, loss):
-        bar.update(1)
-        bar.set_postfix(bpb=f"{loss / 0.6931:.3f}", refresh=False)
+        bar.update(1, f"loss {loss / 0.6931:.3f} bits/byte")
+        if step == steps - 1:  # train() evaluates next, with and without memory: minutes on the whole split
+            bar.close()
+            bar.note(f"evaluating on {eval_bytes or 'all the'} eval bytes, with and without memory")
 
     agent, report = run(cfg, data, tc, progress)
     bar.close()
@@ -149,13 +157,15 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_b
 @click.option("--retrieval-mode", default="hybrid", show_default=True, type=click.Choice(RETRIEVAL_MODES))
 @click.option("--task-type", default="general", show_default=True, type=click.Choice(TASK_TYPES))
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(path, split, text_file, data_dir, max_bytes, with_memory, retrieval_mode, task_type, as_json):
+@quiet_option
+def eval_cmd(path, split, text_file, data_dir, max_bytes, with_memory, retrieval_mode, task_type, as_json, quiet):
     """Bits per byte, top-1 accuracy and expert usage of a checkpoint or a bundle, with n-gram baselines.
 
     With --memory, the same text again online with memory on (a fresh store at the seed's 100,000 capacity)."""
     from m3edge.bundle import MANIFEST
-    from m3edge.data import default_data_dir, load_split, read_bytes
+    from m3edge.data import default_data_dir, load_split, read_bytes, train_counts
     from m3edge.evaluate import baselines, bundle_forward, evaluate_with, torch_forward
+    from m3edge.progress import Progress
 
     if (Path(path) / MANIFEST).is_file():  # a bundle: evaluated through the runtime, no torch needed
         from m3edge.bundle import open_bundle
@@ -180,16 +190,20 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, with_memory, retrieval
         online = torch_online(agent, retrieval_mode, task_type) if with_memory else None
     data = Path(data_dir) if data_dir else default_data_dir()
     text = read_bytes(text_file) if text_file else load_split(data, split)
-    res = evaluate_with(forward, cfg, text, max_bytes=max_bytes)
+    n = len(text) if max_bytes is None else min(len(text), max_bytes)
+    with Progress("eval", n, "byte", quiet) as bar:
+        res = evaluate_with(forward, cfg, text, max_bytes=max_bytes, progress=bar.update)
     if online is not None:
         from m3edge.evaluate import evaluate_online_with
 
-        m = evaluate_online_with(*online, cfg, text, max_bytes=max_bytes)
+        with Progress("eval with memory", n, "byte", quiet) as bar:
+            m = evaluate_online_with(*online, cfg, text, max_bytes=max_bytes, progress=bar.update)
         res["memory"] = {"bits_per_byte": m["bits_per_byte"], "bits_per_byte_without": res["bits_per_byte"],
                          "ratio": m["bits_per_byte"] / res["bits_per_byte"], "top1_accuracy": m["top1_accuracy"],
                          "memories": m["memories"], "retrieval_mode": retrieval_mode, "task_type": task_type}
     scored = text[: res["bytes"]]
-    res["baselines"] = baselines(load_split(data, "train"), scored)
+    # train.txt when the data folder has it, else the shipped counts of the train split (a wheel install).
+    res["baselines"] = baselines(train_counts(data), scored)
     res["data"] = str(text_file) if text_file else f"{data}/{split}.txt"
     b = res["baselines"]
     lines = [f"data            {res['data']} ({res['bytes']} bytes)",
@@ -226,20 +240,23 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, with_memory, retrieval
 @click.option("--bank-rows", default=4, show_default=True, type=click.IntRange(0),
               help="Add each layer's expert bank (all its experts in one graph, for large batches) at the smallest "
                    "capacity bucket holding this many rows per expert; 0: no banks.")
+@click.option("--compact-names", is_flag=True,
+              help="Positional tensor names and no node names (smaller ONNX graph files; unreadable in Netron).")
 @click.option("--json", "as_json", is_flag=True)
+@quiet_option
 def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, force, precision, calibration_method,
-           allow_accuracy_drop, data_dir, parity_tokens, bank_rows, as_json):
+           allow_accuracy_drop, data_dir, parity_tokens, bank_rows, compact_names, as_json, quiet):
     """Export per-expert static-shape graphs (ONNX or TFLite, as the target says), validated against torch."""
     exit_on_sigterm()
     import time
 
-    from tqdm import tqdm
-
     from m3edge import checkpoint, targets
+    from m3edge.progress import Progress
     from m3edge.data import default_data_dir
     from m3edge.export.pipeline import ExportFailed, ExportOptions, bank_rows as banks_at, export_bundle
     from m3edge.export.validate import format_table
-    from m3edge.export.parity import format_end_to_end
+    from m3edge.export.graphs import split
+    from m3edge.export.parity import E2E_STEPS, format_end_to_end
     from m3edge import limits
 
     t0 = time.time()
@@ -249,11 +266,14 @@ def export(target_name, checkpoint_dir, preset_name, config_file, seed, output, 
     agent, source = checkpoint.build_agent(checkpoint_dir, preset_name, config_file, seed)
     data = Path(data_dir) if data_dir else default_data_dir()
     opts = ExportOptions(precision=precision, parity_tokens=parity_tokens, calibration_method=calibration_method,
-                         allow_accuracy_drop=allow_accuracy_drop, bank_rows=bank_rows)
-    n_graphs = 4 + agent.cfg.n_layers * (1 + agent.cfg.n_experts + bool(banks_at(agent, target, opts)))
-    bar = tqdm(total=n_graphs, desc=f"export {target.name}", unit="module", file=sys.stderr, disable=None)
+                         allow_accuracy_drop=allow_accuracy_drop, bank_rows=bank_rows, compact_names=compact_names)
+    # export_bundle reports once per module of the split (every role, banks included), then the end-to-end steps.
+    n_graphs = len(split(agent, target.token_buckets, target.capacity_buckets, banks_at(agent, target, opts)))
+    # The end-to-end check's steps count too: the bar reaches its end when the bundle is checked, not before.
+    bar = Progress(f"export {target.name}", n_graphs + E2E_STEPS, "step", quiet)
     try:
-        report = export_bundle(agent, source, target, output, data, force, opts, lambda label: bar.update(1))
+        report = export_bundle(agent, source, target, output, data, force, opts,
+                               lambda label: bar.update(1, label, force=label.startswith("end-to-end")))
         ok = True
     except ExportFailed as e:
         report, ok, err = e.report, False, e
@@ -337,6 +357,30 @@ def inspect(bundle_dir, as_json):
 
 @cli.command()
 @click.argument("bundle_dir", type=click.Path())
+@click.argument("module")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Graph file to write (.onnx; .tflite for a TFLite bundle).")
+@click.option("--bucket", type=click.IntRange(1), help="Which of the module's static shapes (default: its smallest).")
+@click.option("--external-data", is_flag=True,
+              help="Weights in OUTPUT.data beside the graph instead of inside it (always so above 2 GiB).")
+@click.option("--json", "as_json", is_flag=True)
+def extract(bundle_dir, module, output, bucket, external_data, as_json):
+    """Write one module's graph as a self-contained file (Netron, onnx.checker, a plain InferenceSession).
+
+    MODULE as export names it: encoder, memory, alignment, layer0.router, layer0.expert_07, layer0.experts (a
+    bank), head, reader. Its metadata_props say which module, bucket, precision and bundle it came from."""
+    from m3edge.bundle import open_bundle
+    from m3edge.export.inspectable import extract as run, find_module
+
+    b = open_bundle(bundle_dir)
+    entry = find_module(b, module, bucket)
+    r = run(b, entry, output, external_data)
+    r |= {"module": module.replace("/", "."), "bucket": entry["bucket"], "precision": entry["precision"]}
+    emit(r, as_json, f"wrote {r['path']}: {r['module']} at bucket {r['bucket']} ({r['precision']}, "
+                     f"{r['bytes'] / 1e3:.1f} kB{', weights in ' + r['files'][1] if len(r['files']) > 1 else ''})")
+
+
+@cli.command()
+@click.argument("bundle_dir", type=click.Path())
 @click.option("--data", "text_file", type=click.Path(), help="Any text file instead of the eval split.")
 @click.option("--checkpoint", "checkpoint_dir", type=click.Path(), help="Compare against this checkpoint.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
@@ -344,13 +388,15 @@ def inspect(bundle_dir, as_json):
 @click.option("--logits-atol", default=1e-4, show_default=True, type=click.FloatRange(0),
               help="End-to-end logits gate (DESIGN.md's default).")
 @click.option("--json", "as_json", is_flag=True)
-def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol, as_json):
+@quiet_option
+def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol, as_json, quiet):
     """Re-run end-to-end parity of a bundle against torch; exit 1 when a gate fails."""
     from m3edge import checkpoint
     from m3edge.bundle import open_bundle
     from m3edge.data import default_data_dir, load_split, read_bytes
     from m3edge.errors import CheckFailed
-    from m3edge.export.parity import Gates, end_to_end, format_end_to_end
+    from m3edge.export.parity import E2E_STEPS, Gates, end_to_end, format_end_to_end
+    from m3edge.progress import Progress
     from m3edge.runtime.executor import BundleExecutor
 
     b = open_bundle(bundle_dir)
@@ -360,7 +406,9 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
     text = read_bytes(text_file) if text_file else load_split(Path(data_dir) if data_dir else default_data_dir(), "eval")
     gates = Gates(logits_atol=logits_atol)  # the user's gates, never the ones a bundle carries
     quantized = any(g["precision"] != "fp32" for g in b.graphs)  # judged by the accuracy gates, not atol
-    r = end_to_end(agent, BundleExecutor(b), text, tokens, gates, quantized)
+    with Progress("verify", E2E_STEPS, "step", quiet) as bar:
+        r = end_to_end(agent, BundleExecutor(b), text, tokens, gates, quantized,
+                       lambda label: bar.update(1, label, force=True))
     out = {k: r[k] for k in ("passed", "logits_max_abs_diff", "routing_agreement", "top1_agreement", "bits_per_byte",
                              "tokens", "passes", "gates")}
     emit(out, as_json, format_end_to_end(r))
@@ -464,8 +512,9 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
 @click.option("--engine-cache", type=click.Path(), help="Where TensorRT builds its engines (default "
                                                          "~/.cache/m3edge/engines; never inside a bundle).")
 @click.option("--json", "as_json", is_flag=True)
+@quiet_option
 def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, checkpoint_dir, named_bundles,
-          recall_kb, trials, models, runs, work_dir, rebuild, data_dir, output, engine_cache, as_json):
+          recall_kb, trials, models, runs, work_dir, rebuild, data_dir, output, engine_cache, as_json, quiet):
     """Torch eager vs the runtime, the expert-cache sweep and batching, side by side on this machine."""
     import os
 
@@ -478,9 +527,13 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
     from m3edge.bench import batching_bench, format_batching, format_report, run_bench
     from m3edge.bundle import open_bundle
     from m3edge.data import default_data_dir
+    from m3edge.progress import Progress
 
     data = Path(data_dir) if data_dir else default_data_dir()
-    say = None if as_json else (lambda msg: click.echo(msg, err=True))
+    bar = Progress(f"bench {suite}", None, "row", quiet)  # full and memory: rows not known ahead
+
+    def say(msg):  # each measured row (stderr: stdout is the report's)
+        bar.update(1, msg, force=True)
     if suite == "full":
         import dataclasses
 
@@ -500,6 +553,7 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
         report["command"] = " ".join(["m3edge", *sys.argv[1:]])
         if output:
             Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        bar.close()
         emit(report, as_json, format_full(report))
         return
     if suite == "memory":
@@ -522,6 +576,7 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
         report["command"] = " ".join(["m3edge", *sys.argv[1:]])
         if output:
             Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        bar.close()
         emit(report, as_json, format_memory(report))
         return
     if not bundle_dir:
@@ -531,6 +586,12 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
         sizes = tuple(int(s) for s in cache_sizes.split(",") if s.strip())
     except ValueError:
         raise BadInput(f"--cache-sizes must be comma-separated integers, got {cache_sizes!r}") from None
+    # Rows each suite measures, as m3edge.bench runs them: the engines (torch unless --no-torch, the runtime),
+    # the cache sweep (sizes up to the model's experts x 2 policies x 3 prefetch settings), batching off and on
+    # at 4 caller counts. Progress.update grows the total if the bench measures more.
+    n_experts = open_bundle(bundle_dir, verify=False).manifest["model_config"]["n_experts"]
+    bar.total = ((suite in ("all", "engines")) * ((not no_torch) + 1 + 6 * sum(s <= n_experts for s in sizes))
+                 + (suite in ("all", "batching")) * 8)
     report, text = {"threads": threads, "rows": []}, []
     if suite in ("all", "engines"):
         report = run_bench(bundle_dir, data, threads, n_prompts, n_bytes, sizes, with_torch=not no_torch, progress=say)
@@ -538,6 +599,7 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
     if suite in ("all", "batching"):
         report["batching"] = batching_bench(bundle_dir, data, threads=threads, progress=say)
         text.append(format_batching(report["batching"]))
+    bar.close()
     if output:
         Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     emit(report, as_json, "\n".join(text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,29 +67,83 @@ def with_facts(text: np.ndarray, rng: np.random.Generator, every: int = 2048, ga
     return np.frombuffer(b"".join(out), dtype=np.uint8)
 
 
-def unigram_bits_per_byte(train: np.ndarray, test: np.ndarray) -> float:
-    """Add-one smoothed byte frequencies from ``train``, scored on ``test``."""
-    counts = np.bincount(train, minlength=256).astype(np.float64) + 1.0
+@dataclass(frozen=True)
+class ByteCounts:
+    """Byte and byte-pair counts of a training text: all the n-gram baselines need of it. The train split's are
+    shipped in the package (``train_counts.npz``, 1.6 MB of text -> a few kB), so a device scores the baselines
+    without the split itself."""
+
+    unigram: np.ndarray  # [256] int64
+    bigram: np.ndarray  # [256, 256] int64, bigram[a, b]: times byte b followed byte a
+
+    @classmethod
+    def of(cls, text: np.ndarray) -> ByteCounts:
+        text = np.asarray(text, dtype=np.uint8)
+        pairs = np.bincount(text[:-1].astype(np.int64) * 256 + text[1:], minlength=256 * 256)
+        return cls(np.bincount(text, minlength=256).astype(np.int64), pairs.reshape(256, 256).astype(np.int64))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ByteCounts:
+        with np.load(path) as z:
+            return cls(z["unigram"].astype(np.int64), z["bigram"].astype(np.int64))
+
+    def save(self, path: str | Path) -> None:
+        np.savez_compressed(path, unigram=self.unigram.astype(np.uint32), bigram=self.bigram.astype(np.uint32))
+
+
+def _counts(train) -> ByteCounts:
+    return train if isinstance(train, ByteCounts) else ByteCounts.of(train)
+
+
+def unigram_bits_per_byte(train: np.ndarray | ByteCounts, test: np.ndarray) -> float:
+    """Add-one smoothed byte frequencies from ``train`` (a text or its counts), scored on ``test``."""
+    counts = _counts(train).unigram.astype(np.float64) + 1.0
     p = counts / counts.sum()
     return float(-np.mean(np.log2(p[test])))
 
 
-def bigram_bits_per_byte(train: np.ndarray, test: np.ndarray, prior: float = 8.0) -> float:
+def bigram_bits_per_byte(train: np.ndarray | ByteCounts, test: np.ndarray, prior: float = 8.0) -> float:
     """P(b | a) with a Dirichlet prior toward the unigram (strength ``prior``); the first byte is unigram."""
-    uni = np.bincount(train, minlength=256).astype(np.float64) + 1.0
+    c = _counts(train)
+    uni = c.unigram.astype(np.float64) + 1.0
     uni /= uni.sum()
-    pairs = np.zeros((256, 256))
-    np.add.at(pairs, (train[:-1], train[1:]), 1.0)
+    pairs = c.bigram.astype(np.float64)
     cond = (pairs + prior * uni) / (pairs.sum(1, keepdims=True) + prior)
     logp = np.concatenate([[np.log2(uni[test[0]])], np.log2(cond[test[:-1], test[1:]])])
     return float(-np.mean(logp))
 
 
+TRAIN_COUNTS = "train_counts.npz"  # ByteCounts of train.txt, beside the splits (``python -m m3edge.data`` rewrites it)
+
+
+def train_counts(data_dir: str | Path) -> ByteCounts:
+    """The n-gram baselines' training counts: from ``train.txt`` when the folder has it (a user's own splits
+    too), else the shipped counts of the reference train split."""
+    data_dir = Path(data_dir)
+    if (data_dir / "train.txt").is_file():
+        return ByteCounts.of(load_split(data_dir, "train"))
+    for d in (data_dir, *SHIPPED):
+        if (d / TRAIN_COUNTS).is_file():
+            return ByteCounts.load(d / TRAIN_COUNTS)
+    raise BadInput(f"{data_dir}: has neither train.txt nor {TRAIN_COUNTS} (the n-gram baselines' training text)")
+
+
+# The splits a wheel carries (eval, calibration, prose and the train split's counts; not train.txt): the
+# repository's calibration_data/ installed as the m3edge.calibration_data package.
+# An editable install finds the source tree's copy instead.
+SHIPPED = (Path(__file__).resolve().parent / "calibration_data", Path(__file__).resolve().parents[1] / "calibration_data")
+
+
 def default_data_dir() -> Path:
-    """$M3EDGE_DATA, else ./calibration_data, else the source tree's copy (editable installs)."""
+    """$M3EDGE_DATA, else ./calibration_data, else the source tree's copy (editable installs), else the wheel's."""
     import os
 
-    for cand in (os.environ.get("M3EDGE_DATA"), "calibration_data", Path(__file__).resolve().parents[1] / "calibration_data"):
-        if cand and (Path(cand) / "train.txt").is_file():
+    for cand in (os.environ.get("M3EDGE_DATA"), "calibration_data", SHIPPED[1], SHIPPED[0]):
+        # eval.txt, not train.txt: the wheel's copy has every split but train (its counts stand in for it).
+        if cand and (Path(cand) / "eval.txt").is_file():
             return Path(cand)
     raise BadInput("calibration_data not found: pass --data-dir or set M3EDGE_DATA")
+
+
+if __name__ == "__main__":  # rewrite the shipped train counts after calibration_data/train.txt changed
+    ByteCounts.of(load_split(SHIPPED[1], "train")).save(SHIPPED[1] / TRAIN_COUNTS)

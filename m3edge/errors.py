@@ -6,6 +6,8 @@ The CLI maps them to exit codes: ``BadInput`` -> 2 (bad usage or input), ``Check
 
 
 class M3EdgeError(Exception):
+    """Base of m3edge's own errors; ``exit_code`` is what the CLI exits with."""
+
     exit_code = 2
 
 

@@ -43,7 +43,9 @@ def bundle_forward(executor):
     return forward
 
 
-def evaluate_with(forward, cfg, text: np.ndarray, batch: int = 4096, max_bytes: int | None = None) -> dict:
+def evaluate_with(forward, cfg, text: np.ndarray, batch: int = 4096, max_bytes: int | None = None,
+                  progress=None) -> dict:
+    """``progress(n)``, if given: n more bytes scored."""
     n = len(text) if max_bytes is None else min(len(text), max_bytes)
     nll, correct = 0.0, 0
     usage = np.zeros((cfg.n_layers, cfg.n_experts), dtype=np.int64)
@@ -57,6 +59,8 @@ def evaluate_with(forward, cfg, text: np.ndarray, batch: int = 4096, max_bytes: 
         correct += int((logits.argmax(-1) == target).sum())
         for layer, idx in enumerate(selected):
             usage[layer] += np.bincount(idx.reshape(-1), minlength=cfg.n_experts)
+        if progress:
+            progress(len(pos))
     return {
         "bytes": int(n),
         "bits_per_byte": nll / n / math.log(2),
@@ -72,7 +76,8 @@ def evaluate(agent, text: np.ndarray, batch: int = 4096, max_bytes: int | None =
     return evaluate_with(torch_forward(agent), agent.cfg, text, batch, max_bytes)
 
 
-def baselines(train: np.ndarray, test: np.ndarray) -> dict:
+def baselines(train, test: np.ndarray) -> dict:
+    """Unigram and bigram bits/byte on ``test``, fitted on ``train`` (a text or its ``data.ByteCounts``)."""
     return {"unigram_bits_per_byte": unigram_bits_per_byte(train, test),
             "bigram_bits_per_byte": bigram_bits_per_byte(train, test)}
 
@@ -99,7 +104,7 @@ def torch_online(agent, mode: str = "hybrid", task: str = "general"):
 
 
 def evaluate_online_with(chunk_fn, count_fn, cfg, text: np.ndarray, chunk: int = 256,
-                         max_bytes: int | None = None) -> dict:
+                         max_bytes: int | None = None, progress=None) -> dict:
     n = len(text) if max_bytes is None else min(len(text), max_bytes)
     bits, correct = 0.0, 0
     for start in range(0, n, chunk):
@@ -107,6 +112,8 @@ def evaluate_online_with(chunk_fn, count_fn, cfg, text: np.ndarray, chunk: int =
         target = text[pos].astype(np.int64)
         b, c = nll_bits(chunk_fn(windows(text, pos, cfg.context), target), target)
         bits, correct = bits + b, correct + c
+        if progress:
+            progress(len(pos))
     return {"bytes": int(n), "bits_per_byte": bits / n, "top1_accuracy": correct / n, "memories": int(count_fn())}
 
 

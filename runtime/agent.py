@@ -41,6 +41,7 @@ class Recall:
 
     @classmethod
     def of(cls, mode: str = "hybrid", task: str = "general", scene: str = "") -> "Recall":
+        """A checked Recall: raises ValueError naming an unknown mode or task, or a scene over 256 characters."""
         if not isinstance(scene, str) or len(scene) > 256:
             raise ValueError("scene must be a string of at most 256 characters")
         return cls(check_mode(mode), check_task(task), scene)
@@ -50,6 +51,7 @@ MAX_GENERATE = 1 << 20
 
 
 def as_bytes(value, what: str = "prompt") -> bytes:
+    """``value`` as bytes: a str is UTF-8 encoded; anything but str or a bytes-like object is a ValueError."""
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -58,6 +60,13 @@ def as_bytes(value, what: str = "prompt") -> bytes:
 
 
 class EdgeAgent:
+    """A bundle running on this device: its graphs through onnxruntime or LiteRT, an expert cache, long-term memory.
+
+    Open one with ``EdgeAgent.open(bundle_dir)`` (which verifies the bundle) and close it, or use it as a context
+    manager, so that a ``memory_dir`` store is saved. Thread-safe: concurrent calls are serialised, or merged
+    into batches after ``enable_batching``. Text goes in as str or bytes and comes out as bytes (a byte-level
+    model may stop inside a UTF-8 character)."""
+
     def __init__(self, executor: BundleExecutor, memory: LongTermMemory, memory_dir: Path | None = None):
         self.executor = executor
         self.cfg = executor.cfg
@@ -271,10 +280,12 @@ class EdgeAgent:
         return logits
 
     def stats(self) -> dict:
+        """Expert-cache counters (hits, misses, evictions, hit rate...), experts used per layer, memory count."""
         return {"cache": self.executor.cache.stats.to_dict(), "cached_experts": len(self.executor.cache),
                 "experts_used": [len(s) for s in self.experts_used], "memories": len(self.memory)}
 
     def close(self) -> None:
+        """Drain the batcher, release the sessions and save the memory to ``memory_dir`` (if any)."""
         if self.batcher is not None:
             self.batcher.close(drain=True)
         self.executor.close()

@@ -57,6 +57,8 @@ from typing import Any, Callable, Sequence
 
 @dataclass(frozen=True)
 class BatcherConfig:
+    """Dynamic batching settings, as Triton names them: ``EdgeAgent.enable_batching(BatcherConfig(...))``."""
+
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
     max_queue_delay_ms: float = 5.0  # wait at most this long after the OLDEST queued request

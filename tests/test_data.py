@@ -58,3 +58,23 @@ def test_with_facts_states_each_code_twice_with_a_gap_and_is_reproducible():
     # nothing of the original text is lost: removing the inserted lines gives it back
     rest = re.sub(r"^ *[a-z_]+ = (['\"])[A-Za-z0-9]{6,16}\1\n", "", s, flags=re.M)
     assert rest.encode("latin-1") == bytes(text)
+
+
+def test_shipped_train_counts_are_the_train_splits(tmp_path):
+    """The package's train_counts.npz stands in for train.txt on a device: it must be train.txt's counts, so
+    the baselines a wheel install prints are the repository's (rewrite it with ``python -m m3edge.data``)."""
+    from m3edge.data import TRAIN_COUNTS, ByteCounts, train_counts
+
+    train, ev = load_split(DATA, "train"), load_split(DATA, "eval")
+    shipped = ByteCounts.load(DATA / TRAIN_COUNTS)
+    fresh = ByteCounts.of(train)
+    assert np.array_equal(shipped.unigram, fresh.unigram) and np.array_equal(shipped.bigram, fresh.bigram)
+    assert bigram_bits_per_byte(shipped, ev) == bigram_bits_per_byte(train, ev)
+    assert unigram_bits_per_byte(shipped, ev) == unigram_bits_per_byte(train, ev)
+    # A folder of the user's own splits: its train.txt, not the shipped counts.
+    (tmp_path / "train.txt").write_bytes(b"aaaaaaaab")
+    assert train_counts(tmp_path).unigram[ord("a")] == 8
+    # A folder without train.txt (the wheel's copy): the shipped counts.
+    own = tmp_path / "no-train"
+    own.mkdir()
+    assert np.array_equal(train_counts(own).bigram, fresh.bigram)

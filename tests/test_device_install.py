@@ -1,5 +1,6 @@
 """The device install: the wheel plus its own dependencies (numpy, onnxruntime, click), in a fresh virtual
-environment without torch, runs a bundle and answers exactly what the host's install answers.
+environment without torch, runs a bundle and answers exactly what the host's install answers; eval and bench
+run from the wheel alone (its calibration_data), with no repository.
 
 The dependency wheels are kept in build/device-wheels (git-ignored) and installed from there offline; they are
 downloaded from PyPI (through pip's cache) only when that folder lacks one. The arm64 counterpart of this test,
@@ -81,3 +82,35 @@ def test_device_install_runs_a_bundle_without_torch(tmp_path):
     assert d["experts_used"] == h["experts_used"]
     assert {k: d["cache"][k] for k in ("hits", "misses", "evictions")} == \
         {k: h["cache"][k] for k in ("hits", "misses", "evictions")}
+
+    # eval and bench from the wheel alone (issue 20): no repository, no calibration_data in the working directory.
+    # The device's n-gram baselines come from the train split's shipped counts, the host's from train.txt itself.
+    assert not (tmp_path / "calibration_data").exists()
+    text = tmp_path / "text.txt"
+    text.write_bytes((ROOT / "calibration_data" / "eval.txt").read_bytes()[:3000])
+    args = ["eval", bundle, "--data", text, "--json"]
+    device = subprocess.run([dev / "bin" / "m3edge", *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+                            timeout=120)
+    assert device.returncode == 0, device.stderr
+    host = subprocess.run([sys.executable, "-m", "m3edge.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert host.returncode == 0, host.stderr
+    d, h = json.loads(device.stdout), json.loads(host.stdout)
+    assert d["bytes"] == h["bytes"] == 3000
+    assert d["bits_per_byte"] == pytest.approx(h["bits_per_byte"], abs=1e-9)
+    assert d["baselines"] == h["baselines"]
+    assert "eval: 3000/3000 bytes (100%)" in device.stderr  # progress on stderr, stdout one JSON object
+
+    # The default split, read from the wheel's own copy of calibration_data.
+    device = subprocess.run([dev / "bin" / "m3edge", "eval", bundle, "--max-bytes", "500", "--json"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert device.returncode == 0, device.stderr
+    assert json.loads(device.stdout)["data"].endswith("site-packages/m3edge/calibration_data/eval.txt")
+
+    # bench: prompts from the shipped eval split; every row in a fresh device process.
+    bench = subprocess.run([dev / "bin" / "m3edge", "bench", bundle, "--no-torch", "--suite", "engines",
+                            "--cache-sizes", "", "--prompts", "1", "--bytes", "4", "--json"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert bench.returncode == 0, bench.stderr
+    rows = json.loads(bench.stdout)["rows"]
+    assert [r["engine"] for r in rows] == ["m3edge-runtime"] and rows[0]["bytes_per_s"] > 0

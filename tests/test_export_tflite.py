@@ -134,3 +134,17 @@ def test_a_converter_error_without_a_message_is_a_conversion_error_and_logging_i
     with pytest.raises(tflite.ConversionError, match="AssertionError: no message"):
         tflite.convert(torch.nn.Linear(4, 4), {1: (torch.zeros(1, 4),)}, "fp32")
     assert logging.getLogger().level == before
+
+
+def test_extract_copies_a_tflite_module(tflite_bundle, tmp_path):
+    """``m3edge extract`` on a TFLite bundle writes the module's .tflite as is (its flatbuffer holds its weights);
+    asking for a .onnx file of it is bad input, one line."""
+    out, _ = tflite_bundle
+    g = next(g for g in bundle.open_bundle(out).graphs if (g["role"], g["layer"], g["expert"]) == ("expert", 0, 1))
+    r = run_cli("extract", out, "layer0.expert_01", "-o", tmp_path / "e1.tflite", "--json")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "e1.tflite").read_bytes() == (out / g["path"]).read_bytes()
+    assert json.loads(r.stdout)["precision"] == "int8"
+    r = run_cli("extract", out, "layer0.expert_01", "-o", tmp_path / "e1.onnx")
+    assert r.returncode == 2 and "is a .tflite graph (tflite): write it to a .tflite file" in r.stderr
+    assert r.stderr.count("\n") == 1

@@ -1,4 +1,5 @@
-"""A wheel install, not only the editable one, carries and imports all four packages."""
+"""A wheel install, not only the editable one, carries and imports all four packages, the data the device
+commands need, the typing marker and the licences."""
 
 import subprocess
 import sys
@@ -24,6 +25,17 @@ def test_wheel_contains_and_imports_every_package(tmp_path):
                    "m3edge/runtime/executor.py", "m3edge/targets/__init__.py", "m3edge/targets/rpi5.json"):
         assert member in names, member
     assert not any(n.startswith(("tests/", "export/", "runtime/", "targets/")) for n in names)
+    # eval and bench on a device read these (issue 20); train.txt stays out (1.6 MB), its byte counts stand in.
+    for member in ("m3edge/py.typed", "m3edge/calibration_data/eval.txt", "m3edge/calibration_data/calibration.txt",
+                   "m3edge/calibration_data/train_counts.npz", "m3edge/calibration_data/LICENSE-PSF.txt",
+                   "m3edge-0.1.0.dist-info/licenses/LICENSE"):
+        assert member in names, member
+    assert "m3edge/calibration_data/train.txt" not in names
+    meta = zipfile.ZipFile(wheel).read("m3edge-0.1.0.dist-info/METADATA").decode()
+    for line in ("License-Expression: Apache-2.0", "License-File: LICENSE", "Author: m3edge developers",
+                 "Project-URL: Source, https://github.com/m3edge/m3edge", "Classifier: Typing :: Typed"):
+        assert line in meta.splitlines(), line
+    assert "Apache License" in zipfile.ZipFile(wheel).read("m3edge-0.1.0.dist-info/licenses/LICENSE").decode()
     site = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel],
                        capture_output=True, text=True, timeout=300)
