@@ -7,10 +7,14 @@ and generation counters are read from the agent at scrape time by a collector, s
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics,
+                               generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from m3edge import __version__
+
+# The *_created series double every counter's lines and nothing here reads them (process-wide switch).
+disable_created_metrics()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A step on a Pi is milliseconds; a 1 kB generation is seconds.

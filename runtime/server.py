@@ -373,7 +373,7 @@ def create_app(agent, limits: Limits = Limits(), options: AppOptions = AppOption
 
         closed = []
 
-        def finish():
+        def cleanup():
             """Once, however the response ends (normally, the client gone, the task cancelled, or before the body
             was ever iterated): cancel, free the slot, close the iterator in a thread (it saves the memory, which
             is file I/O). No step is in flight then: a thread-pool call is waited for, not abandoned."""
@@ -415,9 +415,9 @@ def create_app(agent, limits: Limits = Limits(), options: AppOptions = AppOption
                 yield "data: [DONE]\n\n"
             finally:
                 watcher.cancel()
-                finish()
+                cleanup()
 
-        return SSEResponse(events(), finish, media_type="text/event-stream",
+        return SSEResponse(events(), cleanup, media_type="text/event-stream",
                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # --------------------------------------------------------------------------------------- the web page

@@ -91,7 +91,7 @@ class RateLimit(logging.Filter):
                 return False
             self.last[kind] = now
             dropped = self.dropped.pop(kind, 0)
-        text = record.getMessage()
+        text = record.getMessage().strip()
         if record.exc_info and record.exc_info[1] is not None:
             text += f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
         if dropped:

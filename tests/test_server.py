@@ -67,7 +67,7 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=60)
         err = self.proc.stderr.read()
-        assert "Traceback" not in err, err
+        assert "Traceback" not in err and "Exception in ASGI application" not in err, err
         return code in (0, -signal.SIGTERM)
 
 

