@@ -3,8 +3,9 @@
     python bench/server_hardening.py BUNDLE [-o results.json]
 
 1. slow clients: the server runs with a file limit of 256; 300 connections that never finish (half stop inside
-   the request head, half inside the body) are held open for 10 s and re-opened whenever the server closes one;
-   /healthz is timed every 0.2 s meanwhile; the server's log size is reported.
+   the request head, half inside the body) are held open for 10 s; /healthz is timed every 0.2 s from another
+   process meanwhile; the server's log size is reported. Twice: clients that give up when the server closes
+   them, and a flood that re-opens each one at once.
 2. SIGTERM with 64 streaming generations of 1,024 bytes in flight: time from the signal to the exit, exit code,
    whether every stream got its end and whether the memory snapshot holds every byte generated before it.
 3. abandoned generations: 5 `/v1/generate` requests of 1,024 bytes whose clients hang up after 0.5 s; bytes
@@ -79,8 +80,9 @@ def post(path, body) -> bytes:
             f"\r\n\r\n").encode() + data
 
 
-async def slow_client(port, kind: str, stop: asyncio.Event, stats: dict):
-    """Holds one connection that never completes its request; reconnects when the server closes it."""
+async def slow_client(port, kind: str, stop: asyncio.Event, stats: dict, reconnect: bool):
+    """Holds one connection that never completes its request; with ``reconnect``, opens another whenever the
+    server closes it (a flood), else gives up (300 stuck clients, the issue's case)."""
     while not stop.is_set():
         try:
             r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -105,22 +107,35 @@ async def slow_client(port, kind: str, stop: asyncio.Event, stats: dict):
             pass
         stats["closed_by_server"] += not stop.is_set()
         w.close()
+        if not reconnect:
+            return
 
 
-async def healthz_probe(port, stop: asyncio.Event, latencies: list, failures: list):
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        t0 = time.monotonic()
-        try:
-            await loop.run_in_executor(None, lambda: urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/healthz", timeout=5).read())
-            latencies.append(time.monotonic() - t0)
-        except OSError as e:
-            failures.append(repr(e))
-        await asyncio.sleep(0.2)
+PROBE = """
+import json, sys, time, urllib.request
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+lat, fail, end = [], [], time.monotonic() + seconds
+while time.monotonic() < end:
+    t0 = time.monotonic()
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
+        lat.append(time.monotonic() - t0)
+    except OSError as e:
+        fail.append(repr(e))
+    time.sleep(0.2)
+print(json.dumps([lat, fail]))
+"""
 
 
-def slow_clients(bundle, work: Path) -> dict:
+async def healthz_probe(port, seconds: float):
+    """/healthz timed from another process (this one is busy being 300 clients)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PROBE, str(port), str(seconds),
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    return json.loads(out)
+
+
+def slow_clients(bundle, work: Path, reconnect: bool) -> dict:
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     s = Server(bundle, work / "mem-slow", nofile=256)
     baseline = []
@@ -132,14 +147,12 @@ def slow_clients(bundle, work: Path) -> dict:
     async def main():
         stop = asyncio.Event()
         stats = {"opened": 0, "closed_by_server": 0, "connect_errors": 0}
-        lat, fail = [], []
-        tasks = [asyncio.ensure_future(slow_client(s.port, "head" if i % 2 else "body", stop, stats))
+        tasks = [asyncio.ensure_future(slow_client(s.port, "head" if i % 2 else "body", stop, stats, reconnect))
                  for i in range(300)]
         await asyncio.sleep(1.0)  # all 300 opened
-        probe = asyncio.ensure_future(healthz_probe(s.port, stop, lat, fail))
-        await asyncio.sleep(10.0)
+        lat, fail = await healthz_probe(s.port, 10.0)
         stop.set()
-        await asyncio.gather(probe, *tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         return stats, lat, fail
 
     stats, lat, fail = asyncio.run(main())
@@ -147,7 +160,7 @@ def slow_clients(bundle, work: Path) -> dict:
     code, _ = s.stop()
     log = s.log_bytes()
     lat.sort()
-    return {"file_limit": 256, "slow_connections": 300, "seconds": 10, "healthz_probes": len(lat) + len(fail),
+    return {"file_limit": 256, "slow_connections": 300, "reconnect": reconnect, "seconds": 10, "healthz_probes": len(lat) + len(fail),
             "healthz_failures": len(fail), "healthz_p50_s": lat[len(lat) // 2] if lat else None,
             "healthz_max_s": lat[-1] if lat else None, "healthz_idle_max_s": max(baseline),
             "slow_connections_opened": stats["opened"], "closed_by_server": stats["closed_by_server"],
@@ -220,7 +233,9 @@ def main():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        out = {"slow_clients": slow_clients(args.bundle, work), "sigterm": sigterm_under_load(args.bundle, work),
+        out = {"slow_clients": slow_clients(args.bundle, work, False),
+               "slow_clients_reconnecting": slow_clients(args.bundle, work, True),
+               "sigterm": sigterm_under_load(args.bundle, work),
                "abandoned": abandoned(args.bundle, work)}
     text = json.dumps(out, indent=1)
     print(text)

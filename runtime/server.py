@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import sqlite3
 import threading
@@ -51,6 +52,8 @@ from starlette.routing import Route
 from m3edge.memory.retrieval import MODES, TASK_TYPES
 from m3edge.runtime import openai_api as oa
 from m3edge.runtime.batcher import BatcherError, QueueFull, RequestTimeout
+
+log = logging.getLogger("m3edge.serve")
 
 
 @dataclass(frozen=True)
@@ -494,7 +497,9 @@ def create_app(agent, limits: Limits = Limits(), options: AppOptions = AppOption
     async def lifespan(app):
         yield
         admission.stopping = True
+        t0 = time.monotonic()
         await run_in_threadpool(agent.close)  # drain the batcher, stop prefetching, save the memory
+        log.warning("stopped: batcher drained and memory saved in %.2f s", time.monotonic() - t0)
 
     middleware = [Middleware(HTTPMetrics, metrics=metrics, paths={r.path for r in routes})]
     if options.cors_origins:
@@ -508,7 +513,15 @@ def create_app(agent, limits: Limits = Limits(), options: AppOptions = AppOption
     def stop(timeout_s: float) -> None:
         """Refuse new work now; cancel what still runs after ``timeout_s`` seconds (call on the event loop)."""
         admission.stopping = True
-        asyncio.get_running_loop().call_later(timeout_s, admission.cancel_all)
+        log.warning("stopping: %d requests running, %d waiting; running ones get %g s to finish",
+                    admission.active, len(admission.waiters), timeout_s)
+
+        def deadline():
+            n = admission.cancel_all()
+            if n:
+                log.warning("stopping: cancelled %d requests at the deadline", n)
+
+        asyncio.get_running_loop().call_later(timeout_s, deadline)
 
     app.state.stop = stop
     return app
