@@ -8,8 +8,8 @@
    them, and a flood that re-opens each one at once.
 2. SIGTERM with 64 streaming generations of 1,024 bytes in flight: time from the signal to the exit, exit code,
    whether every stream got its end and whether the memory snapshot holds every byte generated before it.
-3. abandoned generations: 5 `/v1/generate` requests of 1,024 bytes whose clients hang up after 0.5 s; bytes
-   (= steps) the server still generates after the hang-up, over the next 10 s.
+3. abandoned generations: 5 `/v1/generate` requests of 1,024 bytes whose clients hang up once 100 bytes are
+   out; bytes (= steps) the server still generates after the hang-up, over the next 10 s.
 """
 
 from __future__ import annotations
@@ -192,13 +192,15 @@ def sigterm_under_load(bundle, work: Path, n=64) -> dict:
     deadline = time.monotonic() + 60
     while s.get("/v1/stats")["active"] < n and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(2.0)  # past the prompts: every generation is producing bytes
     before = s.get("/v1/stats")
     code, elapsed = s.stop()
     for t in threads:
         t.join(60)
     store = LongTermMemory(16)
     store.load(mem)
-    ended = sum(r.rstrip().endswith(b"data: [DONE]") for r in replies)
+    # The body is chunked: a stream ended properly has [DONE] as its last event, then the final empty chunk.
+    ended = sum(b"data: [DONE]\n\n" in r[-40:] and r.endswith(b"0\r\n\r\n") for r in replies)
     return {"generations_in_flight": before["active"], "shutdown_timeout_s": 5.0, "exit_s": elapsed,
             "exit_code": code, "streams_ended_with_done": ended,
             "cancelled": sum(b'"finish_reason":"cancelled"' in r for r in replies),
@@ -213,7 +215,9 @@ def abandoned(bundle, work: Path, n=5) -> dict:
         c = socket.create_connection(("127.0.0.1", s.port), timeout=60)
         c.sendall(post("/v1/generate", {"prompt": f"a{i}", "max_bytes": 1024}))
         socks.append(c)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while s.get("/v1/stats")["generated_bytes"] < 20 * n and time.monotonic() < deadline:
+        time.sleep(0.05)  # every generation is past its prompt and producing bytes
     for c in socks:
         c.close()
     at_hangup = s.get("/v1/stats")["generated_bytes"]

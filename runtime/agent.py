@@ -256,6 +256,10 @@ class EdgeAgent:
                 with self._lock:
                     self.generated_bytes += 1
                 yield bytes((nxt,))
+        except GeneratorExit:  # closed early: a cancellation if its flag is up (not a stop string's end)
+            if stop():
+                self.cancelled_streams += 1
+            raise
         finally:  # also on close() of an abandoned stream: what was stored is committed
             self.save_memory()
 

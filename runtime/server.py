@@ -374,7 +374,7 @@ def create_app(agent, limits: Limits = Limits(), options: AppOptions = AppOption
         def event(obj) -> str:
             return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
-        closed = []
+        closed, finished = [], []
 
         def cleanup():
             """Once, however the response ends (normally, the client gone, the task cancelled, or before the body
@@ -383,7 +383,8 @@ def create_app(agent, limits: Limits = Limits(), options: AppOptions = AppOption
             if closed:
                 return
             closed.append(True)
-            cancel.set()
+            if not finished:  # the client left or the task was cancelled: the iterator stops as cancelled
+                cancel.set()
             admission.release(cancel)
             asyncio.get_running_loop().run_in_executor(None, stream.close)
 
@@ -415,6 +416,7 @@ def create_app(agent, limits: Limits = Limits(), options: AppOptions = AppOption
                     last = chunk(None, None)
                     last["choices"], last["usage"] = [], oa.usage(p.prompt, n)
                     yield event(last)
+                finished.append(True)
                 yield "data: [DONE]\n\n"
             finally:
                 watcher.cancel()
@@ -495,6 +497,12 @@ def create_app(agent, limits: Limits = Limits(), options: AppOptions = AppOption
 
     @asynccontextmanager
     async def lifespan(app):
+        import anyio.to_thread
+
+        # Every admitted request may hold a pool thread for a step (anyio's default is 40): room for all of them
+        # plus the memory browser's lookups, so a full house never queues behind the pool.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, limits.max_active + 8)
         yield
         admission.stopping = True
         t0 = time.monotonic()

@@ -177,8 +177,9 @@ def test_sigterm_with_generations_in_flight_exits_0_within_the_deadline(tiny_bun
     assert code == 0 and elapsed < 1 + 2.0, (code, elapsed, err)
     assert "Traceback" not in err and "stopped" in err
     # Each stream was answered: cancelled at the deadline, ended properly with [DONE].
-    assert len(results) == 8 and all(b'"finish_reason":"cancelled"' in r and r.rstrip().endswith(b"data: [DONE]")
-                                     for r in results), results[0][-300:]
+    # Chunked bodies: the last event is [DONE], then the final empty chunk.
+    assert len(results) == 8 and all(b'"finish_reason":"cancelled"' in r and b"data: [DONE]\n\n" in r[-40:]
+                                     and r.endswith(b"0\r\n\r\n") for r in results), results[0][-300:]
     store = LongTermMemory(16)
     store.load(mem)
     assert len(store) >= generated  # every byte generated before the signal is in the saved memory
