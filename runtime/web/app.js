@@ -97,7 +97,7 @@ function renderHeatmap(experts) {
   const { n_layers: layers, n_experts: n, counts } = experts;
   if (map.childElementCount !== layers * (n + 1)) {
     map.replaceChildren();
-    map.style.gridTemplateColumns = `auto repeat(${n}, minmax(6px, 1fr))`;
+    map.style.gridTemplateColumns = `auto repeat(${n}, minmax(0, 1fr))`;
     for (let l = 0; l < layers; l++) {
       const label = document.createElement("span");
       label.className = "label";
@@ -123,7 +123,7 @@ function renderHeatmap(experts) {
       const cell = cells[l * n + e];
       cell.dataset.count = c;
       cell.title = `layer ${l}, expert ${e}: ${c} tokens`;
-      const t = c / max;  // per-layer scale: each row shows that layer's preference
+      const t = Math.sqrt(c / max);  // per-layer scale (square root: the long tail stays visible)
       cell.style.backgroundColor = c ? `hsl(${210 - 170 * t}, 85%, ${18 + 40 * t}%)` : "";
     }
   }
