@@ -48,6 +48,12 @@ def wait_for(pred, timeout=30.0, every=0.02):
     return False
 
 
+def test_unusable_host_is_one_line_and_exit_2(tiny_bundle):
+    r = subprocess.run([sys.executable, "-m", "m3edge.cli", "serve", str(tiny_bundle), "--host", "203.0.113.7",
+                        "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "203.0.113.7" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_busy_port_is_one_line_and_exit_2(tiny_bundle):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -80,6 +86,10 @@ def test_slow_head_is_closed_and_slow_body_gets_408(strict_server):
             reply += chunk
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in body
+    # An unfinished request head is buffered up to 16 KiB, then refused.
+    reply = raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert strict_server.get("/healthz")[0] == 200
 
 
 def test_overload_is_503_at_once_and_idle_connections_are_shed(tiny_bundle, tmp_path):
