@@ -118,6 +118,13 @@ def test_models_health_and_json_errors_everywhere(srv, client):
     assert status in (400, 413) and "Traceback" not in json.dumps(reply)
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(model="tiny", messages=[{"role": "robot", "content": "x"}])
+    status, reply = srv.get("/v1/memory/99999999")
+    assert status == 404 and "no memory with id 99999999" in reply["error"]["message"]
+    srv.post("/v1/generate", {"prompt": "abc", "max_bytes": 2})
+    hit = srv.post("/v1/memory/search", {"query": "abc", "k": 1})[1]["results"][0]
+    status, mem = srv.get(f"/v1/memory/{hit['id']}")
+    assert status == 200 and mem["priority"] == pytest.approx(hit["priority"]) and mem["n_links"] == hit["associations"]
+    assert all(set(link) == {"id", "weight", "next_byte", "priority"} for link in mem["links"])
 
 
 def test_cors_preflight_and_headers(srv):
