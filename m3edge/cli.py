@@ -444,12 +444,14 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
 @click.option("--json", "as_json", is_flag=True)
 def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cache, cache_experts, policy, prefetch,
         strict, task_type, retrieval_mode, scene, no_memory, as_json):
-    """Continue a prompt with a bundle on this device (no torch needed)."""
-    exit_on_sigterm()
+    """Continue a prompt with a bundle on this device (no torch needed); the text prints as it is generated."""
+    import codecs
     import time
 
     from m3edge import limits
     from m3edge.runtime.agent import EdgeAgent
+
+    exit_on_sigterm()
 
     limits.finite("--temperature", temperature, 0.0, 1e6)  # click's FloatRange lets nan through
     limits.utf8_text("--prompt", prompt)
@@ -464,7 +466,24 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
     try:
         with agent:
             t1 = time.perf_counter()
-            out = agent.generate(prompt, max_bytes, temperature, seed, not no_memory, retrieval_mode, task_type, scene)
+            stream = agent.stream(prompt, max_bytes, temperature, seed, not no_memory, retrieval_mode, task_type, scene)
+            out = bytearray()
+            if as_json:  # one object at the end, as before
+                for b in stream:
+                    out += b
+            else:  # the text as it is generated: whole UTF-8 characters, flushed each time one completes
+                decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+                sys.stdout.write(prompt)
+                sys.stdout.flush()
+                for b in stream:
+                    out += b
+                    piece = decode(b)
+                    if piece:
+                        sys.stdout.write(piece)
+                        sys.stdout.flush()
+                sys.stdout.write(decode(b"", final=True) + "\n")
+                sys.stdout.flush()
+            out = bytes(out)
             t2 = time.perf_counter()
             stats = agent.stats()
     finally:  # after the agent's close (which records the read energy): the store merges its log and closes
@@ -478,7 +497,6 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
     if as_json:
         emit(res, True, "")
     else:
-        click.echo(prompt + text)
         c = res["cache"]
         click.echo(f"-- {len(out)} bytes at {res['bytes_per_s']:.1f} bytes/s; cache {c['hits']} hits, "
                    f"{c['misses']} misses, {c['evictions']} evictions; experts used per layer "
@@ -620,15 +638,29 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
 @click.option("--timeout-ms", type=click.FloatRange(0), help="Reject a step still queued after this long.")
 @click.option("--expert-workers", default=1, show_default=True, type=click.IntRange(1),
               help="Threads running a batch's distinct experts side by side (the profile's threads are split).")
+@click.option("--cors", "cors", default="", help="Comma-separated browser origins allowed to call the API ('*': any).")
+@click.option("--shutdown-timeout", default=5.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="On SIGTERM, seconds in-flight generations get to finish before they are cancelled.")
+@click.option("--max-active", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="Requests doing agent work at once.")
+@click.option("--max-waiting", default=64, show_default=True, type=click.IntRange(0, 65536),
+              help="Requests waiting for a slot; beyond this a request gets 503 at once.")
+@click.option("--max-connections", type=click.IntRange(4), help="Open connections (default: from the file limit).")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Close a connection that has not sent a whole request head within this many seconds.")
+@click.option("--body-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Answer 408 when a request body has not arrived within this many seconds.")
+@click.option("--backlog", default=128, show_default=True, type=click.IntRange(1, 65535))
 def serve(bundle_dir, host, port, memory_dir, engine_cache, cache_experts, batching, max_batch_size,
-          max_queue_delay_ms, max_queue_size, timeout_ms, expert_workers):
-    """Serve a bundle over HTTP (JSON API, Prometheus metrics); needs the `serve` extra."""
+          max_queue_delay_ms, max_queue_size, timeout_ms, expert_workers, cors, shutdown_timeout, max_active,
+          max_waiting, max_connections, header_timeout, body_timeout, backlog):
+    """Serve a bundle over HTTP: m3edge's JSON API, OpenAI-compatible /v1/completions and /v1/chat/completions
+    (streaming), a web page at /, Prometheus /metrics; needs the `serve` extra. SIGTERM stops it gracefully."""
     from m3edge.errors import BadInput
 
     try:
-        import uvicorn
-
-        from m3edge.runtime.server import create_app
+        from m3edge.runtime.server import AppOptions, Limits, create_app
+        from m3edge.runtime.serving import ServeConfig, bind, serve as run_server
     except ImportError:
         raise BadInput("m3edge serve needs the serve extra: pip install 'm3edge[serve]'") from None
     from m3edge.runtime.agent import EdgeAgent
@@ -638,6 +670,7 @@ def serve(bundle_dir, host, port, memory_dir, engine_cache, cache_experts, batch
         from m3edge.limits import outside_bundles
 
         outside_bundles("--memory-dir", memory_dir)
+    bind(host, port, backlog).close()  # a busy port is one line and exit 2 before the bundle is loaded
     agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts,
                            expert_workers=expert_workers, engine_cache=engine_cache)
     if batching:
@@ -645,8 +678,24 @@ def serve(bundle_dir, host, port, memory_dir, engine_cache, cache_experts, batch
         agent.enable_batching(BatcherConfig(max_batch_size=max_batch_size, preferred_batch_sizes=buckets,
                                             max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
                                             timeout_ms=timeout_ms))
-    click.echo(f"serving {bundle_dir} on http://{host}:{port} (batching {'on' if batching else 'off'})", err=True)
-    uvicorn.run(create_app(agent), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    origins = tuple(o.strip() for o in cors.split(",") if o.strip())
+    name = Path(bundle_dir).resolve().name
+    target = agent.executor.bundle.manifest.get("target", {}).get("name", "")
+    app = create_app(agent, Limits(max_active=max_active, max_waiting=max_waiting, body_timeout_s=body_timeout),
+                     AppOptions(cors_origins=origins, model=name, target=target))
+    cfg = ServeConfig(host=host, port=port, backlog=backlog, max_connections=max_connections,
+                      header_timeout_s=header_timeout, shutdown_timeout_s=shutdown_timeout)
+
+    def ready(bound_port, max_conn):
+        click.echo(f"serving {bundle_dir} on http://{host}:{bound_port} (batching {'on' if batching else 'off'}, "
+                   f"{max_conn} connections, {max_active} active + {max_waiting} waiting requests)", err=True)
+
+    try:
+        run_server(app, cfg, ready)
+    except BaseException:
+        agent.close()
+        raise
+    click.echo("stopped", err=True)
 
 
 @cli.group()

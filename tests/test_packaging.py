@@ -22,7 +22,8 @@ def test_wheel_contains_and_imports_every_package(tmp_path):
     wheel = next((tmp_path / "dist").glob("m3edge-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for member in ("m3edge/cli.py", "m3edge/model/agent.py", "m3edge/export/pipeline.py",
-                   "m3edge/runtime/executor.py", "m3edge/targets/__init__.py", "m3edge/targets/rpi5.json"):
+                   "m3edge/runtime/executor.py", "m3edge/targets/__init__.py", "m3edge/targets/rpi5.json",
+                   "m3edge/runtime/web/index.html", "m3edge/runtime/web/app.js", "m3edge/runtime/web/style.css"):
         assert member in names, member
     assert not any(n.startswith(("tests/", "export/", "runtime/", "targets/")) for n in names)
     # eval and bench on a device read these (issue 20); train.txt stays out (1.6 MB), its byte counts stand in.
