@@ -63,12 +63,21 @@ class QuantTypes:
     reduce_range: bool = False
 
 
+# DEDICATED: an activation read by several Gemms (the episodic expert's six gate Gemms, two in the encoder) gets
+# one Q/DQ pair per Gemm. With one shared pair, onnxruntime's x86 CPU provider keeps that activation int8 (its
+# S8 -> U8 rewrite takes single-consumer pairs), and MLAS on AVX2 cannot prepack an S8S8 QGemm: each ran on the
+# unpacked path, 0.8-1.5 ms for a 1024 -> 768 gate against 0.12 ms prepacked (onnxruntime profile, d_model 1024),
+# so an ARM INT8 episodic expert ran 2.3x *slower* than fp32 on this x86 host (142 ms vs 61 ms at load 20;
+# 5.2 ms with dedicated pairs). The runtime turns off onnxruntime's common-subexpression elimination, which
+# would merge the pairs back (runtime/graph.py). On ARM64 MLAS packs S8S8 itself; the extra QuantizeLinear
+# per Gemm costs about a microsecond at batch 1.
 # Q/DQ on the inputs and weights of MatMul/Gemm only; their results stay float (measured above).
 FLOAT_OUTPUTS = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
 
 QUANT_TYPES = {
     "tensorrt": QuantTypes("QInt8", "QInt8", {"ActivationSymmetric": True, "WeightSymmetric": True, **FLOAT_OUTPUTS}),
-    "arm": QuantTypes("QInt8", "QInt8", dict(FLOAT_OUTPUTS)),
+    # One Q/DQ pair per consuming Gemm (see DEDICATED below).
+    "arm": QuantTypes("QInt8", "QInt8", {**FLOAT_OUTPUTS, "DedicatedQDQPair": True}),
     "x86": QuantTypes("QUInt8", "QInt8", reduce_range=True),
 }
 

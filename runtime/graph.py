@@ -59,6 +59,13 @@ BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1, "int8-weight-only": 1, "int4
 CONSTANT_WEIGHTS = {"int4", "int8-weight-only"}
 
 
+# onnxruntime graph optimizers turned off for every session. Common-subexpression elimination would merge the
+# dedicated Q/DQ pairs an INT8 export gives each Gemm back into one shared pair, which on x86 leaves those Gemms
+# on MLAS's unpacked S8S8 path (export/quantize.py, DEDICATED; ~10x slower per Gemm). The exported graphs have
+# no other common subexpressions for it to remove (torch's exporter already shares them).
+DISABLED_OPTIMIZERS = ["CommonSubexpressionElimination"]
+
+
 @dataclass
 class SessionConfig:
     threads: int = 1  # the most a graph gets; small ones get one (``threads_for``)
@@ -121,7 +128,8 @@ class OrtGraph:
                                                               [len(src.data[n]) for n in names])
         providers = resolve_providers(cfg.providers_for(input_shapes, src.key or src.name), cfg.strict)
         try:
-            self.session = ort.InferenceSession(src.name if src.model is None else src.model, so, providers=providers)
+            self.session = ort.InferenceSession(src.name if src.model is None else src.model, so, providers=providers,
+                                                disabled_optimizers=DISABLED_OPTIMIZERS)
         except Exception as e:  # onnxruntime raises its own exception types; name the file
             raise BadInput(f"{src.name}: onnxruntime cannot load this graph ({str(e).splitlines()[0]})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
