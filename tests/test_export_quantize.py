@@ -228,3 +228,31 @@ def test_gemms_become_matmuls_with_the_same_results():
     assert [n.op_type for n in m.graph.node] == ["MatMul", "Add"] and {t.name for t in m.graph.initializer} == {"w_kn", "b"}
     y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.allclose(y, x @ w.T + b, atol=1e-6)
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="onnxruntime's x86 rewrite")
+def test_arm_int8_gemms_sharing_an_input_run_prepacked_on_x86(tmp_path):
+    """The episodic expert's gate Gemms read one activation. Each gets its own Q/DQ pair and the runtime keeps
+    onnxruntime's CSE from merging them, so on x86 every QGemm reads uint8 (S8 -> U8 rewritten, prepacked):
+    an S8S8 QGemm left over runs unpacked, ~10x slower (docs/export.md)."""
+    from m3edge.bundle import GraphFile
+    from m3edge.runtime.graph import OrtGraph, SessionConfig
+
+    agent, _ = build_agent(preset_name="tiny")
+    spec = next(s for s in split(agent, (1,), (1,)) if s.role == "expert" and s.memory_type == "episodic")
+    model = export_module(spec.module, spec.example(1), ["h"], ["y"], 17)
+    rng = np.random.default_rng(0)
+    feeds = [{"h": rng.standard_normal((1, agent.cfg.d_model)).astype(np.float32)} for _ in range(8)]
+    q = quantize.quantize(model, feeds, targets.load("rpi5"), "minmax", per_channel=False)
+    gemms = [n for n in q.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 7 and len({n.input[0] for n in gemms}) == 7  # no DQ output shared between Gemms
+    graph = OrtGraph(GraphFile("episodic.onnx", q.SerializeToString(), {}), SessionConfig(profile_dir=str(tmp_path)))
+    graph.run(feeds[0]["h"])
+    opt = onnx.load(str(next(tmp_path.glob("*.optimized.onnx"))))
+    inits = {t.name: t for t in opt.graph.initializer}
+    producer = {o: n for n in opt.graph.node for o in n.output}
+    qgemms = [n for n in opt.graph.node if n.op_type == "QGemm"]
+    assert len(qgemms) == 7
+    for n in qgemms:
+        zero_point = inits[producer[n.input[0]].input[2]]  # the QuantizeLinear feeding A
+        assert zero_point.data_type == onnx.TensorProto.UINT8
