@@ -6,7 +6,7 @@
 For every bundle, each per-token graph (encoder, alignment, router and head of layer 0) and one expert of each
 memory type is opened exactly as the runtime opens it (``BundleExecutor.load``: the profile's providers, the
 threads ``SessionConfig.threads_for`` gives it) at the smallest bucket, and timed over ``--runs`` calls on
-random inputs of its static shape. A decode step reads the dense graphs once per layer and ``top_k`` experts,
+random inputs of its static shape (the median call). A decode step reads the dense graphs once per layer and ``top_k`` experts,
 so the estimated step is dense + top_k x (experts' mean, weighted by how many experts have each type).
 ``--profile DIR`` also writes onnxruntime's profile and the optimized graph per session and lists which
 kernels ran (op types of the optimized graph, time per op type from the profile). ``--generate`` runs the
@@ -41,12 +41,15 @@ def feeds(entry: dict, rng) -> list[np.ndarray]:
 
 
 def time_graph(graph, inputs, runs: int) -> float:
-    for _ in range(min(20, runs)):
+    """Median microseconds per call: on a shared machine the mean is mostly other processes' time slices."""
+    for _ in range(min(10, runs)):
         graph.run(*inputs)
-    t = time.perf_counter()
+    times = []
     for _ in range(runs):
+        t = time.perf_counter()
         graph.run(*inputs)
-    return (time.perf_counter() - t) / runs * 1e6
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1e6
 
 
 def kernels(graph, profile_dir: Path) -> dict:
