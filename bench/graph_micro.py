@@ -3,11 +3,14 @@
     python bench/graph_micro.py LABEL=BUNDLE [LABEL=BUNDLE ...] [--threads N] [--runs 200] [--profile DIR]
                                 [--generate BYTES] [--json OUT]
 
-For every bundle, each per-token graph (encoder, alignment, router and head of layer 0) and one expert of each
-memory type is opened exactly as the runtime opens it (``BundleExecutor.load``: the profile's providers, the
-threads ``SessionConfig.threads_for`` gives it) at the smallest bucket, and timed over ``--runs`` calls on
-random inputs of its static shape (the fastest call, and the median). A decode step reads the dense graphs once per layer and ``top_k`` experts,
-so the estimated step is dense + top_k x (experts' mean, weighted by how many experts have each type).
+For every bundle, the per-token graphs (encoder, alignment, router and head of layer 0) and every expert of
+layer 0 are opened exactly as the runtime opens them (``BundleExecutor.load``: the profile's providers, the
+threads ``SessionConfig.threads_for`` gives each) at the smallest bucket, and run ``--runs`` times in decode
+order on random inputs of their static shapes: encoder, alignment, router, ``top_k`` experts (a different
+``top_k`` each step, round robin over the layer, so expert weights come from DRAM, not from the cache), head.
+Per graph: the fastest call (the graph's own time on a shared machine) and the median; per expert type the
+mean of its experts' fastest calls; the step's fastest and median wall time, and an estimate from the
+fastest calls (dense + n_layers x top_k x mean expert).
 ``--profile DIR`` also writes onnxruntime's profile and the optimized graph per session and lists which
 kernels ran (op types of the optimized graph, time per op type from the profile). ``--generate`` runs the
 whole runtime (``EdgeAgent.generate``) for that many bytes and reports bytes/s. Ratios are against the first
@@ -81,39 +84,85 @@ def measure(label: str, path: Path, threads: int | None, runs: int, profile: Pat
     ex = BundleExecutor(b, session)
     rng = np.random.default_rng(0)
     cfg = ex.cfg
-    rows = {}
-    picks = [(r, None) for r in DENSE] + [("expert", e) for e in range(min(6, cfg.n_experts))]
-    for role, expert in picks:
-        layer = 0 if role in ("router", "expert") else None
+
+    def smallest(role, layer=None, expert=None):
         entries = [g for g in b.graphs if g["role"] == role and g["layer"] == layer and g["expert"] == expert]
-        if not entries:
-            continue
-        entry = min(entries, key=lambda g: g["bucket"])
-        name = role if expert is None else f"expert {cfg.expert_type(expert)}"
-        prof_dir = None
-        if profile:
-            prof_dir = profile / label / name.replace(" ", "_")
-            prof_dir.mkdir(parents=True, exist_ok=True)
-            ex.session = replace(session, profile_dir=str(prof_dir))
-        graph = ex.load(entry)
+        return min(entries, key=lambda g: g["bucket"]) if entries else None
+
+    def weights(entry):
+        w = entry["weights"]
+        return sum(ex.file_sizes[f] for f in ([w] if isinstance(w, str) else w or []))
+
+    def load(entry, name):
+        if profile:  # one profile and optimized graph per session
+            d = profile / label / name.replace(" ", "_")
+            d.mkdir(parents=True, exist_ok=True)
+            ex.session = replace(session, profile_dir=str(d))
+        g = ex.load(entry)
         ex.session = session
-        us, median = time_graph(graph, feeds(entry, rng), runs)
-        weights = sum(ex.file_sizes[w] for w in ([entry["weights"]] if isinstance(entry["weights"], str) else entry["weights"] or []))
-        row = {"graph": name, "precision": entry["precision"], "bucket": entry["bucket"], "us": round(us, 1),
-               "median_us": round(median, 1),
-               "weights_bytes": weights, "threads": graph.session.get_session_options().intra_op_num_threads}
-        if prof_dir:
-            row |= kernels(graph, prof_dir)
-        rows[name] = row
-    experts = [r for n, r in rows.items() if n.startswith("expert")]
-    # Expert e has type e % 6: weight each type's time by how many of the experts have it.
-    counts = collections.Counter(cfg.expert_type(e) for e in range(cfg.n_experts))
-    mean_expert = sum(r["us"] * counts[r["graph"].split()[1]] for r in experts) / sum(counts[r["graph"].split()[1]] for r in experts)
-    dense = rows["encoder"]["us"] + rows["alignment"]["us"] + rows["head"]["us"] + cfg.n_layers * rows["router"]["us"]
-    step = dense + cfg.n_layers * cfg.top_k * mean_expert
+        return g
+
+    dense = {r: smallest(r, 0 if r == "router" else None) for r in DENSE}
+    experts = [smallest("expert", 0, e) for e in range(cfg.n_experts)]
+    graphs = {r: load(e, r) for r, e in dense.items()}
+    expert_graphs = [load(e, f"expert {cfg.expert_type(i)}") if profile and i < 6 else ex.load(e)
+                     for i, e in enumerate(experts)]
+    profiled = {**graphs, **{f"expert {cfg.expert_type(i)}": expert_graphs[i] for i in range(min(6, len(experts)))}}
+    inputs = {r: feeds(e, rng) for r, e in dense.items()}
+    x = feeds(experts[0], rng)
+    for r in DENSE:  # warm every session once
+        graphs[r].run(*inputs[r])
+    for g in expert_graphs:
+        g.run(*x)
+    # Decode order, one layer: the dense graphs, then top_k experts, a different top_k each step (round robin
+    # over all of the layer's experts), so weights come from DRAM as in decoding (this host's L3 is 32 MB;
+    # repeating one graph would time it from cache).
+    times = {r: [] for r in DENSE}
+    per_expert = [[] for _ in experts]
+    steps = []
+    k = cfg.top_k
+    for s in range(runs):
+        t_step = time.perf_counter()
+        for r in ("encoder", "alignment", "router"):
+            t = time.perf_counter()
+            graphs[r].run(*inputs[r])
+            times[r].append(time.perf_counter() - t)
+        for j in range(k):
+            e = (s * k + j) % len(experts)
+            t = time.perf_counter()
+            expert_graphs[e].run(*x)
+            per_expert[e].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        graphs["head"].run(*inputs["head"])
+        times["head"].append(time.perf_counter() - t)
+        steps.append(time.perf_counter() - t_step)
+    rows = []
+    for r in DENSE:
+        rows.append({"graph": r, "precision": dense[r]["precision"], "us": round(min(times[r]) * 1e6, 1),
+                     "median_us": round(float(np.median(times[r])) * 1e6, 1), "weights_bytes": weights(dense[r]),
+                     "threads": graphs[r].session.get_session_options().intra_op_num_threads})
+    by_type: dict[str, list[int]] = collections.defaultdict(list)
+    for e in range(len(experts)):
+        if per_expert[e]:
+            by_type[cfg.expert_type(e)].append(e)
+    for kind, es in by_type.items():
+        rows.append({"graph": f"expert {kind}", "precision": experts[es[0]]["precision"], "experts": len(es),
+                     "us": round(float(np.mean([min(per_expert[e]) for e in es])) * 1e6, 1),
+                     "median_us": round(float(np.median([t for e in es for t in per_expert[e]])) * 1e6, 1),
+                     "weights_bytes": weights(experts[es[0]]),
+                     "threads": expert_graphs[es[0]].session.get_session_options().intra_op_num_threads})
+    if profile:
+        for row in rows:
+            row |= kernels(profiled[row["graph"]], profile / label / row["graph"].replace(" ", "_"))
+    mean_expert = float(np.mean([min(t) for t in per_expert if t])) * 1e6
+    router = next(r["us"] for r in rows if r["graph"] == "router")
+    dense_us = sum(r["us"] for r in rows if r["graph"] in DENSE) + (cfg.n_layers - 1) * router
     ex.close()
-    return {"label": label, "bundle": str(path), "graphs": list(rows.values()), "dense_us": round(dense, 1),
-            "mean_expert_us": round(mean_expert, 1), "step_estimate_us": round(step, 1)}
+    return {"label": label, "bundle": str(path), "graphs": rows, "dense_us": round(dense_us, 1),
+            "mean_expert_us": round(mean_expert, 1),
+            # one layer measured; a step of the bundle's model: its dense graphs, a router and top_k experts per layer
+            "step_estimate_us": round(dense_us + cfg.n_layers * cfg.top_k * mean_expert, 1),
+            "step_fastest_us": round(min(steps) * 1e6, 1), "step_median_us": round(float(np.median(steps)) * 1e6, 1)}
 
 
 def generate(path: Path, n: int, threads: int | None) -> float:
@@ -150,7 +199,8 @@ def main() -> None:
         if a.generate:
             r["generate_speedup_vs_" + base["label"]] = round(r["generate_bytes_per_s"] / base["generate_bytes_per_s"], 2)
         print(f"== {r['label']}: dense {r['dense_us']:.0f} us, mean expert {r['mean_expert_us']:.0f} us, "
-              f"step ~{r['step_estimate_us']:.0f} us ({r['step_speedup_vs_' + base['label']]}x {base['label']})"
+              f"step ~{r['step_estimate_us']:.0f} us ({r['step_speedup_vs_' + base['label']]}x {base['label']}), "
+              f"measured step fastest {r['step_fastest_us']:.0f} us, median {r['step_median_us']:.0f} us"
               + (f", generate {r['generate_bytes_per_s']} bytes/s" if a.generate else ""))
         for g in r["graphs"]:
             print(f"   {g['graph']:<20} {g['precision']:<17} {g['us']:>9.1f} us (median {g['median_us']:>9.1f})  "
