@@ -51,6 +51,9 @@ def test_published_figures():
     # Jetson: FP16 everywhere, INT8 router (TensorRT Q/DQ placement, measured in the description).
     for name in ("rpi5", "rpi4"):
         assert set(by[name].precision.values()) == {"int8"}
+    # rpi5-int4: INT4 experts, INT8 weight-only dense graphs (INT4 everywhere misses the gates on small).
+    assert by["rpi5-int4"].precision == {"encoder": "int8-weight-only", "alignment": "int8-weight-only",
+                                         "router": "int8-weight-only", "expert": "int4", "head": "int8-weight-only"}
     p = by["rpi5-tflite"].precision
     assert p["router"] == "fp32" and {p[r] for r in ROLES if r != "router"} == {"int8"}
     for name in ("jetson-orin-nano", "jetson-agx-orin"):
