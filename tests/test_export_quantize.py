@@ -256,3 +256,16 @@ def test_arm_int8_gemms_sharing_an_input_run_prepacked_on_x86(tmp_path):
     for n in qgemms:
         zero_point = inits[producer[n.input[0]].input[2]]  # the QuantizeLinear feeding A
         assert zero_point.data_type == onnx.TensorProto.UINT8
+
+
+def test_reference_rpi5_int4_bundle_meets_the_weight_only_gates(tmp_path):
+    """The rpi5-int4 profile's claim (targets/rpi5-int4.json): INT4 experts and INT8 weight-only dense graphs pass
+    bits/byte +3%, top-1 >= 95%, routing >= 95% on the small reference, at a fifth of fp32's weight bytes."""
+    out = tmp_path / "rpi5-int4"
+    r = run_cli("export", "--target", "rpi5-int4", "--checkpoint", "checkpoints/small", "-o", out, "--json")
+    assert r.returncode == 0, r.stderr
+    e2e = json.loads(r.stdout)["end_to_end"]
+    assert e2e["passed"] and e2e["gates"]["top1_agreement"] == 0.95 and e2e["gates"]["bpb_increase"] == 0.03
+    assert e2e["top1_agreement"] >= 0.95 and e2e["routing_agreement"] >= 0.95
+    acc = json.loads((out / "reports" / "accuracy.json").read_text())
+    assert acc["weights_bytes"] < 0.21 * acc["fp32_weights_bytes"]
