@@ -11,7 +11,7 @@ A token whose selection differs is excused only when torch's k-th and (k+1)-th l
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -19,6 +19,8 @@ import torch
 from m3edge.data import windows
 from m3edge.export.capture import memory_context, read_segment
 from m3edge.model.agent import reader_inputs
+
+WEIGHT_ONLY = ("int4", "int8-weight-only")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,17 @@ class Gates:
     bpb_increase: float = 0.02
     top1_agreement: float = 0.97
     routing_agreement: float = 0.95
+    # Weight-only bundles (int4, int8-weight-only: MatMulNBits), DESIGN.md: a looser bits/byte and top-1 gate.
+    weight_only_bpb_increase: float = 0.03
+    weight_only_top1_agreement: float = 0.95
+
+    def for_precisions(self, precisions) -> "Gates":
+        """The gates a bundle holding graphs of these precisions is judged by: a bundle with any weight-only
+        graph gets the weight-only bits/byte and top-1 gates (routing stays at its gate)."""
+        if not set(precisions) & set(WEIGHT_ONLY):
+            return self
+        return replace(self, bpb_increase=self.weight_only_bpb_increase,
+                       top1_agreement=self.weight_only_top1_agreement)
 
 
 def routing_agreement(index_a: np.ndarray, index_b: np.ndarray) -> np.ndarray:

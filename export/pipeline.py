@@ -32,9 +32,10 @@ from m3edge.export.validate import (GraphCheck, ValidationError, by_module, chec
 from m3edge.runtime.executor import BundleExecutor
 from m3edge.runtime.graph import SessionConfig, open_graph
 
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
-# What each backend builds; a profile's request outside it is built at fp32 and said so.
-BUILT = {"onnxruntime": ("fp32", "fp16", "int8"), "tflite": ("fp32", "int8")}
+PRECISIONS = ("auto", "fp32", "fp16", "int8", *q.WEIGHT_ONLY_BITS)
+# What each backend builds; a profile's request outside it is built at fp32 and said so. Weight-only
+# precisions are onnxruntime's MatMulNBits; litert-torch has no weight-only export path (docs/export.md).
+BUILT = {"onnxruntime": ("fp32", "fp16", "int8", *q.WEIGHT_ONLY_BITS), "tflite": ("fp32", "int8")}
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def build_onnx(spec, precision: str, cal, target, opts: ExportOptions, calibrati
                   for b, m in models.items()}
     elif precision == "fp16":
         models = {b: to_fp16(m) for b, m in models.items()}
+    elif precision in q.WEIGHT_ONLY_BITS:  # no calibration: activations stay float
+        models = {b: q.quantize_weight_only(m, precision, target) for b, m in models.items()}
     weights_rel, paths = write_shared({b: finish(m, spec, b, precision, opts) for b, m in models.items()}, root,
                                       spec.stem, spec.kind)
     graphs = {b: {"path": rel, "weights": weights_rel, "inputs": _io(spec, spec.inputs, b),
@@ -271,6 +274,8 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
     eval_text = load_split(data_dir, "eval")
     session = SessionConfig(threads=1)
     calibration = CALIBRATORS[target.backend](target, opts) | {"graphs": {}, "fallback": []}
+    weight_only = {p: vars(q.weight_only_settings(p, target)) for p in sorted(set(precision.values()))
+                   if p in q.WEIGHT_ONLY_BITS}
     with bfmt.staging(Path(out), force) as tmp:
         checks, entries, files, built_modules = [], [], {}, {}
         fp32_weights = 0  # one bucket per module: what an fp32 bundle would store
@@ -299,7 +304,8 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         manifest = {
             "schema_version": bfmt.SCHEMA_VERSION, "format": bfmt.FORMAT, "versions": versions(target.backend),
             "opset": target.opset, "model_config": cfg.to_dict(), "source": source, "target": target.to_dict(),
-            "precision": {"requested": opts.precision, "graphs": precision, "notes": notes},
+            "precision": {"requested": opts.precision, "graphs": precision, "notes": notes}
+            | ({"weight_only": weight_only} if weight_only else {}),
             "routing": {"mode": cfg.routing, "top_k": cfg.top_k, "n_experts": cfg.n_experts,
                         "capacity": cfg.expert_capacity, "token_buckets": list(target.token_buckets),
                         "capacity_buckets": list(target.capacity_buckets), "tie_break": "lower expert index"},
@@ -311,12 +317,13 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
         executor = BundleExecutor(bfmt.open_bundle(tmp, verify=False), session)
         quantized = any(e["precision"] != "fp32" for e in entries)
-        e2e = end_to_end(agent, executor, eval_text, opts.parity_tokens, opts.gates, quantized,
+        gates = opts.gates.for_precisions({e["precision"] for e in entries})  # weight-only: DESIGN.md's own gates
+        e2e = end_to_end(agent, executor, eval_text, opts.parity_tokens, gates, quantized,
                          progress and (lambda label: progress(f"end-to-end: {label}")))
         failed = [c for c in checks if not c.passed]
         accepted_drop = quantized and not e2e["passed"] and opts.allow_accuracy_drop
         report = {"passed": not failed and (e2e["passed"] or accepted_drop), "accuracy_drop_allowed": accepted_drop,
-                  "gates": {k: v for k, v in vars(opts.gates).items()},
+                  "gates": {k: v for k, v in vars(gates).items()},
                   "summary": summarise(checks), "end_to_end": e2e, "graphs": by_module(checks)}
         (tmp / "reports").mkdir()
         written = ["reports/parity.json"]
@@ -329,6 +336,8 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
                         "bits_per_byte": e2e["bits_per_byte"], "bits_per_byte_increase": e2e["bits_per_byte_increase"],
                         "weights_bytes": weights, "fp32_weights_bytes": fp32_weights,
                         "passed": e2e["passed"], "accuracy_drop_allowed": accepted_drop}
+            if weight_only:
+                accuracy["weight_only"] = weight_only
             (tmp / "reports" / "accuracy.json").write_text(bfmt.dumps(accuracy))
             written.append("reports/accuracy.json")
         if any(e["precision"] == "int8" for e in entries):  # fp16 needs no calibration

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -62,12 +63,21 @@ class QuantTypes:
     reduce_range: bool = False
 
 
+# DEDICATED: an activation read by several Gemms (the episodic expert's six gate Gemms, two in the encoder) gets
+# one Q/DQ pair per Gemm. With one shared pair, onnxruntime's x86 CPU provider keeps that activation int8 (its
+# S8 -> U8 rewrite takes single-consumer pairs), and MLAS on AVX2 cannot prepack an S8S8 QGemm: each ran on the
+# unpacked path, 0.8-1.5 ms for a 1024 -> 768 gate against 0.12 ms prepacked (onnxruntime profile, d_model 1024),
+# so an ARM INT8 episodic expert ran 2.3x *slower* than fp32 on this x86 host (142 ms vs 61 ms at load 20;
+# 5.2 ms with dedicated pairs). The runtime turns off onnxruntime's common-subexpression elimination, which
+# would merge the pairs back (runtime/graph.py). On ARM64 MLAS packs S8S8 itself; the extra QuantizeLinear
+# per Gemm costs about a microsecond at batch 1.
 # Q/DQ on the inputs and weights of MatMul/Gemm only; their results stay float (measured above).
 FLOAT_OUTPUTS = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
 
 QUANT_TYPES = {
     "tensorrt": QuantTypes("QInt8", "QInt8", {"ActivationSymmetric": True, "WeightSymmetric": True, **FLOAT_OUTPUTS}),
-    "arm": QuantTypes("QInt8", "QInt8", dict(FLOAT_OUTPUTS)),
+    # One Q/DQ pair per consuming Gemm (see DEDICATED below).
+    "arm": QuantTypes("QInt8", "QInt8", {**FLOAT_OUTPUTS, "DedicatedQDQPair": True}),
     "x86": QuantTypes("QUInt8", "QInt8", reduce_range=True),
 }
 
@@ -126,3 +136,113 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
     signal = float(np.sum(ref.astype(np.float64) ** 2))
     return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
+
+
+# --- Weight-only precisions: onnxruntime's MatMulNBits -----------------------------------------------------
+#
+# ``int4`` and ``int8-weight-only`` store each MatMul/Gemm weight as blocks of ``block_size`` values along K,
+# each block with its own float scale (and a uint8 zero point unless symmetric), in MatMulNBits' layout:
+# B uint8 [N, K/block, block*bits/8], scales float [N, K/block], zero points uint8 [N, ceil(K/block*bits/8)].
+# Activations stay float (no calibration): decode at batch 1 is bound by reading weights, which this shrinks
+# 4x (8-bit) or 8x (4-bit) against fp32. All three are ordinary initializers, so ``write_shared`` puts them
+# in the module's weights file like any other weights, and ``runtime/template.py`` can feed them as inputs
+# (uint8 and float are types it feeds). Settings are per execution context, measured (docs/export.md).
+
+WEIGHT_ONLY_BITS = {"int4": 4, "int8-weight-only": 8}
+
+
+@dataclass(frozen=True)
+class WeightOnly:
+    bits: int
+    block_size: int = 32  # values along K sharing one scale; a power of two >= 16
+    symmetric: bool = False  # no zero points: one byte per block fewer, a little less accurate
+    # MatMulNBits' compute type: 0 = unset (fp32 over dequantized blocks), 4 = int8 activations quantized per
+    # block at run time (MLAS's CompInt8 kernels: VNNI/AVX2 on x86, dot-product instructions on ARM64).
+    accuracy_level: int = 4
+
+
+# Per (precision, context). Chosen on the small reference and the 1-layer seed (docs/export.md, "Weight-only
+# precisions"): block 32 asymmetric is the most accurate measured setting, and accuracy_level 4 is the fast one.
+WEIGHT_ONLY = {
+    ("int4", "arm"): WeightOnly(4, 32, False, 4),
+    ("int4", "x86"): WeightOnly(4, 32, False, 4),
+    ("int4", "tensorrt"): WeightOnly(4, 32, False, 4),
+    ("int8-weight-only", "arm"): WeightOnly(8, 32, False, 4),
+    ("int8-weight-only", "x86"): WeightOnly(8, 32, False, 4),
+    ("int8-weight-only", "tensorrt"): WeightOnly(8, 32, False, 4),
+}
+
+
+def weight_only_settings(precision: str, target) -> WeightOnly:
+    return WEIGHT_ONLY[(precision, context_of(target))]
+
+
+def gemms_as_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Gemm(A, B, C) with a constant B becomes MatMul(A, B') + C, B' = B or its transpose (as onnxruntime's
+    ``MatMulNBitsQuantizer`` only takes MatMul; torch exports every 2-D ``nn.Linear`` as Gemm). Gemms with
+    alpha/beta other than 1 or a transposed A are left alone, and stay fp32."""
+    from onnx import helper, numpy_helper as nh
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes = []
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if (n.op_type != "Gemm" or n.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(n)
+            continue
+        w = nh.to_array(inits[n.input[1]])
+        if attrs.get("transB", 0):
+            w = np.ascontiguousarray(w.T)
+        name = n.input[1] + "_kn"
+        g.initializer.append(nh.from_array(w, name))
+        has_bias = len(n.input) > 2 and n.input[2]
+        mm_out = n.output[0] + "_mm" if has_bias else n.output[0]
+        nodes.append(helper.make_node("MatMul", [n.input[0], name], [mm_out], name=(n.name or name) + "_matmul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=(n.name or name) + "_bias"))
+    used = {i for n in nodes for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.node[:], g.initializer[:]
+    g.node.extend(nodes)
+    g.initializer.extend(keep)
+    return model
+
+
+@contextlib.contextmanager
+def _level(logger, level):
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def quantize_weight_only(model: onnx.ModelProto, precision: str, target, settings: WeightOnly | None = None
+                         ) -> onnx.ModelProto:
+    """Every MatMul/Gemm with a constant 2-D weight as MatMulNBits (``precision`` in WEIGHT_ONLY_BITS)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if precision not in WEIGHT_ONLY_BITS:
+        raise ValueError(f"unknown weight-only precision {precision!r}")
+    s = settings or weight_only_settings(precision, target)
+    m = gemms_as_matmuls(model)
+    # Node names make the quantizer's tensor names; the exporter leaves some empty.
+    for i, n in enumerate(m.graph.node):
+        n.name = n.name or f"n{i}"
+    # The quantizer logs every node at INFO on the root handler; stderr belongs to the progress bar and errors.
+    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _level(log, logging.WARNING):
+        warnings.simplefilter("ignore")
+        qz = MatMulNBitsQuantizer(m, bits=s.bits, block_size=s.block_size, is_symmetric=s.symmetric,
+                                  accuracy_level=s.accuracy_level or None, op_types_to_quantize=("MatMul",))
+        qz.process()
+    out = qz.model.model
+    out.producer_name = "m3edge"
+    return out
+
+
+def matmul_nbits(model: onnx.ModelProto) -> int:
+    return sum(n.op_type == "MatMulNBits" for n in model.graph.node)

@@ -230,7 +230,8 @@ def eval_cmd(path, split, text_file, data_dir, max_bytes, with_memory, retrieval
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle directory to write.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--precision", default="auto", show_default=True,
-              help="auto (the profile's per role) | fp32 | fp16 (onnxruntime backend) | int8")
+              help="auto (the profile's per role) | fp32 | fp16 (onnxruntime backend) | int8 | int8-weight-only | "
+                   "int4 (the last two: onnxruntime MatMulNBits, weights only)")
 @click.option("--calibration-method", default="percentile", show_default=True,
               type=click.Choice(["minmax", "entropy", "percentile"]), help="INT8 calibration (onnxruntime).")
 @click.option("--allow-accuracy-drop", is_flag=True, help="Keep a quantized bundle that misses the accuracy gates.")
@@ -404,7 +405,8 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
     if agent.cfg.to_dict() != b.manifest["model_config"]:
         raise CheckFailed("the torch agent's config differs from the bundle's model_config")
     text = read_bytes(text_file) if text_file else load_split(Path(data_dir) if data_dir else default_data_dir(), "eval")
-    gates = Gates(logits_atol=logits_atol)  # the user's gates, never the ones a bundle carries
+    # The user's gates, never the ones a bundle carries; weight-only graphs get DESIGN.md's weight-only gates.
+    gates = Gates(logits_atol=logits_atol).for_precisions({g["precision"] for g in b.graphs})
     quantized = any(g["precision"] != "fp32" for g in b.graphs)  # judged by the accuracy gates, not atol
     with Progress("verify", E2E_STEPS, "step", quiet) as bar:
         r = end_to_end(agent, BundleExecutor(b), text, tokens, gates, quantized,

@@ -19,7 +19,7 @@ from m3edge.bundle import Bundle, GraphFile, data_files, entry_files, weights_fi
 from m3edge.config import ModelConfig
 from m3edge.runtime import routing
 from m3edge.runtime.cache import ExpertCache
-from m3edge.runtime.graph import OrtGraph, SessionConfig, open_graph
+from m3edge.runtime.graph import CONSTANT_WEIGHTS, OrtGraph, SessionConfig, open_graph
 from m3edge.runtime.template import Template, weights_as_inputs
 
 # TensorRT builds an engine with its weights inside and needs constant Q/DQ scales: a shared session, whose
@@ -178,8 +178,9 @@ class BundleExecutor:
 
     @functools.cached_property
     def _onnx_experts(self) -> bool:
-        """A .tflite file embeds its weights: nothing to share."""
-        return all(g.get("backend", "onnxruntime") == "onnxruntime" for g in self.bundle.graphs if g["role"] == "expert")
+        """A .tflite file embeds its weights: nothing to share; MatMulNBits needs constant weights (CONSTANT_WEIGHTS)."""
+        return all(g.get("backend", "onnxruntime") == "onnxruntime" and g.get("precision") not in CONSTANT_WEIGHTS
+                   for g in self.bundle.graphs if g["role"] == "expert")
 
     def _load_expert(self, key):
         kind = ExpertWeights if self.shares_sessions else ExpertGraphs

@@ -51,7 +51,19 @@ def resolve_providers(wanted: list[tuple[str, dict]], strict: bool = False) -> l
 
 
 PARALLEL_WORK = 2 * 2 ** 20  # parameters x rows per call from which a graph gets the profile's threads
-BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1, "int8-weight-only": 1, "int4": 0.5}
+# Precisions whose kernels need their weights as constants: onnxruntime's MatMulNBits packs B once at session
+# creation (PrePack); fed as a graph input it dequantizes all of B to fp32 on every call instead, measured
+# ~100x slower on a 1024 -> 1536 -> 1024 expert (0.6-0.9 ms -> 80-93 ms). Their experts never run through
+# shared sessions with weights as inputs (runtime/template.py): each gets its own session.
+CONSTANT_WEIGHTS = {"int4", "int8-weight-only"}
+
+
+# onnxruntime graph optimizers turned off for every session. Common-subexpression elimination would merge the
+# dedicated Q/DQ pairs an INT8 export gives each Gemm back into one shared pair, which on x86 leaves those Gemms
+# on MLAS's unpacked S8S8 path (export/quantize.py, DEDICATED; ~10x slower per Gemm). The exported graphs have
+# no other common subexpressions for it to remove (torch's exporter already shares them).
+DISABLED_OPTIMIZERS = ["CommonSubexpressionElimination"]
 
 
 @dataclass
@@ -61,6 +73,9 @@ class SessionConfig:
     strict: bool = False
     target: object = None  # a targets.Target: providers per graph (TensorRT needs each graph's shapes)
     cache_dir: str | None = None  # where TensorRT engines are built and cached (runtime/engines.py): never a bundle
+    # Where onnxruntime writes each session's profile and the graph it optimised (which kernels actually run:
+    # bench/graph_micro.py reads them); None, the default, costs nothing.
+    profile_dir: str | None = None
 
     def threads_for(self, weight_bytes: int, rows: int, precision: str = "fp32") -> int:
         """Intra-op threads for one graph: the profile's only where a call has the work to share. On a graph
@@ -69,7 +84,7 @@ class SessionConfig:
         everywhere, 3.1 ms with 1, 3.2 ms with this rule; `seed` (6.3M) 43 ms with 2, 66 ms with 1, 43 ms with
         this rule (1M and 16M thresholds were each worse on one of the two). Parameters, not bytes: an INT8
         graph does the same multiply-adds as its fp32 source in a quarter of the bytes."""
-        params = weight_bytes // BYTES_PER_PARAM.get(precision, 4)
+        params = int(weight_bytes / BYTES_PER_PARAM.get(precision, 4))
         return self.threads if params * rows >= PARALLEL_WORK else 1
 
     def providers_for(self, input_shapes: dict | None, graph: str | None = None) -> list[tuple[str, dict]]:
@@ -103,6 +118,10 @@ class OrtGraph:
         # Spinning worker threads burn the cores the Python dispatch and the other sessions need; on
         # graphs this small, waking a thread costs less than it saves (measured: 4x at batch 1, 2 cores).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if cfg.profile_dir:
+            stem = str(Path(cfg.profile_dir, (src.key or src.name).replace("/", "_").replace(" ", "_")[-120:]))
+            so.enable_profiling, so.profile_file_prefix = True, stem
+            so.optimized_model_filepath = stem + ".optimized.onnx"
         if src.data:
             if not hasattr(so, "add_external_initializers_from_files_in_memory"):
                 raise BadInput(f"{src.name}: this bundle needs onnxruntime >= 1.23 (in-memory external data); "
@@ -112,7 +131,8 @@ class OrtGraph:
                                                               [len(src.data[n]) for n in names])
         providers = resolve_providers(cfg.providers_for(input_shapes, src.key or src.name), cfg.strict)
         try:
-            self.session = ort.InferenceSession(src.name if src.model is None else src.model, so, providers=providers)
+            self.session = ort.InferenceSession(src.name if src.model is None else src.model, so, providers=providers,
+                                                disabled_optimizers=DISABLED_OPTIMIZERS)
         except Exception as e:  # onnxruntime raises its own exception types; name the file
             raise BadInput(f"{src.name}: onnxruntime cannot load this graph ({str(e).splitlines()[0]})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]

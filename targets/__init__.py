@@ -35,7 +35,7 @@ class Target:
     threads: int
     backend: str
     providers: tuple[dict, ...]  # ({"name": ..., "options": {...}}, ...), in priority order
-    precision: dict  # graph role -> "fp32" | "fp16" | "int8"
+    precision: dict  # graph role -> a schema.PRECISIONS name
     opset: int
     token_buckets: tuple[int, ...]
     capacity_buckets: tuple[int, ...]

@@ -12,7 +12,7 @@ from m3edge.errors import BadInput
 SCHEMA_VERSION = 1
 ARCHS = ("aarch64", "x86_64")
 BACKENDS = ("onnxruntime", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-weight-only", "int4")  # the last two: MatMulNBits
 ROLES = ("encoder", "alignment", "router", "expert", "head")
 # Per-channel int8 QDQ (what export quantizes to) needs opset 13.
 MIN_OPSET = 13

@@ -61,7 +61,8 @@ def test_quantization_types_follow_the_target():
     assert quantize.QUANT_TYPES["tensorrt"].extra == {"ActivationSymmetric": True, "WeightSymmetric": True,
                                                       "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
     assert quantize.QUANT_TYPES["arm"].activation == "QInt8"
-    assert quantize.QUANT_TYPES["arm"].extra == {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
+    assert quantize.QUANT_TYPES["arm"].extra == {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+                                                 "DedicatedQDQPair": True}
 
 
 def test_missed_accuracy_gate_exits_1_and_writes_nothing(tmp_path, tiny_target):
@@ -119,3 +120,152 @@ def test_qdq_on_matmul_inputs_and_weights_not_on_outputs():
         for n in gemms:
             assert all(producer[i].op_type == "DequantizeLinear" for i in n.input[:2])
             assert any(c.op_type == "QuantizeLinear" for c in consumers.get(n.output[0], [])) is output_qdq
+
+
+# --- weight-only precisions (MatMulNBits) -----------------------------------------------------------------
+
+def _ops(path):
+    return [n for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+@pytest.mark.parametrize("precision,bits", [("int4", 4), ("int8-weight-only", 8)])
+def test_weight_only_export_runs_and_is_judged_by_its_own_gates(tmp_path, tiny_target, tiny_checkpoint, precision, bits):
+    out = tmp_path / precision
+    r = run_cli("export", "--target", tiny_target, "--checkpoint", tiny_checkpoint, "-o", out, "--precision", precision,
+                "--allow-accuracy-drop", "--parity-tokens", "256", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "matmul_nbits_quantizer" not in r.stderr  # the quantizer's per-node log is kept off stderr
+    m = bundle.open_bundle(out).manifest
+    assert {g["precision"] for g in m["graphs"] if g["role"] != "reader"} == {precision}
+    settings = m["precision"]["weight_only"][precision]
+    assert settings == vars(quantize.WEIGHT_ONLY[(precision, "x86")]) and settings["bits"] == bits
+    for role in ("expert", "encoder", "router", "head"):
+        g = next(g for g in m["graphs"] if g["role"] == role)
+        nodes = _ops(out / g["path"])
+        nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+        assert nbits and all(onnx.helper.get_attribute_value(a) == bits for n in nbits for a in n.attribute
+                             if a.name == "bits"), role
+        assert not any(n.op_type in ("Gemm", "MatMul") for n in nodes), role  # every weight is quantized
+        # Packed weights, scales and zero points are the module's weights file's, not the shared graph file's.
+        inits = onnx.load(str(out / g["path"]), load_external_data=False).graph.initializer
+        assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in inits if t.data_type != onnx.TensorProto.INT64)
+        dims = {t.name: list(t.dims) for t in inits}
+        for n in nbits:  # B in MatMulNBits' layout: [N, K / block, block * bits / 8] bytes
+            a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+            assert dims[n.input[1]] == [a["N"], -(-a["K"] // a["block_size"]), a["block_size"] * bits // 8]
+    parity = json.loads((out / "reports" / "parity.json").read_text())
+    assert parity["gates"]["bpb_increase"] == 0.03 and parity["gates"]["top1_agreement"] == 0.95
+    assert parity["end_to_end"]["gates"]["top1_agreement"] == 0.95
+    acc = json.loads((out / "reports" / "accuracy.json").read_text())
+    assert acc["weight_only"][precision]["block_size"] == settings["block_size"]
+    # tiny: K = 16, so a scale and zero point per 16 values, and its embeddings and norms stay float
+    ratio = acc["weights_bytes"] / acc["fp32_weights_bytes"]
+    assert ratio < (0.45 if bits == 4 else 0.65), ratio
+    assert not (out / "reports" / "calibration.json").exists()  # nothing calibrated
+    with EdgeAgent.open(out) as agent:
+        assert len(agent.generate(b"x = ", 4)) == 4
+    # A cache smaller than the experts would share sessions with weights as inputs: not for MatMulNBits.
+    with EdgeAgent.open(out, cache_experts=2) as agent:
+        assert len(agent.generate(b"x = ", 4)) == 4
+        assert agent.executor.shares_sessions is False
+    assert_bank_is_its_experts(out)  # the bank reads each expert's own packed weights
+    r = run_cli("verify", out, "--json", "--tokens", "128")
+    assert r.returncode in (0, 1), r.stderr
+    assert json.loads(r.stdout)["gates"]["top1_agreement"] == 0.95
+
+
+def test_weight_only_per_role_from_the_profile(tmp_path, tiny_checkpoint):
+    d = targets.load("rpi5").to_dict() | {"name": "tiny-int4", "aliases": [], "token_buckets": [1, 8],
+                                          "capacity_buckets": [2, 8], "expert_banks": False}
+    d["precision"] = {"encoder": "fp32", "alignment": "fp32", "router": "int8-weight-only", "expert": "int4",
+                      "head": "fp32"}
+    profile = tmp_path / "tiny-int4.json"
+    profile.write_text(json.dumps(d))
+    out = tmp_path / "b"
+    r = run_cli("export", "--target", profile, "--checkpoint", tiny_checkpoint, "-o", out, "--allow-accuracy-drop",
+                "--parity-tokens", "128", "--json")
+    assert r.returncode == 0, r.stderr
+    m = bundle.open_bundle(out).manifest
+    by_role = {g["role"]: g for g in m["graphs"]}
+    assert {r: by_role[r]["precision"] for r in ("encoder", "router", "expert", "head")} == {
+        "encoder": "fp32", "router": "int8-weight-only", "expert": "int4", "head": "fp32"}
+    assert set(m["precision"]["weight_only"]) == {"int4", "int8-weight-only"}
+    assert m["precision"]["weight_only"]["int4"] == vars(quantize.WEIGHT_ONLY[("int4", "arm")])  # rpi5: ARM
+    assert "MatMulNBits" not in {n.op_type for n in _ops(out / by_role["encoder"]["path"])}
+    assert "MatMulNBits" in {n.op_type for n in _ops(out / by_role["expert"]["path"])}
+
+
+@pytest.mark.parametrize("value", ["int3", "INT4", "int4-weight-only"])
+def test_bad_precision_is_exit_2_with_one_line(tmp_path, tiny_target, value):
+    r = run_cli("export", "--target", tiny_target, "--preset", "tiny", "-o", tmp_path / "b", "--precision", value)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and f"--precision {value!r}" in r.stderr and "int4" in r.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_profile_asking_for_an_unknown_precision_is_bad_input(tmp_path):
+    d = targets.load("rpi5").to_dict() | {"precision": {r: "int3" for r in ("encoder", "alignment", "router",
+                                                                            "expert", "head")}}
+    with pytest.raises(Exception, match="precision.encoder.*int8-weight-only, int4"):
+        targets.Target.from_dict(d, "x.json")
+    d["precision"] = {r: "int4" for r in d["precision"]}
+    assert targets.Target.from_dict(d, "x.json").precision["expert"] == "int4"
+
+
+def test_gemms_become_matmuls_with_the_same_results():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, name="fc")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    m = quantize.gemms_as_matmuls(model)
+    assert [n.op_type for n in m.graph.node] == ["MatMul", "Add"] and {t.name for t in m.graph.initializer} == {"w_kn", "b"}
+    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(y, x @ w.T + b, atol=1e-6)
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="onnxruntime's x86 rewrite")
+def test_arm_int8_gemms_sharing_an_input_run_prepacked_on_x86(tmp_path):
+    """The episodic expert's gate Gemms read one activation. Each gets its own Q/DQ pair and the runtime keeps
+    onnxruntime's CSE from merging them, so on x86 every QGemm reads uint8 (S8 -> U8 rewritten, prepacked):
+    an S8S8 QGemm left over runs unpacked, ~10x slower (docs/export.md)."""
+    from m3edge.bundle import GraphFile
+    from m3edge.runtime.graph import OrtGraph, SessionConfig
+
+    agent, _ = build_agent(preset_name="tiny")
+    spec = next(s for s in split(agent, (1,), (1,)) if s.role == "expert" and s.memory_type == "episodic")
+    model = export_module(spec.module, spec.example(1), ["h"], ["y"], 17)
+    rng = np.random.default_rng(0)
+    feeds = [{"h": rng.standard_normal((1, agent.cfg.d_model)).astype(np.float32)} for _ in range(8)]
+    q = quantize.quantize(model, feeds, targets.load("rpi5"), "minmax", per_channel=False)
+    gemms = [n for n in q.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 7 and len({n.input[0] for n in gemms}) == 7  # no DQ output shared between Gemms
+    graph = OrtGraph(GraphFile("episodic.onnx", q.SerializeToString(), {}), SessionConfig(profile_dir=str(tmp_path)))
+    graph.run(feeds[0]["h"])
+    opt = onnx.load(str(next(tmp_path.glob("*.optimized.onnx"))))
+    inits = {t.name: t for t in opt.graph.initializer}
+    producer = {o: n for n in opt.graph.node for o in n.output}
+    qgemms = [n for n in opt.graph.node if n.op_type == "QGemm"]
+    assert len(qgemms) == 7
+    for n in qgemms:
+        zero_point = inits[producer[n.input[0]].input[2]]  # the QuantizeLinear feeding A
+        assert zero_point.data_type == onnx.TensorProto.UINT8
+
+
+def test_reference_rpi5_int4_bundle_meets_the_weight_only_gates(tmp_path):
+    """The rpi5-int4 profile's claim (targets/rpi5-int4.json): INT4 experts and INT8 weight-only dense graphs pass
+    bits/byte +3%, top-1 >= 95%, routing >= 95% on the small reference, at a fifth of fp32's weight bytes."""
+    out = tmp_path / "rpi5-int4"
+    r = run_cli("export", "--target", "rpi5-int4", "--checkpoint", "checkpoints/small", "-o", out, "--json")
+    assert r.returncode == 0, r.stderr
+    e2e = json.loads(r.stdout)["end_to_end"]
+    assert e2e["passed"] and e2e["gates"]["top1_agreement"] == 0.95 and e2e["gates"]["bpb_increase"] == 0.03
+    assert e2e["top1_agreement"] >= 0.95 and e2e["routing_agreement"] >= 0.95
+    acc = json.loads((out / "reports" / "accuracy.json").read_text())
+    assert acc["weights_bytes"] < 0.21 * acc["fp32_weights_bytes"]

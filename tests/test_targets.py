@@ -12,7 +12,7 @@ import m3edge.targets as targets
 from m3edge.errors import BadInput
 from m3edge.targets.schema import FIELDS, ROLES, validate
 
-EXPECTED = {"jetson-orin-nano", "jetson-agx-orin", "rpi5", "rpi5-tflite", "rpi4", "host-cpu"}
+EXPECTED = {"jetson-orin-nano", "jetson-agx-orin", "rpi5", "rpi5-int4", "rpi5-tflite", "rpi4", "host-cpu"}
 
 
 def good() -> dict:
@@ -51,6 +51,9 @@ def test_published_figures():
     # Jetson: FP16 everywhere, INT8 router (TensorRT Q/DQ placement, measured in the description).
     for name in ("rpi5", "rpi4"):
         assert set(by[name].precision.values()) == {"int8"}
+    # rpi5-int4: INT4 experts, INT8 weight-only dense graphs (INT4 everywhere misses the gates on small).
+    assert by["rpi5-int4"].precision == {"encoder": "int8-weight-only", "alignment": "int8-weight-only",
+                                         "router": "int8-weight-only", "expert": "int4", "head": "int8-weight-only"}
     p = by["rpi5-tflite"].precision
     assert p["router"] == "fp32" and {p[r] for r in ROLES if r != "router"} == {"int8"}
     for name in ("jetson-orin-nano", "jetson-agx-orin"):
@@ -59,7 +62,8 @@ def test_published_figures():
 
 
 def test_aliases_resolve():
-    assert targets.aliases() == {"jetson": "jetson-orin-nano", "rpi": "rpi5", "rpi-tflite": "rpi5-tflite"}
+    assert targets.aliases() == {"jetson": "jetson-orin-nano", "rpi": "rpi5", "rpi-tflite": "rpi5-tflite",
+                                 "rpi-int4": "rpi5-int4"}
     assert targets.load("jetson") == targets.load("jetson-orin-nano")
     assert targets.load("rpi").name == "rpi5"
     # No alias may shadow another profile's name.
@@ -177,7 +181,7 @@ CASES = [
     ("zero bucket", lambda d: d.update(capacity_buckets=[0, 4]), "capacity_buckets"),
     ("empty buckets", lambda d: d.update(token_buckets=[]), "token_buckets"),
     ("bucket not int", lambda d: d.update(token_buckets=[1, "4"]), "token_buckets"),
-    ("bad precision value", lambda d: d["precision"].update(expert="int4"), "precision.expert"),
+    ("bad precision value", lambda d: d["precision"].update(expert="int3"), "precision.expert"),
     ("unknown precision role", lambda d: d["precision"].update(decoder="fp32"), "precision.decoder"),
     ("missing precision role", lambda d: d["precision"].pop("head"), "precision.head"),
     ("precision not object", lambda d: d.update(precision="int8"), "precision"),
