@@ -7,7 +7,10 @@ from conftest import BLOCK_TORCH as GUARD
 
 BLOCK_TORCH = GUARD + """
 import m3edge, m3edge.runtime, m3edge.targets, m3edge.config, m3edge.data, m3edge.cli
+import m3edge.runtime.agent, m3edge.runtime.executor, m3edge.runtime.placement
+import m3edge.runtime.expert_parallel, m3edge.runtime.ray_serve
 assert "torch" not in sys.modules
+assert "ray" not in sys.modules, "ray is an optional extra: imported only when a Ray path is used"
 print("ok")
 """
 
