@@ -14,8 +14,8 @@ each app's lifespan (shutdown: drain the batcher, save the memory). Two things a
 
 Memory is per replica. With ``--memory-dir DIR`` replica of rank r keeps ``DIR/replica-r`` (ranks are stable
 across restarts, so a restarted replica reloads its own store; two replicas never write one store). A caller
-that wants its memories back sends ``serve_multiplexed_model_id: <user>``: Ray Serve's multiplexed routing then
-prefers the replica that already served that id (docs/runtime.md, "Ray", measures how often it holds).
+that wants its memories back sends ``serve_multiplexed_model_id: <user>``: ``ray_router.StickyRouter`` sends
+every request with that id to the same replica (rendezvous hashing), the one holding its memories.
 
 Nothing here imports ray at module level: ``import m3edge.runtime`` stays ray-free.
 """
@@ -55,7 +55,6 @@ class ReplicaConfig:
     threads: int | None = None
     batching: dict | None = field(default_factory=dict)  # BatcherConfig fields; None: batching off
     expert_parallel: bool = False
-    sessions_per_replica: int = 64  # user ids a replica advertises for sticky routing
 
 
 def parse_metrics(text: str) -> dict[str, tuple[str, str, float]]:
@@ -152,21 +151,13 @@ def build_deployment():
 
             return self.wrap(create_app(self.agent))
 
-        @serve.multiplexed(max_num_models_per_replica=64)
-        async def session(self, user: str) -> str:
-            """Marks ``user`` as held here: Ray Serve then routes that id's requests here when it can."""
-            return user
-
         def wrap(self, app):
-            """The app plus /cluster/metrics, the replica header and the sticky-session mark."""
+            """The app plus /cluster/metrics and the replica header."""
             tag = [(b"x-m3edge-replica", self.rank.encode())]
 
             async def asgi(scope, receive, send):
                 if scope["type"] != "http":
                     return await app(scope, receive, send)
-                user = serve.get_multiplexed_model_id()
-                if user:
-                    await self.session(user)
                 if scope["path"] == "/cluster/metrics":
                     return await self.cluster_metrics(app, send, tag)
 
@@ -234,16 +225,23 @@ class RayServe:
     replicas: int
     started_ray: bool
 
+    def delete(self) -> None:
+        """Delete the app (each replica drains and saves its memory) and its metrics board."""
+        import ray
+        from ray import serve
+
+        serve.delete(APP_NAME)
+        try:
+            ray.kill(ray.get_actor(BOARD, namespace=NAMESPACE))
+        except ValueError:  # no replica got as far as making it
+            pass
+
     def close(self) -> None:
         import ray
         from ray import serve
 
         try:
-            serve.delete(APP_NAME)
-            try:
-                ray.kill(ray.get_actor(BOARD, namespace=NAMESPACE))
-            except ValueError:  # no replica got as far as making it
-                pass
+            self.delete()
         finally:
             if self.started_ray:
                 serve.shutdown()
@@ -271,9 +269,12 @@ def deploy(config: ReplicaConfig, replicas: int = 1, address: str | None = None,
                                                 "memory_dir": None if config.memory_dir is None
                                                 else str(Path(config.memory_dir).resolve())}))
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+    from ray.serve.config import RequestRouterConfig
+
     app = serve.deployment(build_deployment(), name="agent", num_replicas=replicas,
-                           ray_actor_options={"num_cpus": replica_cpus},
-                           max_ongoing_requests=max_ongoing).bind(config)
+                           ray_actor_options={"num_cpus": replica_cpus}, max_ongoing_requests=max_ongoing,
+                           request_router_config=RequestRouterConfig(
+                               request_router_class="m3edge.runtime.ray_router.StickyRouter")).bind(config)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     deadline = time.monotonic() + timeout_s
     while True:

@@ -127,13 +127,15 @@ class Http:
             return e.code, e.headers.get("x-m3edge-replica"), e.read().decode()
 
 
-def test_two_replicas_answer_consistently_over_http(bundle, cluster):
+def test_two_replicas_answer_consistently_over_http(bundle, cluster, local, tmp_path):
+    """Two replicas, each with its experts spread over both nodes, behind `m3edge serve --ray` in a subprocess."""
     c, head, worker = cluster
     port = free_port()
+    memory = tmp_path / "memory"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "m3edge.cli", "serve", str(bundle), "--ray", c.address,
                              "--replicas", "2", "--replica-cpus", "0.5", "--replica-max-ongoing", "2",
-                             "--port", str(port)],
+                             "--port", str(port), "--memory-dir", str(memory), "--expert-parallel"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     http = Http(port)
     try:
@@ -147,20 +149,36 @@ def test_two_replicas_answer_consistently_over_http(bundle, cluster):
                 pass
             assert time.monotonic() < deadline, "the Ray Serve app did not come up in 300 s"
             time.sleep(1)
-        # The same request to either replica gets the same answer (memory off: nothing stored differs). Ray's
-        # proxy fills its own node's replica first (2 at a time here), so 6 concurrent callers reach both.
-        seen, answers, sent = set(), set(), 0
-        body = {"prompt": PROMPT, "max_bytes": 8, "memory": False}
-        with ThreadPoolExecutor(6) as pool:
-            for _ in range(5):
-                for status, rank, text in pool.map(lambda _: http.call("POST", "/v1/generate", body), range(6)):
-                    assert status == 200, text
-                    sent += 1
-                    seen.add(rank)
-                    answers.add(json.loads(text)["text"])
-                if len(seen) == 2:
-                    break
-        assert seen == {"0", "1"} and len(answers) == 1
+        def spread(body):
+            """Rounds of 6 concurrent calls until both replicas answered (Ray's proxy fills its own node's
+            replica first, 2 at a time here, so 6 callers reach both): [(rank, json)]."""
+            out = []
+            with ThreadPoolExecutor(6) as pool:
+                for _ in range(5):
+                    for status, rank, text in pool.map(lambda _: http.call("POST", "/v1/generate", body), range(6)):
+                        assert status == 200, text
+                        out.append((rank, json.loads(text)))
+                    if len({rank for rank, _ in out}) == 2:
+                        break
+            return out
+
+        # The same request to either replica gets the same answer (memory off: nothing stored differs), and it
+        # is the single process's answer.
+        plain = spread({"prompt": PROMPT, "max_bytes": 8, "memory": False})
+        assert {rank for rank, _ in plain} == {"0", "1"}
+        assert {r["text"] for _, r in plain} == {local.generate(PROMPT, 8, use_memory=False).decode("utf-8", "replace")}
+        # Memory on: each replica stores into its own memory.
+        stored = spread({"prompt": PROMPT, "max_bytes": 4})
+        assert {rank for rank, _ in stored} == {"0", "1"} and all(r["memories"] > 0 for _, r in stored)
+        sent = len(plain) + len(stored)
+        # A user id (Ray's multiplexed-model header) sticks each user to one replica, the one with its memories
+        # (one request at a time here: a full replica would pass a request on to the next choice).
+        body = {"prompt": PROMPT, "max_bytes": 2, "memory": False}
+        ranks = [[http.call("POST", "/v1/generate", body, {"serve_multiplexed_model_id": f"user-{u}"})[1]
+                  for _ in range(3)] for u in range(12)]
+        sent += 36
+        assert all(len(set(r)) == 1 for r in ranks), ranks
+        assert {r[0] for r in ranks} == {"0", "1"}  # 12 users hashed over 2 replicas: both used (p = 1 - 2^-11)
         # The single-process API's checks are the same behind Ray: a bad field is a 422 with one line.
         status, _, text = http.call("POST", "/v1/generate", {"prompt": PROMPT, "max_bytes": -1})
         assert status == 422 and "max_bytes" in json.loads(text)["error"]
@@ -185,6 +203,9 @@ def test_two_replicas_answer_consistently_over_http(bundle, cluster):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0, proc.stderr.read()
+    # Memory is per replica: each kept its own store under --memory-dir, saved when the app was deleted.
+    assert sorted(p.name for p in memory.iterdir()) == ["replica-0", "replica-1"]
+    assert all((memory / r / "memory.sqlite").is_file() for r in ("replica-0", "replica-1"))
 
 
 def test_ray_options_need_ray(bundle):
