@@ -6,8 +6,9 @@
 
 The dispatching process runs the encoder, routers, alignment and head as before; at each MoE layer
 ``BundleExecutor.experts`` hands its grouped rows to ``RayExpertRunner`` (the executor's ``expert_runner``
-seam): the layer's rows go into Ray's object store once, every node holding one of the layer's active experts
-gets one call with the (expert, start, end) slices it owns, and the outputs come back in the order asked, so
+seam): the layer's rows go into Ray's object store (``ray.put``, one copy every host reads; rows under 100 KiB,
+as in decoding, ride inline in each call, Ray's in-process store), every node holding one of the layer's active
+experts gets one call with the (expert, start, end) slices it owns, and the outputs come back in the order asked, so
 the executor adds them per token in expert order exactly as a single process does (greedy output is byte for
 byte the same, tests/test_ray.py). Each host runs its experts through the same ``BundleExecutor`` code path
 (``_run_expert``: the same capacity-bucket chunks, the same sessions).
@@ -124,12 +125,14 @@ class RayExpertRunner:
     there. ``timings`` accumulates seconds spent in remote layers (the bench's per-layer overhead)."""
 
     def __init__(self, bundle_dir, sizes: dict, default_budget_mb: float, budgets_mb: dict | None = None,
-                 threads: int | None = None, timeout_s: float = 120.0, replace: bool = True):
+                 threads: int | None = None, timeout_s: float = 120.0, replace: bool = True,
+                 put_min_bytes: int = 100 * 1024):
         self.ray = ray = import_ray()
         if not ray.is_initialized():
             raise ExpertParallelError("ray is not initialized: call ray.init(address) first")
         self.bundle_dir = str(Path(bundle_dir).resolve())
         self.sizes, self.threads, self.timeout_s, self.replace = dict(sizes), threads, timeout_s, replace
+        self.put_min_bytes = put_min_bytes
         self.default_budget_mb, self.budgets_mb = default_budget_mb, budgets_mb
         self.nodes = {n.node_id: n for n in cluster_nodes(ray, default_budget_mb, budgets_mb)}
         try:
@@ -173,10 +176,17 @@ class RayExpertRunner:
                     return out
                 except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
                     self._recover(e)
+                except self.ray.exceptions.GetTimeoutError:
+                    nodes = sorted({self.nodes[n].address for n in self.hosts if n in self.nodes})
+                    raise ExpertParallelError(f"layer {layer}: the expert hosts on {', '.join(nodes)} did not answer "
+                                              f"within {self.timeout_s:g} s") from None
             raise ExpertParallelError("expert hosts kept failing; giving up on this request")
 
     def _run(self, layer, jobs, rows):
-        ref = self.ray.put(rows)  # once per layer; every host reads it from the object store
+        # Large activations go into the shared-memory object store once, every host reading the one copy; small
+        # ones (decoding: a few rows of d_model floats) ride inline in each call, as Ray does for any argument
+        # under its 100 KiB direct-call limit: a plasma object would cost a cross-node fetch per host.
+        ref = self.ray.put(rows) if rows.nbytes >= self.put_min_bytes else rows
         by_node: dict[str, list] = {}
         for i, (e, a, b) in enumerate(jobs):
             by_node.setdefault(self.placement.node_of[(layer, e)], []).append((i, (e, a, b)))
@@ -240,14 +250,15 @@ class RayExpertRunner:
 
 
 def attach(agent, bundle_dir, budgets_mb: dict | None = None, threads: int | None = None,
-           timeout_s: float = 120.0, replace: bool = True) -> RayExpertRunner:
+           timeout_s: float = 120.0, replace: bool = True, put_min_bytes: int = 100 * 1024) -> RayExpertRunner:
     """Run ``agent``'s experts on the Ray cluster this process is connected to (``ray.init`` first).
 
     ``budgets_mb``: node id -> expert budget in MiB, over the nodes' ``m3edge_expert_mb`` resources and the
-    profile's ``expert_memory_budget_mb``."""
+    profile's ``expert_memory_budget_mb``. ``put_min_bytes``: a layer's rows of at least this size go through
+    ``ray.put`` (one shared copy), smaller ones inline in each call."""
     ex = agent.executor
     target = ex.bundle.manifest["target"]
     runner = RayExpertRunner(bundle_dir, expert_sizes(ex), target["expert_memory_budget_mb"], budgets_mb,
-                             threads=threads, timeout_s=timeout_s, replace=replace)
+                             threads=threads, timeout_s=timeout_s, replace=replace, put_min_bytes=put_min_bytes)
     ex.expert_runner = runner
     return runner

@@ -72,6 +72,11 @@ def parse_metrics(text: str) -> dict[str, tuple[str, str, float]]:
     return out
 
 
+def _number(v: float) -> str:
+    """Counters print whole (``:g`` would round 12345678 to 1.23457e+07)."""
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
 def merge_metrics(reports: dict[str, str]) -> str:
     """Replica rank -> its /metrics text  ->  one Prometheus text: each sample summed over replicas
     (counters add; of the gauges, queued requests and memories add too), then each replica's own value with a
@@ -85,12 +90,12 @@ def merge_metrics(reports: dict[str, str]) -> str:
     lines = [f"# HELP m3edge_replicas Replicas reporting to {BOARD}.", "# TYPE m3edge_replicas gauge",
              f"m3edge_replicas {len(parsed)}"]
     for key, (name, labels, v) in sorted(totals.items()):
-        lines.append(f"{key} {v:g}")
+        lines.append(f"{key} {_number(v)}")
     for rank, samples in parsed.items():
         for key, (name, labels, v) in sorted(samples.items()):
             inner = labels[1:-1]
             lab = f'replica="{rank}"' + (f",{inner}" if inner else "")
-            lines.append(f"{name}{{{lab}}} {v:g}")
+            lines.append(f"{name}{{{lab}}} {_number(v)}")
     return "\n".join(lines) + "\n"
 
 
@@ -98,17 +103,14 @@ class MetricsBoard:
     """A named actor holding each replica's latest /metrics text."""
 
     def __init__(self):
-        self.reports: dict[str, tuple[float, str]] = {}
+        self.reports: dict[str, str] = {}
 
     def report(self, rank: str, text: str) -> None:
-        self.reports[rank] = (time.time(), text)
-
-    def drop(self, rank: str) -> None:
-        self.reports.pop(rank, None)
+        self.reports[rank] = text
 
     def merged(self, live: list[str] | None = None) -> str:
-        keep = {r: t for r, (_, t) in self.reports.items() if live is None or r in live}
-        return merge_metrics(keep)
+        """The reports of ``live`` ranks (a replica removed by scaling down is left out) merged."""
+        return merge_metrics({r: t for r, t in self.reports.items() if live is None or r in live})
 
 
 def _board():

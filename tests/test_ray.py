@@ -65,12 +65,12 @@ def local(bundle):
     agent.close()
 
 
-def parallel_agent(bundle, budgets_mb):
+def parallel_agent(bundle, budgets_mb, **options):
     from m3edge.runtime.agent import EdgeAgent
     from m3edge.runtime.expert_parallel import attach
 
     agent = EdgeAgent.open(bundle)
-    return agent, attach(agent, bundle, budgets_mb=budgets_mb, timeout_s=120)
+    return agent, attach(agent, bundle, budgets_mb=budgets_mb, timeout_s=120, **options)
 
 
 def total_mb(agent):
@@ -82,7 +82,9 @@ def total_mb(agent):
 def test_expert_parallel_is_byte_identical_to_one_process(bundle, cluster, local):
     c, head, worker = cluster
     mb = total_mb(local)
-    agent, runner = parallel_agent(bundle, {head: mb, worker.node_id: mb})
+    # put_min_bytes=0: every layer's rows through the shared-memory object store (the default sends the small
+    # decoding rows inline; the kill test below runs that way).
+    agent, runner = parallel_agent(bundle, {head: mb, worker.node_id: mb}, put_min_bytes=0)
     try:
         # Equal budgets: each layer's experts are dealt out to both nodes.
         on = runner.stats()["nodes"]
@@ -206,6 +208,17 @@ def test_two_replicas_answer_consistently_over_http(bundle, cluster, local, tmp_
     # Memory is per replica: each kept its own store under --memory-dir, saved when the app was deleted.
     assert sorted(p.name for p in memory.iterdir()) == ["replica-0", "replica-1"]
     assert all((memory / r / "memory.sqlite").is_file() for r in ("replica-0", "replica-1"))
+
+
+def test_rendezvous_moves_only_the_users_of_a_removed_replica():
+    from m3edge.runtime.ray_router import rendezvous
+
+    replicas = ["a1", "b2", "c3"]
+    first = {u: rendezvous(f"user-{u}", replicas)[0] for u in range(300)}
+    assert set(first.values()) == set(replicas)
+    assert first == {u: rendezvous(f"user-{u}", list(reversed(replicas)))[0] for u in range(300)}
+    after = {u: rendezvous(f"user-{u}", ["a1", "c3"])[0] for u in range(300)}
+    assert all(after[u] == first[u] for u in first if first[u] != "b2")
 
 
 def test_ray_options_need_ray(bundle):

@@ -9,7 +9,8 @@
    against the 1-thread and the 2-thread single replica of the same run.
 2. Expert parallel: a local two-node cluster (``ray.cluster_utils.Cluster``); the same greedy generation in
    one process and with the experts on both nodes (``expert_parallel.attach``); the outputs must be equal,
-   the per-layer overhead is (time with Ray - time in process) / (layers run).
+   the per-layer overhead is (time with Ray - time in process) / (layers run), with decoding's small rows
+   inline (the default) and with every layer's rows through ``ray.put``.
 
 Everything binds 127.0.0.1. Numbers from a 2-core machine shared with other jobs are noisy: the report keeps
 the raw times as well as the ratios.
@@ -175,15 +176,30 @@ def expert_parallel_bench(bundle: str, n_bytes: int = 64, repeats: int = 3, say=
         calls0, remote0 = runner.calls, runner.remote_s
         t_ray, got = timed(remote)
         calls = runner.calls - calls0
+        remote_s = runner.remote_s - remote0
+        runner.put_min_bytes = 0  # every layer's rows through ray.put, the shared-memory object store
+        t_put, got_put = timed(remote)
+        runner.put_min_bytes = 100 * 1024
         steps = n_bytes  # memory off: one decoding step per byte
+        # Ray's floor on this machine: one empty call to every host, answered, as a layer's dispatch makes.
+        floor = []
+        for _ in range(20):
+            t = time.perf_counter()
+            ray.get([h.node.remote() for h in runner.hosts.values()])
+            floor.append(time.perf_counter() - t)
+        floor_ms = sorted(floor)[len(floor) // 2] * 1e3
         per_layer_ms = (t_ray - t_local) / (steps * layers) * 1e3
         say(f"  expert parallel on {len(runner.stats()['nodes'])} nodes: {t_ray:.3f} s vs {t_local:.3f} s in process "
-            f"for {n_bytes} bytes x {layers} layers: +{per_layer_ms:.2f} ms a layer; identical: {got == want}")
+            f"for {n_bytes} bytes x {layers} layers: +{per_layer_ms:.2f} ms a layer (an empty call to the hosts: "
+            f"{floor_ms:.2f} ms); identical: {got == want}")
         return {"bytes": n_bytes, "layers": layers, "nodes": len(runner.stats()["nodes"]),
                 "experts_per_node": sorted(runner.stats()["nodes"].values()), "in_process_s": t_local,
                 "expert_parallel_s": t_ray, "per_layer_overhead_ms": per_layer_ms,
-                "remote_layer_ms": (runner.remote_s - remote0) / max(1, calls) * 1e3,
-                "in_process_ms_per_step": t_local / steps * 1e3, "identical": got == want}
+                "remote_layer_ms": remote_s / max(1, calls) * 1e3, "all_through_put_s": t_put,
+                "per_layer_overhead_ms_all_through_put": (t_put - t_local) / (steps * layers) * 1e3,
+                "identical_all_through_put": got_put == want,
+                "in_process_ms_per_step": t_local / steps * 1e3, "empty_call_to_hosts_ms": floor_ms,
+                "identical": got == want}
     finally:
         local.close()
         remote.close()
