@@ -33,13 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
+from m3edge.runtime.batcher import BatcherError
 from m3edge.runtime.placement import Placement, PlacementError, plan
 
 RESOURCE = "m3edge_expert_mb"  # a node's expert budget in MiB, as a Ray custom resource
 
 
-class ExpertParallelError(RuntimeError):
-    """Experts could not be run on the cluster; the message says which and why."""
+class ExpertParallelError(BatcherError):
+    """Experts could not be run on the cluster; the message says which and why. A ``BatcherError`` (a
+    RuntimeError) so that ``m3edge serve`` answers it as 503 with this message, the service being unable to
+    answer now, rather than as a bare 500."""
 
 
 def import_ray():
@@ -144,6 +147,7 @@ class RayExpertRunner:
         self.calls = 0
         self.remote_s = 0.0
         self.replaced: list[dict] = []  # one record per node lost and re-placed
+        self.broken = ""  # why the experts can no longer all be run, once that is so
         for node in self.placement.nodes:
             self.hosts[node] = self._start(node, self.placement.experts_on(node))
         self._wait([h.node.remote() for h in self.hosts.values()], "starting expert hosts")
@@ -167,6 +171,8 @@ class RayExpertRunner:
 
     def __call__(self, layer: int, jobs: list, rows: np.ndarray) -> list[np.ndarray]:
         with self._lock:  # one layer at a time: a re-placement must not race another layer's dispatch
+            if self.broken:  # experts were lost and could not be re-placed: every later request fails the same way
+                raise ExpertParallelError(self.broken)
             t = time.perf_counter()
             for _ in range(len(self.nodes) + 1):  # each retry follows the loss of at least one node
                 try:
@@ -217,13 +223,15 @@ class RayExpertRunner:
         lost = {k: self.sizes[k] for node in dead for k in self.placement.experts_on(node)}
         where = ", ".join(f"{self.nodes[n].address} ({n[:8]})" for n in dead)
         if not self.replace:
-            raise ExpertParallelError(f"expert node {where} died holding {len(lost)} experts; re-placement is off")
+            self.broken = f"expert node {where} died holding {len(lost)} experts; re-placement is off"
+            raise ExpertParallelError(self.broken)
         free = {n: alive[n].budget - self.placement.used.get(n, 0) for n in alive}
         try:
             moved = plan(lost, free)
         except PlacementError as e:
-            raise ExpertParallelError(f"expert node {where} died holding {len(lost)} experts and the "
-                                      f"{len(alive)} node(s) left cannot hold them: {e}") from None
+            self.broken = (f"expert node {where} died holding {len(lost)} experts and the {len(alive)} node(s) "
+                           f"left cannot hold them: {e}")
+            raise ExpertParallelError(self.broken) from None
         node_of = {k: n for k, n in self.placement.node_of.items() if n not in dead} | moved.node_of
         used = {n: sum(self.sizes[k] for k, m in node_of.items() if m == n) for n in alive}
         self.placement = Placement(node_of, used)

@@ -228,6 +228,30 @@ def test_ray_options_need_ray(bundle):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+def serve_once(agent, body):
+    """POST /v1/generate once to ``create_app(agent)`` on uvicorn at 127.0.0.1: (status, json)."""
+    import threading
+
+    import uvicorn
+
+    from m3edge.runtime.server import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(agent), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        status, _, text = Http(port).call("POST", "/v1/generate", body)
+        return status, json.loads(text)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_killed_expert_node_is_replaced_or_fails_clearly(bundle, cluster, local):
     """Last: removes the worker node. One runner has room to take the lost experts on the head (the answer
     stays the same), the other has not (a clear error naming the dead node, never a partial sum)."""
@@ -248,6 +272,9 @@ def test_killed_expert_node_is_replaced_or_fails_clearly(bundle, cluster, local)
         with pytest.raises(ExpertParallelError, match=r"expert node 127\.0\.0\.1 \(\w+\) died holding \d+ experts "
                                                       r"and the 1 node\(s\) left cannot hold them"):
             tight.generate(PROMPT, 16, use_memory=False)
+        # Behind the single-process server (a real socket): a 503 carrying that one line, for every request.
+        status, body = serve_once(tight, {"prompt": PROMPT, "max_bytes": 4, "memory": False})
+        assert status == 503 and "died holding" in body["error"] and "cannot hold them" in body["error"]
     finally:
         for r in (roomy_runner, tight_runner):
             r.close()
