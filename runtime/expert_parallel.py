@@ -111,15 +111,16 @@ class NodeInfo:
     budget: int  # bytes
 
 
-def cluster_nodes(ray, default_budget_mb: float, budgets_mb: dict | None = None) -> list[NodeInfo]:
+def cluster_nodes(ray, default_budget_mb: float, budgets_mb: dict | None = None, share: float = 1.0) -> list[NodeInfo]:
     """Alive nodes and their expert budgets: ``budgets_mb`` (node id -> MiB) first, then the node's
-    ``m3edge_expert_mb`` resource, then ``default_budget_mb`` (the bundle's profile)."""
+    ``m3edge_expert_mb`` resource, then ``default_budget_mb`` (the bundle's profile); times ``share``, the part
+    of each node one placement may use (``1 / replicas`` when every replica places its own experts)."""
     out = []
     for n in ray.nodes():
         if not n.get("Alive"):
             continue
         mb = (budgets_mb or {}).get(n["NodeID"], n.get("Resources", {}).get(RESOURCE, default_budget_mb))
-        out.append(NodeInfo(n["NodeID"], n.get("NodeManagerAddress", "?"), int(mb * 2 ** 20)))
+        out.append(NodeInfo(n["NodeID"], n.get("NodeManagerAddress", "?"), int(mb * share * 2 ** 20)))
     return sorted(out, key=lambda n: n.node_id)
 
 
@@ -129,15 +130,15 @@ class RayExpertRunner:
 
     def __init__(self, bundle_dir, sizes: dict, default_budget_mb: float, budgets_mb: dict | None = None,
                  threads: int | None = None, timeout_s: float = 120.0, replace: bool = True,
-                 put_min_bytes: int = 100 * 1024):
+                 put_min_bytes: int = 100 * 1024, share: float = 1.0):
         self.ray = ray = import_ray()
         if not ray.is_initialized():
             raise ExpertParallelError("ray is not initialized: call ray.init(address) first")
         self.bundle_dir = str(Path(bundle_dir).resolve())
         self.sizes, self.threads, self.timeout_s, self.replace = dict(sizes), threads, timeout_s, replace
         self.put_min_bytes = put_min_bytes
-        self.default_budget_mb, self.budgets_mb = default_budget_mb, budgets_mb
-        self.nodes = {n.node_id: n for n in cluster_nodes(ray, default_budget_mb, budgets_mb)}
+        self.default_budget_mb, self.budgets_mb, self.share = default_budget_mb, budgets_mb, share
+        self.nodes = {n.node_id: n for n in cluster_nodes(ray, default_budget_mb, budgets_mb, share)}
         try:
             self.placement = plan(self.sizes, {n: info.budget for n, info in self.nodes.items()})
         except PlacementError as e:
@@ -206,7 +207,7 @@ class RayExpertRunner:
 
     def _recover(self, error) -> None:
         """Find the dead hosts, move their experts to live ones, or fail with a clear error."""
-        alive = {n.node_id: n for n in cluster_nodes(self.ray, self.default_budget_mb, self.budgets_mb)}
+        alive = {n.node_id: n for n in cluster_nodes(self.ray, self.default_budget_mb, self.budgets_mb, self.share)}
         dead = []
         for node, host in list(self.hosts.items()):
             ok = node in alive
@@ -258,7 +259,8 @@ class RayExpertRunner:
 
 
 def attach(agent, bundle_dir, budgets_mb: dict | None = None, threads: int | None = None,
-           timeout_s: float = 120.0, replace: bool = True, put_min_bytes: int = 100 * 1024) -> RayExpertRunner:
+           timeout_s: float = 120.0, replace: bool = True, put_min_bytes: int = 100 * 1024,
+           share: float = 1.0) -> RayExpertRunner:
     """Run ``agent``'s experts on the Ray cluster this process is connected to (``ray.init`` first).
 
     ``budgets_mb``: node id -> expert budget in MiB, over the nodes' ``m3edge_expert_mb`` resources and the
@@ -267,6 +269,6 @@ def attach(agent, bundle_dir, budgets_mb: dict | None = None, threads: int | Non
     ex = agent.executor
     target = ex.bundle.manifest["target"]
     runner = RayExpertRunner(bundle_dir, expert_sizes(ex), target["expert_memory_budget_mb"], budgets_mb,
-                             threads=threads, timeout_s=timeout_s, replace=replace, put_min_bytes=put_min_bytes)
+                             threads=threads, timeout_s=timeout_s, replace=replace, put_min_bytes=put_min_bytes, share=share)
     ex.expert_runner = runner
     return runner

@@ -55,6 +55,7 @@ class ReplicaConfig:
     threads: int | None = None
     batching: dict | None = field(default_factory=dict)  # BatcherConfig fields; None: batching off
     expert_parallel: bool = False
+    expert_share: float = 1.0  # the part of each node's expert budget one replica's placement may use
 
 
 def parse_metrics(text: str) -> dict[str, tuple[str, str, float]]:
@@ -139,7 +140,7 @@ def build_deployment():
             if config.expert_parallel:
                 from m3edge.runtime.expert_parallel import attach
 
-                attach(self.agent, config.bundle_dir)
+                attach(self.agent, config.bundle_dir, share=config.expert_share)
             if config.batching is not None:
                 b = dict(config.batching)
                 b.setdefault("preferred_batch_sizes", tuple(t for t in self.agent.executor.token_buckets
@@ -267,7 +268,9 @@ def deploy(config: ReplicaConfig, replicas: int = 1, address: str | None = None,
     if started:
         ray.init(address=address or None, namespace=NAMESPACE, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
-    config = ReplicaConfig(**(asdict(config) | {"bundle_dir": str(Path(config.bundle_dir).resolve()),
+    # Every replica places its own copy of the experts: each may use its share of every node's budget.
+    config = ReplicaConfig(**(asdict(config) | {"expert_share": 1.0 / replicas,
+                                                "bundle_dir": str(Path(config.bundle_dir).resolve()),
                                                 "memory_dir": None if config.memory_dir is None
                                                 else str(Path(config.memory_dir).resolve())}))
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
