@@ -126,7 +126,7 @@ def cluster_nodes(ray, default_budget_mb: float, budgets_mb: dict | None = None,
 
 class RayExpertRunner:
     """The executor's ``expert_runner``: places experts on ExpertHost actors, one per node, and runs layers
-    there. ``timings`` accumulates seconds spent in remote layers (the bench's per-layer overhead)."""
+    there. ``calls`` and ``remote_s`` count the layers run and the seconds they took (the bench's overhead)."""
 
     def __init__(self, bundle_dir, sizes: dict, default_budget_mb: float, budgets_mb: dict | None = None,
                  threads: int | None = None, timeout_s: float = 120.0, replace: bool = True,
@@ -165,10 +165,9 @@ class RayExpertRunner:
             return self.ray.get(refs, timeout=self.timeout_s)
         except self.ray.exceptions.GetTimeoutError:
             raise ExpertParallelError(f"{what}: no answer within {self.timeout_s:g} s") from None
-
-    @property
-    def node_of(self) -> dict:
-        return self.placement.node_of
+        except self.ray.exceptions.RayError as e:  # e.g. a node without the bundle: its host failed to open it
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            raise ExpertParallelError(f"{what} failed: {lines[-1].strip() if lines else type(e).__name__}") from None
 
     def __call__(self, layer: int, jobs: list, rows: np.ndarray) -> list[np.ndarray]:
         with self._lock:  # one layer at a time: a re-placement must not race another layer's dispatch

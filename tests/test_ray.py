@@ -114,6 +114,18 @@ def test_plan_that_does_not_fit_is_refused_clearly(bundle, cluster, local):
         parallel_agent(bundle, {head: mb / 4, worker.node_id: mb / 4})
 
 
+def test_a_node_without_the_bundle_is_a_clear_error(bundle, cluster, local, tmp_path):
+    from m3edge.runtime.agent import EdgeAgent
+    from m3edge.runtime.expert_parallel import ExpertParallelError, attach
+
+    agent = EdgeAgent.open(bundle)
+    try:
+        with pytest.raises(ExpertParallelError, match=r"starting expert hosts failed: .*nowhere"):
+            attach(agent, tmp_path / "nowhere", timeout_s=120)
+    finally:
+        agent.close()
+
+
 class Http:
     def __init__(self, port):
         self.port = port
