@@ -85,15 +85,25 @@ def stickiness(url: str, users: int = 4, requests: int = 8, sticky: bool = True)
     return sum(max(s.count(r) for r in set(s)) for s in seen) / (users * requests)
 
 
-def batcher_totals(url: str) -> dict:
+def batcher_totals(url: str, path: str = "/cluster/metrics") -> dict:
     """The replicas' summed batcher counters, from /cluster/metrics (after the reports have caught up)."""
     from m3edge.runtime.ray_serve import REPORT_EVERY_S, parse_metrics
 
-    time.sleep(2 * REPORT_EVERY_S)
-    with urllib.request.urlopen(url + "/cluster/metrics", timeout=60) as r:
+    if path == "/cluster/metrics":
+        time.sleep(2 * REPORT_EVERY_S)
+    with urllib.request.urlopen(url + path, timeout=60) as r:
         samples = parse_metrics(r.read().decode())
     return {k: samples[f"m3edge_batcher_{k}"][2] for k in ("compute_time_us_total", "execution_count",
                                                            "inference_count")}
+
+
+def work(before: dict, after: dict, wall_s: float) -> dict:
+    """busy: batcher compute seconds per wall second, summed over replicas (1.0 = one replica's worker never
+    idle); mean_batch: decoding steps per batch; ms_per_batch: compute per batch."""
+    d = {k: after[k] - before[k] for k in after}
+    return {"busy": d["compute_time_us_total"] / 1e6 / wall_s,
+            "mean_batch": d["inference_count"] / max(1, d["execution_count"]),
+            "ms_per_batch": d["compute_time_us_total"] / 1e3 / max(1, d["execution_count"])}
 
 
 def plain_server_bench(bundle: str, callers: int, requests: int, max_bytes: int, port: int) -> dict:
@@ -113,7 +123,10 @@ def plain_server_bench(bundle: str, callers: int, requests: int, max_bytes: int,
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("m3edge serve did not start: " + proc.stderr.read().decode()[-500:])
                 time.sleep(0.5)
-        return load(f"http://127.0.0.1:{port}", callers, requests, max_bytes)
+        url = f"http://127.0.0.1:{port}"
+        before = batcher_totals(url, "/metrics")
+        r = load(url, callers, requests, max_bytes)
+        return r | work(before, batcher_totals(url, "/metrics"), r["wall_s"])
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -131,7 +144,8 @@ def replicas_bench(bundle: str, callers: int = 16, requests: int = 4, max_bytes:
     plain = []
     for _ in range(rounds):
         plain.append(plain_server_bench(bundle, callers, requests, max_bytes, port))
-        say(f"  m3edge serve without Ray: {plain[-1]['bytes_per_s']:.1f} bytes/s (p50 {plain[-1]['p50_s']:.2f} s)")
+        say(f"  m3edge serve without Ray: {plain[-1]['bytes_per_s']:.1f} bytes/s (p50 {plain[-1]['p50_s']:.2f} s, "
+            f"busy {plain[-1]['busy']:.2f}, batch {plain[-1]['mean_batch']:.1f}, {plain[-1]['ms_per_batch']:.1f} ms a batch)")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="m3edge",
              object_store_memory=128 * 2 ** 20, configure_logging=False)
     rows = []
@@ -147,11 +161,7 @@ def replicas_bench(bundle: str, callers: int = 16, requests: int = 4, max_bytes:
                     before = batcher_totals(running.url)
                     r = load(running.url, callers, requests, max_bytes)
                     after = batcher_totals(running.url)
-                    d = {k: after[k] - before[k] for k in after}
-                    # busy: batcher compute seconds per wall second, summed over replicas (1.0 = one replica's
-                    # worker never idle); batch: decoding steps per batch.
-                    r |= {"load_avg_1m": load_avg, "busy": d["compute_time_us_total"] / 1e6 / r["wall_s"],
-                          "mean_batch": d["inference_count"] / max(1, d["execution_count"])}
+                    r |= {"load_avg_1m": load_avg} | work(before, after, r["wall_s"])
                     if replicas > 1:  # memory is per replica: how often a user id brings a caller back to its replica
                         r["same_replica_with_user_id"] = stickiness(running.url, sticky=True)
                         r["same_replica_without"] = stickiness(running.url, sticky=False)
@@ -160,7 +170,7 @@ def replicas_bench(bundle: str, callers: int = 16, requests: int = 4, max_bytes:
                 rows.append({"round": round_, "replicas": replicas, "threads_per_replica": threads, "startup_s": up, **r})
                 say(f"  round {round_}: {replicas} replica(s) x {threads} thread(s): {r['bytes_per_s']:.1f} bytes/s "
                     f"(p50 {r['p50_s']:.2f} s, p99 {r['p99_s']:.2f} s, busy {r['busy']:.2f}, batch "
-                    f"{r['mean_batch']:.1f}, load {load_avg:.1f})")
+                    f"{r['mean_batch']:.1f}, {r['ms_per_batch']:.1f} ms a batch, load {load_avg:.1f})")
     finally:
         serve.shutdown()
         ray.shutdown()
