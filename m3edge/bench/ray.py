@@ -133,7 +133,7 @@ def plain_server_bench(bundle: str, callers: int, requests: int, max_bytes: int,
 
 
 def replicas_bench(bundle: str, callers: int = 16, requests: int = 4, max_bytes: int = 16, port: int = 8765,
-                   rounds: int = 2, say=print) -> dict:
+                   rounds: int = 2, batching: bool = True, say=print) -> dict:
     """Each configuration deployed and loaded once per round, rounds interleaved (the machine's other load
     drifts); a configuration's throughput is its best round."""
     import ray
@@ -142,7 +142,7 @@ def replicas_bench(bundle: str, callers: int = 16, requests: int = 4, max_bytes:
     from m3edge.runtime.ray_serve import ReplicaConfig, deploy
 
     plain = []
-    for _ in range(rounds):
+    for _ in range(rounds if batching else 0):
         plain.append(plain_server_bench(bundle, callers, requests, max_bytes, port))
         say(f"  m3edge serve without Ray: {plain[-1]['bytes_per_s']:.1f} bytes/s (p50 {plain[-1]['p50_s']:.2f} s, "
             f"busy {plain[-1]['busy']:.2f}, batch {plain[-1]['mean_batch']:.1f}, {plain[-1]['ms_per_batch']:.1f} ms a batch)")
@@ -152,25 +152,27 @@ def replicas_bench(bundle: str, callers: int = 16, requests: int = 4, max_bytes:
     try:
         for round_ in range(rounds):
             for replicas, threads in ((1, 1), (1, 2), (2, 1)):
-                config = ReplicaConfig(bundle, threads=threads, batching={"max_queue_delay_ms": 2.0})
+                config = ReplicaConfig(bundle, threads=threads,
+                                       batching={"max_queue_delay_ms": 2.0} if batching else None)
                 t = time.perf_counter()
                 running = deploy(config, replicas, port=port, replica_cpus=threads, max_ongoing=callers // replicas)
                 up = time.perf_counter() - t
                 try:
                     load_avg = os.getloadavg()[0]
-                    before = batcher_totals(running.url)
+                    before = batcher_totals(running.url) if batching else {}
                     r = load(running.url, callers, requests, max_bytes)
-                    after = batcher_totals(running.url)
-                    r |= {"load_avg_1m": load_avg} | work(before, after, r["wall_s"])
+                    after = batcher_totals(running.url) if batching else {}
+                    r |= {"load_avg_1m": load_avg} | (work(before, after, r["wall_s"]) if batching else {})
                     if replicas > 1:  # memory is per replica: how often a user id brings a caller back to its replica
                         r["same_replica_with_user_id"] = stickiness(running.url, sticky=True)
                         r["same_replica_without"] = stickiness(running.url, sticky=False)
                 finally:
                     running.delete()
                 rows.append({"round": round_, "replicas": replicas, "threads_per_replica": threads, "startup_s": up, **r})
+                extra = (f", busy {r['busy']:.2f}, batch {r['mean_batch']:.1f}, {r['ms_per_batch']:.1f} ms a batch"
+                         if batching else ", no batching")
                 say(f"  round {round_}: {replicas} replica(s) x {threads} thread(s): {r['bytes_per_s']:.1f} bytes/s "
-                    f"(p50 {r['p50_s']:.2f} s, p99 {r['p99_s']:.2f} s, busy {r['busy']:.2f}, batch "
-                    f"{r['mean_batch']:.1f}, {r['ms_per_batch']:.1f} ms a batch, load {load_avg:.1f})")
+                    f"(p50 {r['p50_s']:.2f} s, p99 {r['p99_s']:.2f} s{extra}, load {load_avg:.1f})")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -180,7 +182,8 @@ def replicas_bench(bundle: str, callers: int = 16, requests: int = 4, max_bytes:
         best[key] = max(best.get(key, 0.0), r["bytes_per_s"])
     return {"callers": callers, "requests_per_caller": requests, "max_bytes": max_bytes, "rounds": rounds,
             "rows": rows, "best_bytes_per_s": {f"{k[0]}x{k[1]}": v for k, v in best.items()},
-            "without_ray": plain, "without_ray_best_bytes_per_s": max(r["bytes_per_s"] for r in plain),
+            "batching": batching, "without_ray": plain,
+            "without_ray_best_bytes_per_s": max((r["bytes_per_s"] for r in plain), default=None),
             "ratio_vs_1x1": best[(2, 1)] / best[(1, 1)], "ratio_vs_1x2": best[(2, 1)] / best[(1, 2)], "goal": 1.6}
 
 
@@ -258,6 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ep-bytes", type=int, default=64)
     ap.add_argument("--skip", choices=["replicas", "expert-parallel"], action="append", default=[])
+    ap.add_argument("--no-batching", action="store_true",
+                    help="replicas without the dynamic batcher (reported as replicas_unbatched)")
+    ap.add_argument("--update", action="store_true", help="keep the other suites' results already in --output")
     a = ap.parse_args(argv)
     from m3edge.bundle import open_bundle
 
@@ -265,10 +271,14 @@ def main(argv=None) -> int:
     report = {"bundle": str(a.bundle), "target": manifest["target"]["name"], "cpus": os.cpu_count(),
               "command": " ".join(["python -m m3edge.bench.ray", *(argv or sys.argv[1:])])}
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if a.update and a.output and Path(a.output).is_file():
+        old = json.loads(Path(a.output).read_text())
+        report = old | {"commands": old.get("commands", [old.get("command")]) + [report["command"]]}
     if "replicas" not in a.skip:
-        say("replicas (Ray Serve, 16 callers over HTTP):")
-        report["replicas"] = replicas_bench(str(Path(a.bundle).resolve()), a.callers, a.requests, a.max_bytes,
-                                           rounds=a.rounds, say=say)
+        say(f"replicas (Ray Serve, {a.callers} callers over HTTP{', no batching' if a.no_batching else ''}):")
+        key = "replicas_unbatched" if a.no_batching else "replicas"
+        report[key] = replicas_bench(str(Path(a.bundle).resolve()), a.callers, a.requests, a.max_bytes,
+                                     rounds=a.rounds, batching=not a.no_batching, say=say)
     if "expert-parallel" not in a.skip:
         say("expert parallel (2 local nodes):")
         report["expert_parallel"] = expert_parallel_bench(str(Path(a.bundle).resolve()), a.ep_bytes, say=say)
