@@ -27,8 +27,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# Keep Ray on loopback: without this it resolves 127.0.0.1 to the machine's address (see tests/test_ray.py).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 PROMPT = "def parse(self, text):\n    "
 
@@ -251,6 +249,10 @@ def expert_parallel_bench(bundle: str, n_bytes: int = 64, repeats: int = 3, say=
 
 def main(argv=None) -> int:
     import argparse
+
+    # Keep Ray on loopback: without this it resolves 127.0.0.1 to the machine's address (tests/test_ray.py).
+    # Set before ray is imported, which reads it once.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
     ap = argparse.ArgumentParser(prog="python -m m3edge.bench.ray", description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
