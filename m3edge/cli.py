@@ -653,12 +653,33 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
 @click.option("--body-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Answer 408 when a request body has not arrived within this many seconds.")
 @click.option("--backlog", default=128, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Serve on a Ray cluster as Ray Serve replicas: the head's ADDRESS (or 'auto'); none starts a "
+                   "local Ray. Needs the ray extra (docs/runtime.md, Ray).")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1), help="Ray Serve replicas (--ray).")
+@click.option("--replica-cpus", default=1.0, show_default=True, type=click.FloatRange(0.01),
+              help="CPUs Ray reserves per replica; its onnxruntime threads default to this (--ray).")
+@click.option("--replica-max-ongoing", default=8, show_default=True, type=click.IntRange(1),
+              help="Requests a replica takes at once; the proxy's own node's replica fills first (--ray).")
+@click.option("--expert-parallel", is_flag=True, help="Place the experts on the cluster's nodes by their budgets (--ray).")
 def serve(bundle_dir, host, port, memory_dir, engine_cache, cache_experts, batching, max_batch_size,
           max_queue_delay_ms, max_queue_size, timeout_ms, expert_workers, cors, shutdown_timeout, max_active,
-          max_waiting, max_connections, header_timeout, body_timeout, backlog):
+          max_waiting, max_connections, header_timeout, body_timeout, backlog, ray_address, replicas, replica_cpus,
+          replica_max_ongoing, expert_parallel):
     """Serve a bundle over HTTP: m3edge's JSON API, OpenAI-compatible /v1/completions and /v1/chat/completions
     (streaming), a web page at /, Prometheus /metrics; needs the `serve` extra. SIGTERM stops it gracefully."""
     from m3edge.errors import BadInput
+
+    if ray_address is not None:
+        from m3edge.runtime.ray_serve import serve_cli
+
+        return serve_cli(bundle_dir, ray_address, replicas, replica_cpus, expert_parallel, host=host, port=port,
+                         memory_dir=memory_dir, cache_experts=cache_experts, expert_workers=expert_workers,
+                         batching=None if not batching else dict(
+                             max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
+                             max_queue_size=max_queue_size, timeout_ms=timeout_ms), max_ongoing=replica_max_ongoing)
+    if replicas != 1 or expert_parallel:
+        raise BadInput("--replicas and --expert-parallel need --ray")
 
     try:
         from m3edge.runtime.server import AppOptions, Limits, create_app

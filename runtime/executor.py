@@ -154,6 +154,9 @@ class BundleExecutor:
         self.banks = {g["layer"]: g for g in bundle.graphs if g["role"] == "bank"} if banks else {}
         # Chunk plans depend only on the row count: planned once per count, not once per expert call.
         self._plan = functools.lru_cache(maxsize=None)(lambda n: routing.plan_chunks(n, self.capacity_buckets))
+        # Runs a layer's experts somewhere else: ``runner(layer, [(expert, start, end), ...], rows)`` returns
+        # each expert's outputs for rows[start:end] in the order asked (runtime/expert_parallel.py). None: here.
+        self.expert_runner = None
 
     def close(self) -> None:
         """Stop the cache's prefetch thread and the expert workers."""
@@ -342,10 +345,13 @@ class BundleExecutor:
             counts = np.bincount(r.index.reshape(-1)[order], minlength=self.cfg.n_experts)
         tokens = order // self.cfg.top_k
         rows = h[tokens]  # every pair's input, grouped by expert in token order: one gather, sliced below
-        bank = self._bank_for(layer, counts)
+        bank = self._bank_for(layer, counts) if self.expert_runner is None else None
         if bank is not None:
             self.cache.prefetch(prefetch)
             ys = [self._run_bank(layer, bank, rows, counts)]
+        elif self.expert_runner is not None:
+            ends = np.cumsum(counts).tolist()
+            ys = self.expert_runner(layer, [(e, ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c], rows)
         else:
             ends = np.cumsum(counts).tolist()
             jobs = [(self.cache.get((layer, e)), ends[e] - c, ends[e]) for e, c in enumerate(counts.tolist()) if c]

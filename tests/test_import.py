@@ -11,7 +11,10 @@ assert "onnxruntime" not in sys.modules  # the runtime package loads its agent (
 from m3edge.runtime import EdgeAgent, Recall, BatcherConfig, Bundle, open_bundle, M3EdgeError, BadInput, CheckFailed
 from m3edge.runtime import *
 assert EdgeAgent.__module__ == "m3edge.runtime.agent" and "EdgeAgent" in dir(m3edge.runtime)
+import m3edge.runtime.agent, m3edge.runtime.executor, m3edge.runtime.placement
+import m3edge.runtime.expert_parallel, m3edge.runtime.ray_serve
 assert "torch" not in sys.modules
+assert "ray" not in sys.modules, "ray is an optional extra: imported only when a Ray path is used"
 print("ok")
 """
 
