@@ -63,7 +63,7 @@ def static_shape(value_info) -> list:
 
 def check_structure(src, expected_in: dict[str, list[int]], expected_out: dict[str, list[int]]) -> None:
     """``src``: a bundle GraphFile, the graph with its weights in memory."""
-    from m3edge.export.onnx_export import attach
+    from m3edge.backends.onnxruntime.onnx_export import attach
 
     path = Path(src.name)
     try:

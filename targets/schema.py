@@ -11,7 +11,6 @@ from m3edge.errors import BadInput
 
 SCHEMA_VERSION = 1
 ARCHS = ("aarch64", "x86_64")
-BACKENDS = ("onnxruntime", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8")
 ROLES = ("encoder", "alignment", "router", "expert", "head")
 # Per-channel int8 QDQ (what export quantizes to) needs opset 13.
@@ -34,14 +33,14 @@ FIELDS: dict[str, dict] = {
     "dram_bandwidth_gbps": {"kind": "number"},
     "cores": {"kind": "int"},
     "threads": {"kind": "int"},
-    "backend": {"kind": "str", "allowed": BACKENDS},
+    "backend": {"kind": "backend"},  # a name m3edge.backends declares, with an export side
     "providers": {"kind": "providers"},
     "precision": {"kind": "precision"},
     "opset": {"kind": "int", "min": MIN_OPSET},
     "token_buckets": {"kind": "buckets"},
     "capacity_buckets": {"kind": "buckets"},
     "expert_cache_size": {"kind": "int"},
-    # Expert banks (export/bank.py): one graph per layer running every expert, for batches from many
+    # Expert banks (backends/onnxruntime/bank.py): one graph per layer running every expert, for batches from many
     # callers. Optional; a profile without the key gets them where they fit.
     "expert_banks": {"kind": "bool", "default": True},
     # Long-term memory: the seed's capacity and the RAM the store may use (runtime/memory.py turns the budget
@@ -101,6 +100,12 @@ def _check_field(key: str, spec: dict, v, fail) -> None:
             fail(key, f"a non-empty list of integers, got {v!r}")
         if v[0] < 1 or any(a >= b for a, b in zip(v, v[1:])):
             fail(key, f"positive integers in strictly increasing order, got {v!r}")
+    elif kind == "backend":
+        from m3edge import backends  # stdlib only: a backend folder's declaration imports nothing else
+
+        allowed = backends.names(exporting=True)
+        if v not in allowed:
+            fail(key, f"one of {', '.join(map(repr, allowed))}, got {v!r}")
     elif kind == "precision":
         if not isinstance(v, dict):
             fail(key, f"an object mapping {', '.join(ROLES)} to a precision, got {_tname(v)}")
@@ -164,5 +169,7 @@ def validate(data: dict, source: str) -> None:
     if data["expert_memory_budget_mb"] > data["ram_gb"] * 1024:
         fail("expert_memory_budget_mb", f"at most ram_gb * 1024 = {data['ram_gb'] * 1024:g}, got "
              f"{data['expert_memory_budget_mb']!r}")
-    if data["backend"] == "onnxruntime" and not data["providers"]:
-        fail("providers", "at least one execution provider for the onnxruntime backend")
+    from m3edge import backends
+
+    if backends.capabilities(data["backend"]).providers and not data["providers"]:
+        fail("providers", f"at least one execution provider for the {data['backend']} backend")

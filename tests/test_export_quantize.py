@@ -11,7 +11,7 @@ from m3edge.checkpoint import build_agent
 from m3edge.export import pipeline, quantize
 from m3edge.export.capture import capture
 from m3edge.export.graphs import split
-from m3edge.export.onnx_export import export_module
+from m3edge.backends.onnxruntime.onnx_export import export_module
 from m3edge.export.parity import Gates
 from m3edge.data import load_split
 from m3edge.runtime.agent import EdgeAgent

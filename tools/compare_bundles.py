@@ -1,0 +1,137 @@
+"""Export every target profile at two commits and compare every bundle file's sha256 (issue 18's done-when).
+
+    python tools/compare_bundles.py --base f2c2f18 [--work runs/compare] [--only host-cpu,rpi5]
+
+The base commit gets its own checkout (``git worktree add --detach``) and its own ``make install``, so each side
+runs its own code with the same packages (the pip cache and the local torch file). Each side exports, for every
+profile in this checkout's ``targets/*.json``, ``--preset tiny --seed 0``, plus ``--checkpoint checkpoints/small``
+for host-cpu and rpi5. Both sides read the same absolute checkpoint and data paths: a manifest records the
+checkpoint's resolved path. A side's bundles already on disk are reused (``--fresh`` re-exports them), so the
+slow base side can run early and HEAD's later. Exit 0 when every bundle is byte-identical, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT_PROFILES = ("host-cpu", "rpi5")
+
+
+def sh(cmd: list[str], cwd: Path, log) -> None:
+    print("$", " ".join(cmd), file=log, flush=True)
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def checkout(base: str, where: Path, log) -> Path:
+    """A checkout of ``base`` with its own venv; made once, reused."""
+    if not (where / ".git").exists():
+        sh(["git", "worktree", "add", "--detach", str(where), base], ROOT, log)
+    if not (where / ".venv" / ".installed").exists():
+        sh(["make", "install"], where, log)
+    return where
+
+
+def jobs(targets_dir: Path, only: set[str] | None) -> list[tuple[str, list[str]]]:
+    """(bundle name, export arguments) for every profile: tiny everywhere, the small checkpoint where asked."""
+    out = []
+    for f in sorted(targets_dir.glob("*.json")):
+        name = json.loads(f.read_text())["name"]
+        if only and name not in only:
+            continue
+        out.append((f"{name}-tiny", ["--target", name, "--preset", "tiny", "--seed", "0"]))
+        if name in CHECKPOINT_PROFILES:
+            out.append((f"{name}-small", ["--target", name, "--checkpoint", str(ROOT / "checkpoints" / "small")]))
+    return out
+
+
+def export_side(tree: Path, out: Path, todo, fresh: bool, log) -> dict[str, float]:
+    seconds = {}
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for name, args in todo:
+        dest = out / name
+        if (dest / "manifest.json").is_file() and not fresh:
+            continue
+        t0 = time.time()
+        cmd = [str(tree / ".venv" / "bin" / "m3edge"), "export", *args, "--data-dir", str(ROOT / "calibration_data"),
+               "-o", str(dest), "--force"]
+        print("$", " ".join(cmd), file=log, flush=True)
+        subprocess.run(cmd, cwd=tree, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        seconds[name] = round(time.time() - t0, 1)
+    return seconds
+
+
+def digests(bundle: Path) -> dict[str, str]:
+    return {p.relative_to(bundle).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(bundle.rglob("*")) if p.is_file()}
+
+
+def fields(a, b, at: str = "") -> list[str]:
+    """Key paths where two JSON values differ (what changed in a manifest whose sha256 differs)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [f for k in sorted(set(a) | set(b)) for f in fields(a.get(k), b.get(k), f"{at}.{k}" if at else k)]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [f for i, (x, y) in enumerate(zip(a, b)) for f in fields(x, y, f"{at}[{i}]")]
+    return [] if a == b else [at or "(root)"]
+
+
+def compare(a: Path, b: Path) -> tuple[int, list[str]]:
+    da, db = digests(a), digests(b)
+    diffs = [f"only in {a.parent.name}: {p}" for p in sorted(set(da) - set(db))]
+    diffs += [f"only in {b.parent.name}: {p}" for p in sorted(set(db) - set(da))]
+    for p in sorted(set(da) & set(db)):
+        if da[p] != db[p]:
+            changed = ""
+            if p.endswith(".json"):
+                changed = " (fields: " + ", ".join(fields(json.loads((a / p).read_text()),
+                                                          json.loads((b / p).read_text()))[:8]) + ")"
+            diffs.append(f"sha256 differs: {p}{changed}")
+    return len(da), diffs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="f2c2f18", help="the commit to compare against")
+    ap.add_argument("--base-tree", default="/tmp/m3edge-base", help="where the base checkout lives")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "compare"), help="where both sides' bundles go")
+    ap.add_argument("--only", help="comma-separated profile names (default: every profile)")
+    ap.add_argument("--side", choices=["base", "head", "both"], default="both", help="export only one side")
+    ap.add_argument("--fresh", action="store_true", help="re-export bundles already on disk")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    todo = jobs(ROOT / "targets", set(args.only.split(",")) if args.only else None)
+    with open(work / "export.log", "a") as log:
+        if args.side in ("base", "both"):
+            base = checkout(args.base, Path(args.base_tree), log)
+            print("base seconds", export_side(base, work / "base", todo, args.fresh, log), flush=True)
+        if args.side in ("head", "both"):
+            print("head seconds", export_side(ROOT, work / "head", todo, args.fresh, log), flush=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    bad, files = 0, 0
+    for name, _ in todo:
+        a, b = work / "base" / name, work / "head" / name
+        if not (a / "manifest.json").is_file() or not (b / "manifest.json").is_file():
+            print(f"{name}: missing on one side")
+            bad += 1
+            continue
+        n, diffs = compare(a, b)
+        files += n
+        print(f"{name}: {n} files, " + ("identical" if not diffs else f"{len(diffs)} differ"))
+        for d in diffs[:10]:
+            print("   ", d)
+        bad += bool(diffs)
+    print(f"{args.base} vs {head}: {len(todo)} bundles, {files} files, "
+          + ("every sha256 identical" if not bad else f"{bad} bundle(s) differ"))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
