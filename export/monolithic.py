@@ -86,8 +86,8 @@ def export_monolithic(agent, out: str | Path, opset: int = OPSET, example_tokens
 
 
 def session(path: str | Path, threads: int = 2):
-    """An onnxruntime session with the runtime's own options (see m3edge/backends/onnxruntime/runtime.py), so the comparison
-    is between graph layouts, not session settings."""
+    """An onnxruntime session with the runtime's own options (m3edge/backends/onnxruntime/runtime.py), so the
+    comparison is between graph layouts, not session settings."""
     from m3edge.backends import SessionConfig
     from m3edge.backends.onnxruntime.runtime import OrtGraph
 

@@ -23,6 +23,7 @@ from m3edge import backends
 from m3edge.backends import SessionConfig, open_graph
 from m3edge.export import quantize as q
 from m3edge.export.parity import Gates, end_to_end
+from m3edge.manifest import Manifest
 from m3edge.export.validate import GraphCheck, ValidationError, by_module, compare, summarise
 from m3edge.runtime.executor import BundleExecutor
 
@@ -120,6 +121,12 @@ def bank_rows(agent, target, opts: ExportOptions) -> int | None:
     return next((b for b in target.capacity_buckets if b >= opts.bank_rows), None)
 
 
+def typed(manifest: dict, root: Path) -> str:
+    """The manifest as written: through its typed form (m3edge/manifest.py), so a field export gets wrong fails
+    here, naming it, and what is written is what the runtime's validation reads back."""
+    return bfmt.dumps(Manifest.from_dict(manifest, root / bfmt.MANIFEST).to_dict())
+
+
 def stage_check(root: Path, entry: dict, spec, cal, session, opts: ExportOptions) -> GraphCheck:
     """Stage 2 for one graph: structure and static shapes, then the backend against torch on real inputs."""
     src = bfmt.graph_file(entry, lambda rel: (root / rel).read_bytes())
@@ -197,7 +204,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
         }
         manifest["graphs"], manifest["graph_sets"], manifest["files"] = bfmt.pack(
             entries, sorted(files.values(), key=lambda f: f["path"]))
-        (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
+        (tmp / bfmt.MANIFEST).write_text(typed(manifest, tmp))
         executor = BundleExecutor(bfmt.open_bundle(tmp, verify=False), session)
         quantized = any(e["precision"] != "fp32" for e in entries)
         e2e = end_to_end(agent, executor, eval_text, opts.parity_tokens, opts.gates, quantized)
@@ -223,7 +230,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
             (tmp / "reports" / "calibration.json").write_text(bfmt.dumps(calibration))
             written.append("reports/calibration.json")
         manifest["files"] = sorted(manifest["files"] + [bfmt.file_entry(tmp, w) for w in written], key=lambda f: f["path"])
-        (tmp / bfmt.MANIFEST).write_text(bfmt.dumps(manifest))
+        (tmp / bfmt.MANIFEST).write_text(typed(manifest, tmp))
         if failed:
             raise ExportFailed(f"{len(failed)} graph(s) failed validation, first: {failed[0].path}: "
                                f"{failed[0].status} {failed[0].message}", report)

@@ -227,9 +227,12 @@ def entry_files(entries) -> set[str]:
     return {f for e in entries for f in (e["path"], *weights_files(e))}
 
 
-def _check_paths(m: dict, mpath: Path) -> None:
-    for f in m["files"]:
-        safe_path(mpath.parent, f["path"])
+def _check_paths(m, mpath: Path) -> None:
+    """Before anything else: a path that leaves the bundle is refused as that, whatever else is wrong."""
+    files = m.get("files") if isinstance(m, dict) else None
+    for f in files if isinstance(files, list) else ():
+        if isinstance(f, dict) and isinstance(f.get("path"), str):
+            safe_path(mpath.parent, f["path"])
 
 
 def read_manifest(root: str | Path) -> tuple[dict, Manifest]:
@@ -244,11 +247,11 @@ def read_manifest(root: str | Path) -> tuple[dict, Manifest]:
         m = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{mpath}: not valid JSON ({e})") from None
+    _check_paths(m, mpath)
     try:
         spec = Manifest.from_dict(m, mpath)  # every field, typed and validated (m3edge/manifest.py)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # a check the validator lacks: still one line
         raise BadInput(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
-    _check_paths(m, mpath)
     m["graphs"] = spec.entries()
     return m, spec
 

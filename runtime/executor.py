@@ -166,7 +166,7 @@ class BundleExecutor:
         weights = weights_files(entry)
         # A bank runs its experts one after another: each gets the threads one expert call would.
         weight_bytes = (self.file_sizes[entry["path"]] + sum(self.file_sizes[w] for w in weights)) // max(1, len(weights))
-        threads = self.session.threads_for(weight_bytes, entry["bucket"], entry.get("precision", "fp32"))
+        threads = self.session.threads_for(weight_bytes, entry["bucket"], entry["precision"])
         cfg = self.session if threads == self.session.threads else replace(self.session, threads=threads)
         return open_graph(self.bundle.graph_file(entry), entry, cfg)
 
@@ -197,7 +197,7 @@ class BundleExecutor:
                 if g is None:
                     template = weights_as_inputs(self.bundle.read(entry["path"]))
                     nbytes = sum(t.length for t in template.tensors)
-                    threads = self.session.threads_for(nbytes, entry["bucket"], entry.get("precision", "fp32"))
+                    threads = self.session.threads_for(nbytes, entry["bucket"], entry["precision"])
                     providers = [p for p in self.session.providers_for(None) if p[0] not in NOT_SHARED]
                     cfg = replace(self.session, threads=threads, target=None, providers=providers)
                     runtime = backends.runtime(backends.graph_backend(entry, self.session))

@@ -7,6 +7,9 @@ from conftest import BLOCK_TORCH as GUARD
 
 BLOCK_TORCH = GUARD + """
 import m3edge, m3edge.runtime, m3edge.targets, m3edge.config, m3edge.data, m3edge.cli
+import m3edge.backends, m3edge.routing, m3edge.manifest, m3edge.runtime.agent, m3edge.runtime.options
+from m3edge import backends
+[backends.runtime(n) for n in backends.names()]  # every runtime side, the reference one included
 assert "torch" not in sys.modules
 print("ok")
 """

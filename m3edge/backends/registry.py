@@ -125,8 +125,9 @@ def graph_backend(entry: dict, cfg=None) -> str:
     if override:
         chosen = get(override)
         if not chosen.runs(entry["backend"]):
-            raise BadInput(f"{entry['path']}: the {chosen.name} backend cannot run {get(entry['backend']).capabilities.graph_format} "
-                           f"graphs (this bundle's backend is {entry['backend']})")
+            fmt = get(entry["backend"]).capabilities.graph_format
+            raise BadInput(f"{entry['path']}: the {chosen.name} backend cannot run {fmt} graphs (this bundle's "
+                           f"backend is {entry['backend']})")
         return chosen.name
     return entry["backend"]
 

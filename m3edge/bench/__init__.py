@@ -878,11 +878,10 @@ def goals(res: dict) -> list[dict]:
     out = []
     for model in res.get("models", {}):
         torch_r, mono = _row(res, model, "torch-eager", "fp32"), _row(res, model, "onnx-monolithic", "fp32")
-        for eng in ("m3edge-runtime", "m3edge-runtime-litert"):
+        for eng, label in (("m3edge-runtime", "runtime INT8"), ("m3edge-runtime-litert", "runtime INT8 (LiteRT)")):
             r = _row(res, model, eng, "int8")
             if r is None:
                 continue
-            label = "runtime INT8" + (" (LiteRT)" if eng.endswith("litert") else "")
             out.append(_goal(f"{model}: {label} >= 2x torch eager at batch 1",
                              r["bytes_per_s"] / torch_r["bytes_per_s"] if torch_r else None, 2.0, issue=8))
             out.append(_goal(f"{model}: {label} ahead of the monolithic onnx export at batch 1",
