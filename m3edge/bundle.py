@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 
 from m3edge.atomic import atomic_dir
 from m3edge.errors import BadInput
-from m3edge.manifest import ROLES, Manifest
+from m3edge.manifest import ROLES, Manifest  # noqa: F401 (ROLES: the graph roles, for the export)
 
 SCHEMA_VERSION = 3  # 2: expert banks (role "bank", a list of weights files); 3: shared graph files
 READS = (3,)  # a schema 2 graph names its weights file itself: re-export (the message says so)

@@ -52,19 +52,22 @@ def jobs(targets_dir: Path, only: set[str] | None) -> list[tuple[str, list[str]]
     return out
 
 
-def export_side(tree: Path, out: Path, todo, fresh: bool, log) -> dict[str, float]:
-    seconds = {}
+def export_side(tree: Path, out: Path, todo, fresh: bool, log) -> dict[str, float | str]:
+    seconds: dict[str, float | str] = {}
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for name, args in todo:
         dest = out / name
         if (dest / "manifest.json").is_file() and not fresh:
             continue
         t0 = time.time()
+        # --allow-accuracy-drop: a random-init tiny model can miss an INT8 gate (rpi5-tflite's top-1 agreement);
+        # the bundle is still written, and what is compared is its bytes. A bundle that passes its gates is the
+        # same with or without the flag (the report records a drop as accepted only where one happened).
         cmd = [str(tree / ".venv" / "bin" / "m3edge"), "export", *args, "--data-dir", str(ROOT / "calibration_data"),
-               "-o", str(dest), "--force"]
+               "-o", str(dest), "--force", "--allow-accuracy-drop"]
         print("$", " ".join(cmd), file=log, flush=True)
-        subprocess.run(cmd, cwd=tree, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-        seconds[name] = round(time.time() - t0, 1)
+        r = subprocess.run(cmd, cwd=tree, stdout=log, stderr=subprocess.STDOUT, env=env)
+        seconds[name] = round(time.time() - t0, 1) if r.returncode == 0 else f"failed (exit {r.returncode})"
     return seconds
 
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:  # annotations only: this module stays stdlib
+    import numpy as np
 
 
 @dataclass(frozen=True)

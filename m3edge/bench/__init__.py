@@ -230,7 +230,7 @@ def run_bench(bundle: str | Path, data_dir: Path, threads: int = 2, n_prompts: i
     precision = sorted(set(b.manifest["precision"]["graphs"].values()))
     rows, sweep = [], []
     engines = ([("torch-eager", {"engine": "torch"})] if with_torch else []) + [
-        ("m3edge-runtime", {"engine": "runtime", "cache": cfg["n_experts"], "policy": "lru", "prefetch": False})]
+        ("m3edge-runtime", {"engine": "runtime", "cache": cfg["n_experts"], "policy": "lru", "prefetch": "off"})]
     for name, extra in engines:
         r = measure(base | extra | {"temperature": 0.0})
         rows.append({"engine": name, "precision": "fp32" if name == "torch-eager" else "/".join(precision),
