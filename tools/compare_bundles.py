@@ -3,7 +3,9 @@
     python tools/compare_bundles.py --base f2c2f18 [--work runs/compare] [--only host-cpu,rpi5]
 
 The base commit gets its own checkout (``git worktree add --detach``) and its own ``make install``, so each side
-runs its own code with the same packages (the pip cache and the local torch file). Each side exports, for every
+runs its own code with the same packages (the pip cache and the local torch file). Where a report quotes a source
+path (litert-torch's error when a module is kept fp32), the two checkouts' paths are the only difference; the
+script says so (``path_only``) and counts that bundle apart. Each side exports, for every
 profile in this checkout's ``targets/*.json``, ``--preset tiny --seed 0``, plus ``--checkpoint checkpoints/small``
 for host-cpu and rpi5. Both sides read the same absolute checkpoint and data paths: a manifest records the
 checkpoint's resolved path. A side's bundles already on disk are reused (``--fresh`` re-exports them), so the
@@ -68,7 +70,14 @@ def export_side(tree: Path, out: Path, todo, fresh: bool, log) -> dict[str, floa
         print("$", " ".join(cmd), file=log, flush=True)
         r = subprocess.run(cmd, cwd=tree, stdout=log, stderr=subprocess.STDOUT, env=env)
         seconds[name] = round(time.time() - t0, 1) if r.returncode == 0 else f"failed (exit {r.returncode})"
+        # The commit this bundle was exported at (the summary names it, not whatever HEAD is when comparing).
+        (out / f"{name}.commit").write_text(rev(tree) + "\n")
     return seconds
+
+
+def rev(tree: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 def digests(bundle: Path) -> dict[str, str]:
@@ -125,7 +134,11 @@ def compare(a: Path, b: Path) -> tuple[int, list[str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="f2c2f18", help="the commit to compare against")
-    ap.add_argument("--base-tree", default="/tmp/m3edge-base", help="where the base checkout lives")
+    # As long as this checkout's path: litert-torch's error text quotes a module's source path and the report
+    # keeps its first 300 characters, so paths of equal length truncate alike and differ only in the path itself.
+    default_tree = "/tmp/m3edge-base"
+    default_tree += "0" * max(0, len(str(ROOT)) - len(default_tree))
+    ap.add_argument("--base-tree", default=default_tree, help="where the base checkout lives")
     ap.add_argument("--work", default=str(ROOT / "runs" / "compare"), help="where both sides' bundles go")
     ap.add_argument("--only", help="comma-separated profile names (default: every profile)")
     ap.add_argument("--side", choices=["base", "head", "both", "none"], default="both", help="export only one side")
@@ -140,7 +153,10 @@ def main() -> int:
             print("base seconds", export_side(base, work / "base", todo, args.fresh, log), flush=True)
         if args.side in ("head", "both"):
             print("head seconds", export_side(ROOT, work / "head", todo, args.fresh, log), flush=True)
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    def commits(side: str) -> str:
+        stamps = {(work / side / f"{n}.commit").read_text().strip() if (work / side / f"{n}.commit").is_file() else "?"
+                  for n, _ in todo}
+        return "/".join(sorted(stamps))
     bad, files, quoted = 0, 0, 0
     for name, _ in todo:
         a, b = work / "base" / name, work / "head" / name
@@ -158,7 +174,7 @@ def main() -> int:
             print("   ", d)
         bad += bool(diffs) and not only_paths
         quoted += bool(only_paths)
-    print(f"{args.base} vs {head}: {len(todo)} bundles, {files} files, "
+    print(f"{commits('base')} vs {commits('head')}: {len(todo)} bundles, {files} files, "
           + (f"{bad} bundle(s) differ" if bad else "every sha256 identical" if not quoted else
              f"every sha256 identical except {quoted} bundle(s) whose reports quote the checkout's path"))
     return 1 if bad else 0
