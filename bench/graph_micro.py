@@ -167,8 +167,9 @@ def measure(label: str, path: Path, threads: int | None, runs: int, profile: Pat
 
 def generate(path: Path, n: int, threads: int | None) -> float:
     from m3edge.runtime.agent import EdgeAgent
+    from m3edge.runtime.options import RuntimeOptions
 
-    with EdgeAgent.open(path, threads=threads) as agent:
+    with EdgeAgent.open(path, options=RuntimeOptions(threads=threads)) as agent:
         agent.generate(b"def ", 8)  # warm: sessions and caches
         t = time.perf_counter()
         out = agent.generate(b"def main():\n    ", n)

@@ -8,8 +8,8 @@
   router L   x [T, d], bias [T, E]          -> h [T, d] (the layer's pre-norm), logits [T, E]
   expert L,e h [C, d]                       -> y [C, d]      one graph per expert, exported on its own
                                                                (its exact single-token view: export/views.py)
-  bank L     x [E*C, d]                     -> y [E*C, d]    every expert of layer L, C rows each (export/bank.py;
-                                                               optional, built from the expert graphs)
+  bank L     x [E*C, d]                     -> y [E*C, d]    every expert of layer L, C rows each (optional,
+                                                               built from the expert graphs: onnxruntime/bank.py)
   head       x [T, d]                       -> logits [T, 256]
   reader     logits [T, 256], scores /      -> logp [T, 256]  the memory read: a kNN-LM mix of what followed the
              exact / valid [T, R] float,                      retrieved memories (m3edge/model/reader.py)
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3edge.export.bank import BankReference
+from m3edge.backends.onnxruntime.bank import BankReference
 from m3edge.export.views import export_view
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from m3edge import routing
 from m3edge.errors import BadInput
 
 OPSET = 17
@@ -43,9 +44,9 @@ class MonolithicStep(nn.Module):
     def moe(self, layer, h, bias):
         k = layer.cfg.top_k
         logits = layer.gate(h) + bias
-        # ONNX TopK breaks ties toward the lower index: the routing contract's rule.
-        values, index = torch.topk(logits, k, dim=-1)
-        weight = torch.softmax(values, dim=-1)
+        # ONNX TopK breaks ties toward the lower index: the routing contract's rule (tests/test_routing.py).
+        values, index = routing.select_topk_traceable(logits, k)
+        weight = routing.topk_weights(values)
         out = torch.zeros_like(h)
         pad = torch.zeros(1, dtype=torch.long)
         for e, expert in enumerate(layer.experts):
@@ -69,7 +70,7 @@ class MonolithicStep(nn.Module):
 
 def export_monolithic(agent, out: str | Path, opset: int = OPSET, example_tokens: int = 2) -> Path:
     """Write ``out`` (one .onnx; weights beside it as ``<name>.data`` when over protobuf's 2 GB)."""
-    if agent.cfg.routing != "dropless":  # the rewritten step has no capacity rule: it would be another model
+    if routing.get(agent.cfg.routing).drops:  # the rewritten step drops no pair: it would be another model
         raise BadInput(f"the monolithic baseline computes dropless routing; this model routes {agent.cfg.routing!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +86,10 @@ def export_monolithic(agent, out: str | Path, opset: int = OPSET, example_tokens
 
 
 def session(path: str | Path, threads: int = 2):
-    """An onnxruntime session with the runtime's own options (see runtime/graph.py), so the comparison
-    is between graph layouts, not session settings."""
-    from m3edge.runtime.graph import OrtGraph, SessionConfig
+    """An onnxruntime session with the runtime's own options (m3edge/backends/onnxruntime/runtime.py), so the
+    comparison is between graph layouts, not session settings."""
+    from m3edge.backends import SessionConfig
+    from m3edge.backends.onnxruntime.runtime import OrtGraph
 
     return OrtGraph(path, SessionConfig(threads=threads))
 

@@ -69,7 +69,7 @@ class QuantTypes:
 # unpacked path, 0.8-1.5 ms for a 1024 -> 768 gate against 0.12 ms prepacked (onnxruntime profile, d_model 1024),
 # so an ARM INT8 episodic expert ran 2.3x *slower* than fp32 on this x86 host (142 ms vs 61 ms at load 20;
 # 5.2 ms with dedicated pairs). The runtime turns off onnxruntime's common-subexpression elimination, which
-# would merge the pairs back (runtime/graph.py). On ARM64 MLAS packs S8S8 itself; the extra QuantizeLinear
+# would merge the pairs back (m3edge/backends/onnxruntime/runtime.py). On ARM64 MLAS packs S8S8 itself; the extra QuantizeLinear
 # per Gemm costs about a microsecond at batch 1.
 # Q/DQ on the inputs and weights of MatMul/Gemm only; their results stay float (measured above).
 FLOAT_OUTPUTS = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}

@@ -63,7 +63,7 @@ def static_shape(value_info) -> list:
 
 def check_structure(src, expected_in: dict[str, list[int]], expected_out: dict[str, list[int]]) -> None:
     """``src``: a bundle GraphFile, the graph with its weights in memory."""
-    from m3edge.export.onnx_export import attach
+    from m3edge.backends.onnxruntime.onnx_export import attach
 
     path = Path(src.name)
     try:
@@ -141,7 +141,7 @@ def by_module(checks: list[GraphCheck]) -> list[dict]:
 def summarise(checks: list[GraphCheck]) -> list[dict]:
     """One row per role: graphs, failures, the worst diff and where it is."""
     rows = []
-    from m3edge.bundle import ROLES
+    from m3edge.manifest import ROLES
 
     for role in ROLES:
         mine = [c for c in checks if c.role == role]

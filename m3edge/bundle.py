@@ -34,12 +34,12 @@ from pathlib import Path, PurePosixPath
 
 from m3edge.atomic import atomic_dir
 from m3edge.errors import BadInput
+from m3edge.manifest import Manifest
 
 SCHEMA_VERSION = 3  # 2: expert banks (role "bank", a list of weights files); 3: shared graph files
 READS = (3,)  # a schema 2 graph names its weights file itself: re-export (the message says so)
 FORMAT = "m3edge-bundle"
 MANIFEST = "manifest.json"
-ROLES = ("encoder", "memory", "alignment", "router", "expert", "bank", "head", "reader")
 
 
 def sha256_file(path: Path) -> str:
@@ -105,18 +105,6 @@ def pack(entries: list[dict], files: list[dict]) -> tuple[list[dict], dict, list
     return list(modules.values()), sets, [f | ports.get(f["path"], {}) for f in files]
 
 
-def unpack(modules: list, sets: dict, files: dict[str, dict]) -> list[dict]:
-    """The manifest's modules -> one entry per (module, bucket), ports and sha256 from the files record."""
-    entries = []
-    for m in modules:
-        for bucket, item in sorted(sets[m["graphs"]].items(), key=lambda kv: int(kv[0])):
-            item = {"path": item} if isinstance(item, str) else item
-            f = files[item["path"]]
-            entries.append({k: m.get(k) for k in MODULE_KEYS} | {k: f.get(k) for k in PORT_KEYS}
-                           | {"bucket": int(bucket), "sha256": f["sha256"], "bytes": f["bytes"]} | item)
-    return entries
-
-
 WEIGHTS = "weights"  # what an ONNX graph of schema 3 calls its external data
 
 
@@ -162,7 +150,8 @@ class Bundle:
     """An opened bundle: its folder and its manifest (one entry per graph and bucket); reads are sha256-checked."""
 
     root: Path
-    manifest: dict
+    manifest: dict  # as read, ``graphs`` expanded per (module, bucket)
+    spec: Manifest | None = None  # the same, typed and validated; what new code reads
 
     def __post_init__(self):
         self._index = {(g["role"], g["bucket"], g["layer"], g["expert"]): g for g in self.manifest["graphs"]}
@@ -232,14 +221,6 @@ class Bundle:
         return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _listed_weights(g: dict, listed: set) -> bool:
-    """A graph's weights: none or one listed file; a bank's, a list of listed files (its experts')."""
-    weights = g.get("weights")
-    if g["role"] == "bank":
-        return isinstance(weights, list) and bool(weights) and all(isinstance(w, str) and w in listed for w in weights)
-    return weights is None or (isinstance(weights, str) and weights in listed)
-
-
 def weights_files(entry: dict) -> list[str]:
     w = entry.get("weights")
     return list(w) if isinstance(w, list) else [w] if w else []
@@ -251,61 +232,16 @@ def entry_files(entries) -> set[str]:
     return {f for e in entries for f in (e["path"], *weights_files(e))}
 
 
-def _check_files(m: dict, mpath: Path) -> None:
-    for f in m["files"]:
-        if not (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("bytes"), int)
-                and isinstance(f.get("sha256"), str) and len(f["sha256"]) == 64):
-            raise BadInput(f"{mpath}: malformed files entry {json.dumps(f)[:80]}")
-        safe_path(mpath.parent, f["path"])
+def _check_paths(m, mpath: Path) -> None:
+    """Before anything else: a path that leaves the bundle is refused as that, whatever else is wrong."""
+    files = m.get("files") if isinstance(m, dict) else None
+    for f in files if isinstance(files, list) else ():
+        if isinstance(f, dict) and isinstance(f.get("path"), str):
+            safe_path(mpath.parent, f["path"])
 
 
-def _unpack(m: dict, mpath: Path) -> list[dict]:
-    files = {f["path"]: f for f in m["files"]}
-    sets = m.get("graph_sets")
-    if not isinstance(sets, dict):
-        raise BadInput(f"{mpath}: missing key 'graph_sets'")
-    for g in m["graphs"]:
-        if g.get("graphs") not in sets:
-            raise BadInput(f"{mpath}: module {g.get('role')} {g.get('layer')} {g.get('expert')} names graph set "
-                           f"{g.get('graphs')!r}, which the manifest does not have")
-        for item in sets[g["graphs"]].values():
-            path = item if isinstance(item, str) else item.get("path")
-            if path not in files:
-                raise BadInput(f"{mpath}: graph file {path!r} is not listed in files")
-    return unpack(m["graphs"], sets, files)
-
-
-def _check_entries(m: dict, mpath: Path) -> None:
-    """Types of every file and graph entry, and every graph the model and buckets imply."""
-    from m3edge.config import ModelConfig
-
-    def bad(msg):
-        raise BadInput(f"{mpath}: {msg}")
-
-    listed = {f["path"] for f in m["files"]}
-    have = set()
-    for g in m["graphs"]:
-        if not (isinstance(g, dict) and g.get("role") in ROLES and isinstance(g.get("bucket"), int)
-                and isinstance(g.get("path"), str) and g["path"] in listed and _listed_weights(g, listed)
-                and all(isinstance(g.get(k), (int, type(None))) for k in ("layer", "expert"))):
-            bad(f"malformed or unlisted graph entry {json.dumps(g)[:80]}")
-        have.add((g["role"], g["bucket"], g["layer"], g["expert"]))
-    cfg = ModelConfig.from_dict(m["model_config"], f"{mpath} model_config")
-    r = m["routing"]
-    need = {(role, b, None, None) for role in ("encoder", "memory", "alignment", "head") for b in r["token_buckets"]}
-    need |= {("router", b, layer, None) for layer in range(cfg.n_layers) for b in r["token_buckets"]}
-    need |= {("expert", b, layer, e) for layer in range(cfg.n_layers) for e in range(cfg.n_experts)
-             for b in r["capacity_buckets"]}
-    for g in m["graphs"]:
-        if g["role"] == "bank" and (g["layer"] not in range(cfg.n_layers) or len(g["weights"]) != cfg.n_experts):
-            bad(f"bank {g['path']} does not fit the model ({cfg.n_layers} layers of {cfg.n_experts} experts)")
-    missing = sorted(need - have, key=str)
-    if missing:
-        role, bucket, layer, expert = missing[0]
-        bad(f"incomplete bundle: no {role} graph for layer {layer}, expert {expert}, bucket {bucket}")
-
-
-def read_manifest(root: str | Path) -> dict:
+def read_manifest(root: str | Path) -> tuple[dict, Manifest]:
+    """The manifest as read (its ``graphs`` expanded to one entry per module and bucket) and as typed data."""
     root = Path(root)
     if not root.is_dir():
         raise BadInput(f"{root}: bundle directory not found")
@@ -316,27 +252,19 @@ def read_manifest(root: str | Path) -> dict:
         m = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{mpath}: not valid JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise BadInput(f"{mpath}: not an {FORMAT} manifest")
-    if m.get("schema_version") not in READS:
-        raise BadInput(f"{mpath}: schema_version {m.get('schema_version')!r}, this m3edge reads "
-                       f"{' and '.join(map(str, READS))} (re-export the bundle with this m3edge)")
-    for key in ("graphs", "files", "model_config", "target", "routing"):
-        if key not in m:
-            raise BadInput(f"{mpath}: missing key {key!r}")
+    _check_paths(m, mpath)
     try:
-        _check_files(m, mpath)
-        m["graphs"] = _unpack(m, mpath)
-        _check_entries(m, mpath)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        spec = Manifest.from_dict(m, mpath)  # every field, typed and validated (m3edge/manifest.py)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a check the validator lacks: still one line
         raise BadInput(f"{mpath}: malformed manifest ({type(e).__name__}: {e})") from None
-    return m
+    m["graphs"] = spec.entries()
+    return m, spec
 
 
 def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
     """Read the manifest and (by default) check every listed file's size and sha256."""
     root = Path(root)
-    m = read_manifest(root)
+    m, spec = read_manifest(root)
     if verify:
         for f in m["files"]:
             p = safe_path(root, f["path"])
@@ -351,7 +279,7 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
             rel = p.relative_to(root).as_posix()
             if not p.is_dir() and rel not in listed:
                 raise BadInput(f"{p}: not listed in the manifest (an m3edge bundle holds only listed files)")
-    return Bundle(root, m)
+    return Bundle(root, m, spec)
 
 
 def is_bundle(path: Path) -> bool:

@@ -68,13 +68,13 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def targets(as_json):
     """List the target profiles."""
-    from m3edge import targets as t
+    from m3edge import backends, targets as t
 
     rows = [{"name": p.name, "aliases": list(p.aliases), "arch": p.arch, "backend": p.backend,
              "providers": [pr["name"] for pr in p.providers]} for p in t.all_targets()]
-    # A tflite profile runs LiteRT's interpreter with its default XNNPACK delegate: no ORT providers.
+    # A backend without execution providers (LiteRT: its interpreter with the XNNPACK delegate) names its engine.
     lines = [f"{r['name']:<18} {','.join(r['aliases']) or '-':<10} {r['arch']:<8} {r['backend']:<12} "
-             f"{' > '.join(r['providers']) or 'LiteRT interpreter (XNNPACK)'}" for r in rows]
+             f"{' > '.join(r['providers']) or backends.capabilities(r['backend']).engine}" for r in rows]
     emit({"targets": rows}, as_json, "\n".join(lines))
 
 
@@ -311,10 +311,10 @@ def inspect(bundle_dir, as_json):
     from m3edge.bundle import open_bundle
 
     b = open_bundle(bundle_dir)
-    m = b.manifest
+    m, spec = b.manifest, b.spec
     graphs = [{k: g[k] for k in ("role", "layer", "expert", "bucket", "path", "sha256", "bytes", "precision")}
               for g in m["graphs"]]
-    total = sum(f["bytes"] for f in m["files"])
+    total = sum(f.bytes for f in spec.files)
     parity = b.report("parity")
     summary = None if parity is None else {
         "passed": parity["passed"], "logits_max_abs_diff": parity["end_to_end"]["logits_max_abs_diff"],
@@ -331,23 +331,23 @@ def inspect(bundle_dir, as_json):
             r["bytes"] += g["bytes"]
         r["precision"].add(g["precision"])
     # Weights: ONNX's shared external-data files; a TFLite flatbuffer carries its weights inside.
-    weights = sum(f["bytes"] for f in m["files"] if f["path"].endswith(".weights"))
-    out = {"schema_version": m["schema_version"], "target": m["target"]["name"], "routing": m["routing"],
-           "total_bytes": total, "weights_bytes": weights, "versions": m["versions"], "source": m["source"],
-           "precision": m["precision"], "graphs": graphs, "parity": summary,
+    weights = sum(f.bytes for f in spec.files if f.path.endswith(".weights"))
+    out = {"schema_version": spec.schema_version, "target": spec.target.name, "routing": spec.routing.to_dict(),
+           "total_bytes": total, "weights_bytes": weights, "versions": spec.versions, "source": spec.source,
+           "precision": spec.precision.to_dict(), "graphs": graphs, "parity": summary,
            "roles": {k: {**v, "precision": sorted(v["precision"])} for k, v in roles.items()}}
-    cfg = m["model_config"]
-    lines = [f"bundle     {bundle_dir}  (schema {m['schema_version']}, sha256 verified)",
-             f"target     {m['target']['name']} ({m['target']['arch']}, {m['target']['backend']})",
-             f"model      d_model {cfg['d_model']}, {cfg['n_layers']} layers x {cfg['n_experts']} experts, top-{cfg['top_k']}",
-             f"routing    {m['routing']['mode']}, token buckets {m['routing']['token_buckets']}, "
-             f"capacity buckets {m['routing']['capacity_buckets']}",
+    cfg, t, r = spec.model_config, spec.target, spec.routing
+    lines = [f"bundle     {bundle_dir}  (schema {spec.schema_version}, sha256 verified)",
+             f"target     {t.name} ({t.arch}, {t.backend})",
+             f"model      d_model {cfg.d_model}, {cfg.n_layers} layers x {cfg.n_experts} experts, top-{cfg.top_k}",
+             f"routing    {r.mode}, token buckets {list(r.token_buckets)}, "
+             f"capacity buckets {list(r.capacity_buckets)}",
              f"size       {total / 1e6:.2f} MB" + (f" ({weights / 1e6:.2f} MB weights, shared across buckets)"
                                                       if weights else " (weights inside the graph files)")]
     for role, r in out["roles"].items():
         lines.append(f"  {role:<10} {r['graphs']:>5} graphs in {r['files']:>3} files  {r['bytes'] / 1e3:>8.1f} kB  "
                      f"{'/'.join(r['precision'])}")
-    for note in m["precision"]["notes"]:
+    for note in spec.precision.notes:
         lines.append(f"  note: {note}")
     if summary:
         lines.append(f"parity     {'PASS' if summary['passed'] else 'FAIL'}: per-graph max |diff| "
@@ -388,11 +388,13 @@ def extract(bundle_dir, module, output, bucket, external_data, as_json):
 @click.option("--tokens", default=2048, show_default=True, type=click.IntRange(1))
 @click.option("--logits-atol", default=1e-4, show_default=True, type=click.FloatRange(0),
               help="End-to-end logits gate (DESIGN.md's default).")
+@click.option("--backend", "backend_name", help="Run the graphs with this backend instead of the bundle's own, e.g. "
+                                                "reference (onnx's ReferenceEvaluator: slow, an independent oracle).")
 @click.option("--json", "as_json", is_flag=True)
 @quiet_option
-def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol, as_json, quiet):
+def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol, backend_name, as_json, quiet):
     """Re-run end-to-end parity of a bundle against torch; exit 1 when a gate fails."""
-    from m3edge import checkpoint
+    from m3edge import backends, checkpoint
     from m3edge.bundle import open_bundle
     from m3edge.data import default_data_dir, load_split, read_bytes
     from m3edge.errors import CheckFailed
@@ -401,18 +403,22 @@ def verify(bundle_dir, text_file, checkpoint_dir, data_dir, tokens, logits_atol,
     from m3edge.runtime.executor import BundleExecutor
 
     b = open_bundle(bundle_dir)
-    agent = checkpoint.agent_from_source(b.manifest["source"], checkpoint_dir)
-    if agent.cfg.to_dict() != b.manifest["model_config"]:
+    session = backends.SessionConfig(backend=backend_name)
+    if backend_name:  # refused before torch is loaded: an unknown name, or one that cannot read these graphs
+        backends.runtime(backends.graph_backend(b.graphs[0], session))
+    agent = checkpoint.agent_from_source(b.spec.source, checkpoint_dir)
+    if agent.cfg != b.spec.model_config:
         raise CheckFailed("the torch agent's config differs from the bundle's model_config")
     text = read_bytes(text_file) if text_file else load_split(Path(data_dir) if data_dir else default_data_dir(), "eval")
     # The user's gates, never the ones a bundle carries; weight-only graphs get DESIGN.md's weight-only gates.
     gates = Gates(logits_atol=logits_atol).for_precisions({g["precision"] for g in b.graphs})
     quantized = any(g["precision"] != "fp32" for g in b.graphs)  # judged by the accuracy gates, not atol
     with Progress("verify", E2E_STEPS, "step", quiet) as bar:
-        r = end_to_end(agent, BundleExecutor(b), text, tokens, gates, quantized,
+        r = end_to_end(agent, BundleExecutor(b, session), text, tokens, gates, quantized,
                        lambda label: bar.update(1, label, force=True))
     out = {k: r[k] for k in ("passed", "logits_max_abs_diff", "routing_agreement", "top1_agreement", "bits_per_byte",
                              "tokens", "passes", "gates")}
+    out["backend"] = backends.graph_backend(b.graphs[0], session)
     emit(out, as_json, format_end_to_end(r))
     if not r["passed"]:
         raise CheckFailed("parity gates failed")
@@ -452,6 +458,7 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
 
     from m3edge import limits
     from m3edge.runtime.agent import EdgeAgent
+    from m3edge.runtime.options import RuntimeOptions
 
     exit_on_sigterm()
 
@@ -463,8 +470,9 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
     if memory_dir is not None:
         limits.outside_bundles("--memory-dir", memory_dir)
     t0 = time.perf_counter()
-    agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts, policy=policy,
-                           prefetch=prefetch, strict=strict, engine_cache=engine_cache)
+    options = RuntimeOptions(cache_experts=cache_experts, policy=policy, prefetch=prefetch, strict=strict,
+                             engine_cache=engine_cache)
+    agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, options=options)
     try:
         with agent:
             t1 = time.perf_counter()
@@ -688,14 +696,16 @@ def serve(bundle_dir, host, port, memory_dir, engine_cache, cache_experts, batch
         raise BadInput("m3edge serve needs the serve extra: pip install 'm3edge[serve]'") from None
     from m3edge.runtime.agent import EdgeAgent
     from m3edge.runtime.batcher import BatcherConfig
+    from m3edge.runtime.options import RuntimeOptions
 
     if memory_dir is not None:
         from m3edge.limits import outside_bundles
 
         outside_bundles("--memory-dir", memory_dir)
     bind(host, port, backlog).close()  # a busy port is one line and exit 2 before the bundle is loaded
-    agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir, cache_experts=cache_experts,
-                           expert_workers=expert_workers, engine_cache=engine_cache)
+    agent = EdgeAgent.open(bundle_dir, memory_dir=memory_dir,
+                           options=RuntimeOptions(cache_experts=cache_experts, expert_workers=expert_workers,
+                                                  engine_cache=engine_cache))
     if batching:
         buckets = tuple(b for b in agent.executor.token_buckets if b <= max_batch_size) or (max_batch_size,)
         agent.enable_batching(BatcherConfig(max_batch_size=max_batch_size, preferred_batch_sizes=buckets,

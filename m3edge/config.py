@@ -8,14 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from m3edge.errors import BadInput
 
 # The seed's six memory types; expert e has type MEMORY_TYPES[e % 6] (see docs/seed.md).
 MEMORY_TYPES = ("episodic", "semantic", "procedural", "emotional", "spatial", "temporal")
-ROUTING_MODES = ("dropless", "capacity")
 VOCAB = 256  # byte-level task
 
 
@@ -102,8 +101,10 @@ class ModelConfig:
             bad(f"'memory_top_k' ({self.memory_top_k}) cannot exceed 'memory_read_k' ({self.memory_read_k})")
         if self.top_k > self.n_experts:
             bad(f"'top_k' ({self.top_k}) cannot exceed 'n_experts' ({self.n_experts})")
-        if self.routing not in ROUTING_MODES:
-            bad(f"'routing' must be one of {', '.join(ROUTING_MODES)}, got {self.routing!r}")
+        from m3edge import routing  # numpy only: the rules registered in m3edge/routing/
+
+        if self.routing not in routing.names():
+            bad(f"'routing' must be one of {', '.join(routing.names())}, got {self.routing!r}")
         if self.d_model % 2:
             bad(f"'d_model' must be even (the gate is d -> d/2 -> E), got {self.d_model}")
         if self.d_model % self.n_heads:

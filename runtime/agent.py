@@ -1,6 +1,6 @@
 """EdgeAgent: the torch-free agent on the device.
 
-    agent = EdgeAgent.open("bundle/", memory_dir="mem/", cache_experts=32)
+    agent = EdgeAgent.open("bundle/", memory_dir="mem/", options=RuntimeOptions(cache_experts=32))
     logits = agent.step(b"def main(")           # next-byte logits [256]
     text = agent.generate(b"import ", 64)        # bytes
 
@@ -25,11 +25,12 @@ from m3edge.data import windows as make_windows
 from m3edge.runtime.cache import ExpertCache
 from m3edge.runtime.engines import engine_dir
 from m3edge.runtime.executor import BundleExecutor
-from m3edge.runtime.graph import SessionConfig
+from m3edge.backends import SessionConfig
 from m3edge.memory.index import suffix_orders, window_hashes
 from m3edge.memory.retrieval import Segment, check_mode, check_task, task_vector
 from m3edge.memory.synaptic import unit
 from m3edge.runtime.memory import LongTermMemory, memory_capacity
+from m3edge.runtime.options import RuntimeOptions
 
 
 @dataclass(frozen=True)
@@ -109,58 +110,32 @@ class EdgeAgent:
         return self._forward(window, use_memory, recall)
 
     @classmethod
-    def open(cls, bundle_dir, memory_dir=None, cache_experts: int | None = None, policy: str | None = None,
-             prefetch: bool | str = False, strict: bool = False, threads: int | None = None, clock=None,
-             cache_bytes: int | None = None, expert_workers: int = 1, banks: bool = True,
-             memory_device: str = "ideal", engine_cache=None) -> "EdgeAgent":
-        """Verify every file of the bundle, then set up sessions, the expert cache and the memory.
-
-        Defaults are what ``m3edge bench`` measured on the small reference (README): prefetch is off, the
-        fastest setting at every cache size on 2 cores (inline prefetch raises a quarter cache's hit rate from
-        35% to 61% but costs ~10% of the speed); the policy is LFU without prefetch and LRU with it.
-
-        ``prefetch``: False (or "off"), "thread" (or True) or "inline" (``cache.PREFETCH``): after each router,
-        load the experts the next layer, or the next step's first layer, will likely need.
-
-        ``cache_experts``: experts kept loaded per layer (default: the profile's ``expert_cache_size``,
-        bounded by its ``expert_memory_budget_mb``).
-
-        ``expert_workers``: run a batch's distinct experts on this many threads; the profile's threads are
-        then split between them, so the cores are shared, not oversubscribed.
-
-        ``memory_device``: the crossbar preset holding the memory keys (``ideal``: exact float, what the torch
-        agent's parity uses; ``reram``, ``pcm``: simulated devices, m3edge/memory/crossbar.py).
-
-        ``banks``: run a batch that touches most of a layer's experts through the layer's expert bank, where
-        the bundle has one and the cache may hold every expert (``BundleExecutor._bank_for``).
-
-        ``engine_cache``: where TensorRT builds its engines (``runtime/engines.py``; a subdirectory per bundle
-        content); never inside a bundle."""
-        from m3edge.targets import Target
-
+    def open(cls, bundle_dir, memory_dir=None, options: RuntimeOptions | None = None) -> "EdgeAgent":
+        """Verify every file of the bundle, then set up sessions, the expert cache and the memory, as ``options``
+        (``runtime/options.py``) say."""
+        o = options if options is not None else RuntimeOptions()
         bundle = open_bundle(bundle_dir)
-        target = Target.from_dict(bundle.manifest["target"], f"{bundle_dir}/manifest.json target")
+        target = bundle.spec.target
         # The profile's threads, but never more than this machine's cores (a profile is data from elsewhere).
-        threads = threads or min(target.threads, os.cpu_count() or target.threads)
-        session = SessionConfig(threads=max(1, threads // expert_workers), strict=strict, target=target,
-                                cache_dir=str(engine_dir(bundle_dir, engine_cache)))
+        threads = o.threads or min(target.threads, os.cpu_count() or target.threads)
+        session = SessionConfig(threads=max(1, threads // o.expert_workers), strict=o.strict, target=target,
+                                cache_dir=str(engine_dir(bundle_dir, o.engine_cache)))
+        cache_experts, cache_bytes = o.cache_experts, o.cache_bytes
         if cache_experts is None and cache_bytes is None:
             cache_experts = target.expert_cache_size
             cache_bytes = int(target.expert_memory_budget_mb * 2 ** 20)
-        n_layers = bundle.manifest["model_config"]["n_layers"]
+        n_layers = bundle.spec.model_config.n_layers
         # cache_experts counts experts kept loaded per layer, as the profile's expert_cache_size does.
         max_items = None if cache_experts is None else cache_experts * n_layers
-        mode = {False: "off", True: "thread"}.get(prefetch, prefetch)
         # Measured (README, expert cache): with prefetch LRU wins (a quarter of the experts: 61% hits against
         # 38%; LFU gives a prefetched expert no uses, so it is the first evicted), without it LFU (35% to 33%).
-        policy = policy or ("lfu" if mode == "off" else "lru")
-        cache = ExpertCache(None, max_items=max_items, max_bytes=cache_bytes, policy=policy,
-                            prefetch="thread" if mode == "off" else mode)
-        executor = BundleExecutor(bundle, session, cache, prefetch=mode != "off", expert_workers=expert_workers,
-                                  banks=banks)
+        cache = ExpertCache(None, max_items=max_items, max_bytes=cache_bytes, policy=o.cache_policy,
+                            prefetch="thread" if o.prefetch == "off" else o.prefetch)
+        executor = BundleExecutor(bundle, session, cache, prefetch=o.prefetch != "off", expert_workers=o.expert_workers,
+                                  banks=o.banks)
         cfg = executor.cfg
-        memory = LongTermMemory(cfg.d_model, cfg.memory_top_k, memory_capacity(target, cfg), clock=clock,
-                                device=memory_device)
+        memory = LongTermMemory(cfg.d_model, cfg.memory_top_k, memory_capacity(target, cfg), clock=o.clock,
+                                device=o.memory_device)
         if memory_dir is not None:
             memory.load(memory_dir)
         return cls(executor, memory, Path(memory_dir) if memory_dir is not None else None)

@@ -16,10 +16,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from m3edge.bundle import Bundle, GraphFile, data_files, entry_files, weights_files
-from m3edge.config import ModelConfig
-from m3edge.runtime import routing
+from m3edge import routing
+from m3edge.runtime.chunks import plan_chunks
 from m3edge.runtime.cache import ExpertCache
-from m3edge.runtime.graph import CONSTANT_WEIGHTS, OrtGraph, SessionConfig, open_graph
+from m3edge import backends
+from m3edge.backends import SessionConfig, open_graph
+from m3edge.backends.session import CONSTANT_WEIGHTS
 from m3edge.runtime.template import Template, weights_as_inputs
 
 # TensorRT builds an engine with its weights inside and needs constant Q/DQ scales: a shared session, whose
@@ -84,13 +86,12 @@ class ExpertGraphs:
 class SharedGraph:
     """One expert graph file in one session, its weights as inputs: runs every expert that shares the file."""
 
-    def __init__(self, template: Template, graph: OrtGraph):
+    def __init__(self, template: Template, graph):
         self.template, self.graph = template, graph
         self.x = graph.input_names[0]
 
     def run(self, rows: np.ndarray, feeds: dict) -> np.ndarray:
-        g = self.graph
-        return g.session.run(g.output_names, {**feeds, self.x: rows}, g.run_options)[0]
+        return self.graph.run_feeds({**feeds, self.x: rows})[0]
 
 
 class ExpertWeights:
@@ -126,34 +127,35 @@ class BundleExecutor:
     def __init__(self, bundle: Bundle, session: SessionConfig | None = None, cache: ExpertCache | None = None,
                  prefetch: bool = False, expert_workers: int = 1, banks: bool = True):
         self.bundle = bundle
-        self.cfg = ModelConfig.from_dict(bundle.manifest["model_config"])
-        r = bundle.manifest["routing"]
-        self.mode = r["mode"]
-        self.capacity = r["capacity"]
-        self.token_buckets = tuple(r["token_buckets"])
-        self.capacity_buckets = tuple(r["capacity_buckets"])
+        spec = bundle.spec  # the typed manifest (m3edge/manifest.py), validated when the bundle was opened
+        self.cfg = spec.model_config
+        r = spec.routing
+        self.mode = r.mode
+        self.rule = routing.get(self.mode)
+        self.capacity = r.capacity
+        self.token_buckets = r.token_buckets
+        self.capacity_buckets = r.capacity_buckets
         self.session = session or SessionConfig()
         self._graphs: dict[tuple, object] = {}
         self.cache = cache if cache is not None else ExpertCache(self._load_expert)
         if cache is not None and cache.loader is None:
             cache.loader = self._load_expert
         self.prefetch = prefetch
-        usage = bundle.manifest.get("expert_usage", {})
         # Counts of (last layer's expert at token t, layer 0's expert at t+1): predicts the next step's first
         # layer, which no router can see before the next byte is known. Bundles before it have none.
-        nt = usage.get("next_token")
+        nt = spec.expert_usage.next_token if spec.expert_usage else None
         self.next_token = np.asarray(nt, dtype=np.float64) if nt else None
         # None: shared sessions exactly when the cache cannot hold every expert (``shares_sessions``).
         self.shared_experts: bool | None = None
         self._shared: dict[str, SharedGraph] = {}
         self._shared_lock = threading.Lock()
-        self.file_sizes = {f["path"]: f["bytes"] for f in bundle.manifest["files"]}
+        self.file_sizes = {f.path: f.bytes for f in spec.files}
         self.warm_buckets: tuple[int, ...] = (self.capacity_buckets[0],)
         self.pool = ThreadPoolExecutor(expert_workers, thread_name_prefix="m3edge-expert") if expert_workers > 1 else None
-        # layer -> its expert bank's entry (export/bank.py), when the bundle has banks and they may be used.
+        # layer -> its expert bank's entry (backends/onnxruntime/bank.py), when the bundle has banks and they may be used.
         self.banks = {g["layer"]: g for g in bundle.graphs if g["role"] == "bank"} if banks else {}
         # Chunk plans depend only on the row count: planned once per count, not once per expert call.
-        self._plan = functools.lru_cache(maxsize=None)(lambda n: routing.plan_chunks(n, self.capacity_buckets))
+        self._plan = functools.lru_cache(maxsize=None)(lambda n: plan_chunks(n, self.capacity_buckets))
         # Runs a layer's experts somewhere else: ``runner(layer, [(expert, start, end), ...], rows)`` returns
         # each expert's outputs for rows[start:end] in the order asked (runtime/expert_parallel.py). None: here.
         self.expert_runner = None
@@ -168,7 +170,7 @@ class BundleExecutor:
         weights = weights_files(entry)
         # A bank runs its experts one after another: each gets the threads one expert call would.
         weight_bytes = (self.file_sizes[entry["path"]] + sum(self.file_sizes[w] for w in weights)) // max(1, len(weights))
-        threads = self.session.threads_for(weight_bytes, entry["bucket"], entry.get("precision", "fp32"))
+        threads = self.session.threads_for(weight_bytes, entry["bucket"], entry["precision"])
         cfg = self.session if threads == self.session.threads else replace(self.session, threads=threads)
         return open_graph(self.bundle.graph_file(entry), entry, cfg)
 
@@ -177,12 +179,14 @@ class BundleExecutor:
         """Whether experts run through shared sessions (``ExpertWeights``) rather than one session each."""
         if self.shared_experts is not None:
             return self.shared_experts
-        return self._onnx_experts and not self.cache.holds(self.cfg.n_layers * self.cfg.n_experts, self.expert_bytes)
+        return self._shares_weights and not self.cache.holds(self.cfg.n_layers * self.cfg.n_experts, self.expert_bytes)
 
     @functools.cached_property
-    def _onnx_experts(self) -> bool:
-        """A .tflite file embeds its weights: nothing to share; MatMulNBits needs constant weights (CONSTANT_WEIGHTS)."""
-        return all(g.get("backend", "onnxruntime") == "onnxruntime" and g.get("precision") not in CONSTANT_WEIGHTS
+    def _shares_weights(self) -> bool:
+        """Whether the backend running the experts declares shared weights (a .tflite file embeds its own) and
+        their precision allows weights as inputs (MatMulNBits needs constant weights: CONSTANT_WEIGHTS)."""
+        return all(backends.capabilities(backends.graph_backend(g, self.session)).shared_weights
+                   and g.get("precision") not in CONSTANT_WEIGHTS
                    for g in self.bundle.graphs if g["role"] == "expert")
 
     def _load_expert(self, key):
@@ -199,10 +203,11 @@ class BundleExecutor:
                 if g is None:
                     template = weights_as_inputs(self.bundle.read(entry["path"]))
                     nbytes = sum(t.length for t in template.tensors)
-                    threads = self.session.threads_for(nbytes, entry["bucket"], entry.get("precision", "fp32"))
+                    threads = self.session.threads_for(nbytes, entry["bucket"], entry["precision"])
                     providers = [p for p in self.session.providers_for(None) if p[0] not in NOT_SHARED]
                     cfg = replace(self.session, threads=threads, target=None, providers=providers)
-                    graph = OrtGraph(GraphFile(entry["path"], template.model, {}, entry["path"]), cfg)
+                    runtime = backends.runtime(backends.graph_backend(entry, self.session))
+                    graph = runtime.open_shared(GraphFile(entry["path"], template.model, {}, entry["path"]), cfg)
                     g = self._shared[entry["path"]] = SharedGraph(template, graph)
         return g
 
@@ -244,7 +249,7 @@ class BundleExecutor:
         """Run a per-token graph over N rows in token-bucket chunks."""
         n = inputs[0].shape[0]
         outs, start = [], 0
-        for rows, bucket in routing.plan_chunks(n, self.token_buckets):
+        for rows, bucket in plan_chunks(n, self.token_buckets):
             feeds = [pad_rows(a[start:start + rows], bucket) for a in inputs]
             outs.append([o[:rows] for o in self.graph(role, bucket, layer).run(*feeds)])
             start += rows
@@ -271,9 +276,8 @@ class BundleExecutor:
         h, logits = self.run_tokens("router", [x, bias], layer)
         values, index = routing.select_topk(logits, self.cfg.top_k)
         weight = routing.topk_weights(values)
-        keep = np.ones_like(index, dtype=bool)
-        if self.mode == "capacity":
-            keep = routing.capacity_keep(index, weight, self.cfg.n_experts, self.capacity)
+        keep = self.rule.keep_numpy(index, weight, self.cfg.n_experts, self.capacity)
+        if self.rule.drops:
             weight = np.where(keep, weight, 0).astype(weight.dtype)
         return h, LayerRouting(logits, index, weight, keep)
 
@@ -382,7 +386,7 @@ class BundleExecutor:
         bias, self.last_preference = self.align(x, memory, task)
         routed = []
         # What a cache miss or a prefetch loads: the buckets this batch size will use.
-        self.warm_buckets = tuple(sorted({b for _, b in routing.plan_chunks(x.shape[0], self.capacity_buckets)}))
+        self.warm_buckets = tuple(sorted({b for _, b in plan_chunks(x.shape[0], self.capacity_buckets)}))
         for layer in range(self.cfg.n_layers):
             h, r = self.route(layer, x, bias)
             nxt = self.predict_next(layer, x, bias, r) if self.prefetch else ()

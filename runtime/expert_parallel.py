@@ -72,7 +72,7 @@ class ExpertHost:
         from m3edge.bundle import open_bundle
         from m3edge.runtime.cache import ExpertCache
         from m3edge.runtime.executor import BundleExecutor
-        from m3edge.runtime.graph import SessionConfig
+        from m3edge.backends import SessionConfig
         from m3edge.targets import Target
 
         bundle = open_bundle(bundle_dir)  # every file's sha256 checked on this node too

@@ -135,8 +135,10 @@ def build_deployment():
             ctx = serve.get_replica_context()
             self.rank = str(ctx.rank.rank if ctx.rank is not None else ctx.replica_id.unique_id)
             memory_dir = None if config.memory_dir is None else Path(config.memory_dir) / f"replica-{self.rank}"
-            self.agent = EdgeAgent.open(config.bundle_dir, memory_dir=memory_dir, cache_experts=config.cache_experts,
-                                        expert_workers=config.expert_workers, threads=config.threads)
+            from m3edge.runtime.options import RuntimeOptions
+
+            self.agent = EdgeAgent.open(config.bundle_dir, memory_dir=memory_dir, options=RuntimeOptions(
+                cache_experts=config.cache_experts, expert_workers=config.expert_workers, threads=config.threads))
             if config.expert_parallel:
                 from m3edge.runtime.expert_parallel import attach
 

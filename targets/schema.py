@@ -11,7 +11,6 @@ from m3edge.errors import BadInput
 
 SCHEMA_VERSION = 1
 ARCHS = ("aarch64", "x86_64")
-BACKENDS = ("onnxruntime", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weight-only", "int4")  # the last two: MatMulNBits
 ROLES = ("encoder", "alignment", "router", "expert", "head")
 # Per-channel int8 QDQ (what export quantizes to) needs opset 13.
@@ -113,14 +112,14 @@ FIELDS: dict[str, dict] = {
     "dram_bandwidth_gbps": {"kind": "number", "max": 100_000},
     "cores": {"kind": "int", "max": 1024},
     "threads": {"kind": "int", "max": 1024},  # and at most cores (below)
-    "backend": {"kind": "str", "allowed": BACKENDS},
+    "backend": {"kind": "backend"},  # a name m3edge.backends declares, with an export side
     "providers": {"kind": "providers"},
     "precision": {"kind": "precision"},
     "opset": {"kind": "int", "min": MIN_OPSET, "max": 64},
     "token_buckets": {"kind": "buckets", "max": MAX_BUCKET},
     "capacity_buckets": {"kind": "buckets", "max": MAX_BUCKET},
     "expert_cache_size": {"kind": "int", "max": 4096},
-    # Expert banks (export/bank.py): one graph per layer running every expert, for batches from many
+    # Expert banks (backends/onnxruntime/bank.py): one graph per layer running every expert, for batches from many
     # callers. Optional; a profile without the key gets them where they fit.
     "expert_banks": {"kind": "bool", "default": True},
     # Long-term memory: the seed's capacity and the RAM the store may use (runtime/memory.py turns the budget
@@ -184,6 +183,12 @@ def _check_field(key: str, spec: dict, v, fail) -> None:
             fail(key, f"positive integers in strictly increasing order, got {v!r}")
         if v[-1] > spec["max"] or len(v) > MAX_BUCKETS:
             fail(key, f"at most {MAX_BUCKETS} buckets of at most {spec['max']} rows, got {v!r}")
+    elif kind == "backend":
+        from m3edge import backends  # stdlib only: a backend folder's declaration imports nothing else
+
+        allowed = backends.names(exporting=True)
+        if v not in allowed:
+            fail(key, f"one of {', '.join(map(repr, allowed))}, got {v!r}")
     elif kind == "precision":
         if not isinstance(v, dict):
             fail(key, f"an object mapping {', '.join(ROLES)} to a precision, got {_tname(v)}")
@@ -253,5 +258,7 @@ def validate(data: dict, source: str) -> None:
              f"{data['threads']!r}")
     if data.get("memory_budget_mb", 0) > data["ram_gb"] * 1024:
         fail("memory_budget_mb", f"at most ram_gb * 1024 = {data['ram_gb'] * 1024:g}, got {data['memory_budget_mb']!r}")
-    if data["backend"] == "onnxruntime" and not data["providers"]:
-        fail("providers", "at least one execution provider for the onnxruntime backend")
+    from m3edge import backends
+
+    if backends.capabilities(data["backend"]).providers and not data["providers"]:
+        fail("providers", f"at least one execution provider for the {data['backend']} backend")

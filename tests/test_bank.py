@@ -1,4 +1,4 @@
-"""Expert banks (export/bank.py): a layer's expert graphs merged side by side, checked block by block."""
+"""Expert banks (backends/onnxruntime/bank.py): a layer's expert graphs merged side by side, checked block by block."""
 
 import numpy as np
 import onnx
@@ -7,8 +7,8 @@ import torch
 from onnx import TensorProto, helper
 
 from m3edge import bundle
-from m3edge.export.bank import BankReference, merge
-from m3edge.runtime.graph import SessionConfig, open_graph
+from m3edge.backends.onnxruntime.bank import BankReference, merge
+from m3edge.backends import SessionConfig, open_graph
 
 
 def assert_bank_is_its_experts(root, layer: int = 0) -> None:

@@ -10,7 +10,7 @@ import torch
 from m3edge import bundle, targets
 from m3edge.export.fp16 import to_fp16
 from m3edge.export.graphs import split
-from m3edge.export.onnx_export import export_module
+from m3edge.backends.onnxruntime.onnx_export import export_module
 from m3edge.runtime.agent import EdgeAgent
 
 from conftest import run_cli

@@ -11,10 +11,11 @@ from m3edge.checkpoint import build_agent
 from m3edge.export import pipeline, quantize
 from m3edge.export.capture import capture
 from m3edge.export.graphs import split
-from m3edge.export.onnx_export import export_module
+from m3edge.backends.onnxruntime.onnx_export import export_module
 from m3edge.export.parity import Gates
 from m3edge.data import load_split
 from m3edge.runtime.agent import EdgeAgent
+from m3edge.runtime.options import RuntimeOptions
 
 from conftest import DATA, run_cli
 from test_bank import assert_bank_is_its_experts
@@ -165,7 +166,7 @@ def test_weight_only_export_runs_and_is_judged_by_its_own_gates(tmp_path, tiny_t
     with EdgeAgent.open(out) as agent:
         assert len(agent.generate(b"x = ", 4)) == 4
     # A cache smaller than the experts would share sessions with weights as inputs: not for MatMulNBits.
-    with EdgeAgent.open(out, cache_experts=2) as agent:
+    with EdgeAgent.open(out, options=RuntimeOptions(cache_experts=2)) as agent:
         assert len(agent.generate(b"x = ", 4)) == 4
         assert agent.executor.shares_sessions is False
     assert_bank_is_its_experts(out)  # the bank reads each expert's own packed weights
@@ -236,7 +237,8 @@ def test_arm_int8_gemms_sharing_an_input_run_prepacked_on_x86(tmp_path):
     onnxruntime's CSE from merging them, so on x86 every QGemm reads uint8 (S8 -> U8 rewritten, prepacked):
     an S8S8 QGemm left over runs unpacked, ~10x slower (docs/export.md)."""
     from m3edge.bundle import GraphFile
-    from m3edge.runtime.graph import OrtGraph, SessionConfig
+    from m3edge.backends import SessionConfig
+    from m3edge.backends.onnxruntime.runtime import OrtGraph
 
     agent, _ = build_agent(preset_name="tiny")
     spec = next(s for s in split(agent, (1,), (1,)) if s.role == "expert" and s.memory_type == "episodic")

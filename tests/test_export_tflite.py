@@ -12,10 +12,11 @@ import torch
 from m3edge import bundle, targets
 from m3edge.config import MEMORY_TYPES
 from m3edge.errors import BadInput
-from m3edge.export import tflite
+from m3edge.backends.litert import tflite
 from m3edge.export.graphs import split
 from m3edge.runtime.agent import EdgeAgent
-from m3edge.runtime.graph import LiteRTGraph, SessionConfig, open_graph
+from m3edge.backends import SessionConfig, open_graph
+from m3edge.backends.litert.runtime import LiteRTGraph
 
 from conftest import BLOCK_TORCH, ROOT, export_tiny, run_cli
 

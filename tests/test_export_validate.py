@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from m3edge.bundle import GraphFile
-from m3edge.export.onnx_export import export_module, write_shared
+from m3edge.backends.onnxruntime.onnx_export import export_module, write_shared
 from m3edge.export.validate import (GraphCheckError, ShapeMismatchError, check_structure, max_abs_diff,
                                     format_table, summarise, GraphCheck)
-from m3edge.runtime.graph import OrtGraph
+from m3edge.backends.onnxruntime.runtime import OrtGraph
 
 
 @pytest.fixture

@@ -13,6 +13,9 @@ from m3edge.runtime import *
 assert EdgeAgent.__module__ == "m3edge.runtime.agent" and "EdgeAgent" in dir(m3edge.runtime)
 import m3edge.runtime.agent, m3edge.runtime.executor, m3edge.runtime.placement
 import m3edge.runtime.expert_parallel, m3edge.runtime.ray_serve
+import m3edge.backends, m3edge.routing, m3edge.manifest, m3edge.runtime.agent, m3edge.runtime.options
+from m3edge import backends
+[backends.runtime(n) for n in backends.names()]  # every runtime side, the reference one included
 assert "torch" not in sys.modules
 assert "ray" not in sys.modules, "ray is an optional extra: imported only when a Ray path is used"
 print("ok")

@@ -82,7 +82,7 @@ def _feeds(session):
 def test_extract_writes_a_graph_that_opens_alone(bundle, tmp_path, module, bucket):
     from m3edge.bundle import open_bundle
     from m3edge.export.inspectable import find_module, metadata
-    from m3edge.runtime.graph import SessionConfig, open_graph
+    from m3edge.backends import SessionConfig, open_graph
 
     alone = tmp_path / "alone"
     alone.mkdir()

@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 
 from m3edge.export.graphs import split
-from m3edge.export.onnx_export import compact, export_module
+from m3edge.backends.onnxruntime.onnx_export import compact, export_module
 
 
 def test_compact_shrinks_the_graph_and_keeps_its_outputs(tiny_agent):

@@ -11,6 +11,9 @@ CHECK = """
 import m3edge, m3edge.export, m3edge.runtime, m3edge.targets, sys
 assert m3edge.__file__.startswith(sys.argv[1]), m3edge.__file__
 assert m3edge.runtime.__file__.startswith(sys.argv[1])
+from m3edge import backends, routing
+assert backends.names() == ("onnxruntime", "reference", "tflite") and "capacity" in routing.names()
+assert backends.runtime("onnxruntime").__module__.startswith("m3edge.backends.onnxruntime")
 print(m3edge.targets.load("rpi").name, len(m3edge.targets.names()))
 """
 

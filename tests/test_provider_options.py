@@ -14,7 +14,7 @@ import pytest
 from m3edge import targets
 from m3edge.errors import BadInput
 from m3edge.runtime.engines import checked_providers, default_engine_cache, engine_dir
-from m3edge.runtime.graph import SessionConfig
+from m3edge.backends import SessionConfig
 from m3edge.targets.schema import GENERATED_OPTIONS, PROVIDER_OPTIONS, RUNTIME_ONLY_OPTIONS
 
 TRT = "TensorrtExecutionProvider"

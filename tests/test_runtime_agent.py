@@ -13,7 +13,8 @@ from m3edge import checkpoint
 from m3edge.data import load_split, windows
 from m3edge.errors import BadInput
 from m3edge.runtime.agent import EdgeAgent
-from m3edge.runtime import graph
+from m3edge.runtime.options import RuntimeOptions
+from m3edge.backends import session as graph
 
 from conftest import BLOCK_TORCH, DATA, run_cli
 
@@ -35,12 +36,12 @@ def torch_greedy(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("cache_experts, prefetch, policy", [
-    (1, False, "lru"), (1, True, "lru"), (2, "inline", "lru"), (3, True, "lfu"), (7, False, "lfu"), (16, True, "lru"),
-    (None, False, "lru")])
+    (1, "off", "lru"), (1, "thread", "lru"), (2, "inline", "lru"), (3, "thread", "lfu"), (7, "off", "lfu"),
+    (16, "thread", "lru"), (None, "off", "lru")])
 def test_greedy_generation_matches_torch_for_every_cache_size(tiny_bundle, torch_greedy, cache_experts, prefetch,
                                                               policy):
-    with EdgeAgent.open(tiny_bundle, cache_experts=cache_experts or 16, prefetch=prefetch, policy=policy,
-                        clock=clock) as agent:
+    options = RuntimeOptions(cache_experts=cache_experts or 16, prefetch=prefetch, policy=policy, clock=clock)
+    with EdgeAgent.open(tiny_bundle, options=options) as agent:
         assert agent.generate(PROMPT, 256) == torch_greedy
         stats = agent.stats()
     assert stats["cached_experts"] <= (cache_experts or 16) * 1  # per layer; the tiny agent has one layer
@@ -51,21 +52,21 @@ def test_greedy_generation_matches_torch_for_every_cache_size(tiny_bundle, torch
 def test_experts_run_as_weights_through_shared_sessions_unless_every_expert_fits(tiny_bundle):
     from m3edge.runtime.executor import ExpertGraphs, ExpertWeights
 
-    with EdgeAgent.open(tiny_bundle, cache_experts=2, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(cache_experts=2, clock=clock)) as agent:
         ex = agent.executor
         assert ex.shares_sessions
         agent.generate(PROMPT, 16)
         assert ex.cache._items and all(isinstance(v, ExpertWeights) for v in ex.cache._items.values())
         files = {ex.bundle.find("expert", b, 0, e)["path"] for b in ex.capacity_buckets for e in range(8)}
         assert 0 < len(ex._shared) <= len(files)  # sessions per graph file, not per expert
-    with EdgeAgent.open(tiny_bundle, cache_experts=8, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(cache_experts=8, clock=clock)) as agent:
         assert not agent.executor.shares_sessions
         agent.generate(PROMPT, 4)
         assert all(isinstance(v, ExpertGraphs) for v in agent.executor.cache._items.values())
 
 
 def test_prefetch_predicts_the_next_steps_first_layer_from_export_counts(tiny_bundle):
-    with EdgeAgent.open(tiny_bundle, cache_experts=2, prefetch="inline", clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(cache_experts=2, prefetch="inline", clock=clock)) as agent:
         counts = np.asarray(agent.executor.bundle.manifest["expert_usage"]["next_token"])
         assert counts.shape == (8, 8) and counts.sum() > 0
         agent.generate(PROMPT, 32)
@@ -75,18 +76,18 @@ def test_prefetch_predicts_the_next_steps_first_layer_from_export_counts(tiny_bu
 
 def test_experts_on_worker_threads_give_the_same_bytes(tiny_bundle, torch_greedy):
     # Without banks: a batch this size would run through the layer's bank, not the workers.
-    with EdgeAgent.open(tiny_bundle, expert_workers=2, banks=False, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(expert_workers=2, banks=False, clock=clock)) as agent:
         assert agent.executor.pool is not None and agent.executor.session.threads == 1  # 2 profile threads, split
         assert agent.generate(PROMPT, 256) == torch_greedy
         windows = agent._windows(PROMPT * 4, np.arange(1, 33))
         batched = agent._forward(windows, use_memory=False)[0]
-    with EdgeAgent.open(tiny_bundle, banks=False, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(banks=False, clock=clock)) as agent:
         assert np.array_equal(agent._forward(windows, use_memory=False)[0], batched)  # same sums, same order
 
 
 def test_a_batch_touching_most_experts_runs_through_the_layers_bank(tiny_bundle, monkeypatch):
     sizes = (8, 32)
-    with EdgeAgent.open(tiny_bundle, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(clock=clock)) as agent:
         ex, most = agent.executor, []
         run_bank = ex._run_bank
         monkeypatch.setattr(ex, "_run_bank", lambda layer, bank, rows, counts: most.append(int(counts.max()))
@@ -97,13 +98,14 @@ def test_a_batch_touching_most_experts_runs_through_the_layers_bank(tiny_bundle,
         agent._forward(make_windows(PROMPT, 1), use_memory=False)  # one token: 2 of 8 experts, a call each
         assert len(most) == 2
         everything = ex.expert_bytes
-    with EdgeAgent.open(tiny_bundle, banks=False, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(banks=False, clock=clock)) as agent:
         for n, want in zip(sizes, banked):
             assert np.array_equal(agent._forward(make_windows(PROMPT * 4, n), use_memory=False)[0], want)
     # A bank holds every expert (a second copy of their weights): only where the cache may hold them all twice.
     busy = np.full(8, 2)
     for experts, nbytes, used in ((4, None, False), (8, 2 * everything - 1, False), (8, 2 * everything, True)):
-        with EdgeAgent.open(tiny_bundle, cache_experts=experts, cache_bytes=nbytes, clock=clock) as agent:
+        options = RuntimeOptions(cache_experts=experts, cache_bytes=nbytes, clock=clock)
+        with EdgeAgent.open(tiny_bundle, options=options) as agent:
             assert (agent.executor._bank_for(0, busy) is not None) == used
 
 
@@ -112,17 +114,17 @@ def test_sessions_get_the_profiles_threads_only_where_the_work_is(tiny_bundle, m
         expert = agent.executor.cache.get((0, 0)).session(agent.executor.capacity_buckets[0])
         return expert.session.get_session_options().intra_op_num_threads
 
-    with EdgeAgent.open(tiny_bundle, threads=2, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(threads=2, clock=clock)) as agent:
         assert intra_op(agent) == 1  # a tiny expert: a second thread costs more than it saves
     monkeypatch.setattr(graph, "PARALLEL_WORK", 0)
-    with EdgeAgent.open(tiny_bundle, threads=2, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(threads=2, clock=clock)) as agent:
         assert intra_op(agent) == 2
 
 
 def test_step_logits_match_torch_on_eval_text(tiny_bundle, tiny_checkpoint):
     ref = checkpoint.load(tiny_checkpoint, clock=clock)
     text = load_split(DATA, "eval")[:3000]
-    with EdgeAgent.open(tiny_bundle, clock=clock) as agent:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(clock=clock)) as agent:
         for n in (0, 1, 17, 2999):
             got = agent.step(text[:n].tobytes(), use_memory=False)
             w = torch.from_numpy(windows(text, np.array([n]), ref.cfg.context))
@@ -130,7 +132,8 @@ def test_step_logits_match_torch_on_eval_text(tiny_bundle, tiny_checkpoint):
 
 
 def test_sampling_is_seeded(tiny_bundle):
-    with EdgeAgent.open(tiny_bundle, clock=clock) as a, EdgeAgent.open(tiny_bundle, clock=clock) as b:
+    pinned = RuntimeOptions(clock=clock)
+    with EdgeAgent.open(tiny_bundle, options=pinned) as a, EdgeAgent.open(tiny_bundle, options=pinned) as b:
         x = a.generate("x = ", 40, temperature=0.8, seed=3)
         assert x == b.generate("x = ", 40, temperature=0.8, seed=3)
 
@@ -148,11 +151,11 @@ def test_bad_input_raises_value_error(tiny_bundle):
 
 def test_memory_dir_survives_a_restart(tiny_bundle, tmp_path):
     mem = tmp_path / "mem"
-    with EdgeAgent.open(tiny_bundle, memory_dir=mem, clock=clock) as a:
+    with EdgeAgent.open(tiny_bundle, memory_dir=mem, options=RuntimeOptions(clock=clock)) as a:
         a.generate(PROMPT, 10)
         n = len(a.memory)
     assert n == len(PROMPT) - 1 + 10
-    with EdgeAgent.open(tiny_bundle, memory_dir=mem, clock=clock) as b:
+    with EdgeAgent.open(tiny_bundle, memory_dir=mem, options=RuntimeOptions(clock=clock)) as b:
         assert len(b.memory) == n
 
 
@@ -223,17 +226,27 @@ def test_memory_that_matters_gives_the_same_logits_and_bytes_on_the_bundle(tiny_
     torch_logp = agent.step(w).logits[0].numpy()
     agent.memory.reset()
     torch_off = agent.generate(prompt, 11, use_memory=False)
-    with EdgeAgent.open(tiny_bundle, clock=clock) as e:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(clock=clock)) as e:
         assert e.generate(prompt, 11) == torch_on
         logp = e.step(prompt + torch_on)
         assert len(e.memory) == len(prompt) - 1 + 11
-    with EdgeAgent.open(tiny_bundle, clock=clock) as e:
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(clock=clock)) as e:
         assert e.generate(prompt, 11, use_memory=False) == torch_off
     assert torch_on != torch_off  # memory changed what the agent predicts
     assert np.abs(logp - torch_logp).max() <= 1e-4
-    with EdgeAgent.open(tiny_bundle, clock=clock) as e:  # factual: exact context matches or nothing
+    with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(clock=clock)) as e:  # factual: exact matches or nothing
         e.generate(prompt, 0)
         unseen = b"QWERTYUIOPASDFGHJKLZ"  # no window of it was ever stored: factual retrieves nothing
         assert e.generate(unseen, 4, mode="factual") == e.generate(unseen, 4, use_memory=False)
         with pytest.raises(ValueError, match="unknown retrieval mode"):
             e.generate(prompt, 1, mode="fuzzy")
+
+
+@pytest.mark.parametrize("field, value, says", [("prefetch", True, "prefetch must be one of off, thread, inline"),
+                                                ("policy", "fifo", "policy must be one of lru, lfu"),
+                                                ("cache_experts", 0, "cache_experts must be an integer >= 1"),
+                                                ("banks", "yes", "banks must be true or false")])
+def test_runtime_options_have_one_spelling_each(field, value, says):
+    with pytest.raises(ValueError, match=says):
+        RuntimeOptions(**{field: value})
+    assert RuntimeOptions(prefetch="thread").cache_policy == "lru" and RuntimeOptions().cache_policy == "lfu"

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from m3edge.model import routing as ref
-from m3edge.runtime import routing
+from m3edge import routing
+from m3edge import routing as ref
+from m3edge.runtime.chunks import plan_chunks
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -20,8 +21,8 @@ def test_topk_and_capacity_match_torch(seed):
     tw = ref.topk_weights(tv)
     assert np.allclose(w, tw.numpy(), atol=1e-7)
     for cap in (1, 5, 40):
-        keep = routing.capacity_keep(i, tw.numpy(), 10, cap)
-        assert np.array_equal(keep, ref.capacity_keep(ti, tw, 10, cap).numpy())
+        keep = routing.get("capacity").keep(i, tw.numpy(), 10, cap)
+        assert np.array_equal(keep, ref.get("capacity").keep(ti, tw, 10, cap).numpy())
 
 
 def test_group_by_expert_matches_torch():
@@ -34,8 +35,8 @@ def test_group_by_expert_matches_torch():
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 17, 70, 256, 300, 1000])
 def test_plan_chunks_covers_rows_with_bounded_padding(n):
     buckets = (1, 4, 16, 64, 256)
-    plan = routing.plan_chunks(n, buckets)
+    plan = plan_chunks(n, buckets)
     assert sum(rows for rows, _ in plan) == n
     assert all(rows <= b and b in buckets for rows, b in plan)
     assert sum(b - rows for rows, b in plan) <= n  # never more padding than real rows
-    assert routing.plan_chunks(3, (4, 16)) == [(3, 4)]  # below the smallest bucket: pad up
+    assert plan_chunks(3, (4, 16)) == [(3, 4)]  # below the smallest bucket: pad up

@@ -229,3 +229,13 @@ def test_modules_sharing_a_graph_file_get_their_own_tensorrt_engines(tiny_bundle
     jetson = targets.load("jetson")
     prefix = [jetson.ort_providers(None, None, b.graph_file(g).key)[0][1]["trt_engine_cache_prefix"] for g in (a, c)]
     assert prefix[0] != prefix[1] and all(len(p) < 64 and p.isidentifier() for p in prefix)
+
+
+def test_descriptions_are_one_line_and_notes_live_in_docs():
+    """Lab notes belong in docs/targets.md, which has a section per profile; a description is one short line."""
+    from conftest import ROOT
+
+    notes = (ROOT / "docs" / "targets.md").read_text()
+    for t in targets.all_targets():
+        assert "\n" not in t.description and len(t.description) <= 200, t.name
+        assert f"## {t.name}\n" in notes, t.name

@@ -7,7 +7,7 @@ import pytest
 
 from m3edge import bundle
 from m3edge.errors import BadInput
-from m3edge.runtime.graph import OrtGraph
+from m3edge.backends.onnxruntime.runtime import OrtGraph
 from m3edge.runtime.template import weights_as_inputs
 
 

@@ -87,7 +87,8 @@ class MonolithicEngine:
     """One onnx graph of the whole step (export/monolithic.py) in one onnxruntime session."""
 
     def __init__(self, args: dict):
-        from m3edge.runtime.graph import OrtGraph, SessionConfig
+        from m3edge.backends import SessionConfig
+        from m3edge.backends.onnxruntime.runtime import OrtGraph
 
         self.graph = OrtGraph(args["onnx"], SessionConfig(threads=args["threads"]))
 
@@ -103,9 +104,11 @@ class RuntimeEngine:
 
     def __init__(self, args: dict):
         from m3edge.runtime.agent import EdgeAgent
+        from m3edge.runtime.options import RuntimeOptions
 
-        self.agent = EdgeAgent.open(args["bundle"], cache_experts=args.get("cache"), policy=args.get("policy", "lfu"),
-                                    prefetch=args.get("prefetch", False), threads=args["threads"], clock=lambda: 0.0)
+        self.agent = EdgeAgent.open(args["bundle"], options=RuntimeOptions(
+            cache_experts=args.get("cache"), policy=args.get("policy", "lfu"), prefetch=args.get("prefetch", "off"),
+            threads=args["threads"], clock=lambda: 0.0))
         if args.get("cache") is None:
             self.agent.executor.cache.unbounded()  # every expert resident: measure the engine, not the cache
         n = self.agent.cfg
@@ -227,7 +230,7 @@ def run_bench(bundle: str | Path, data_dir: Path, threads: int = 2, n_prompts: i
     precision = sorted(set(b.manifest["precision"]["graphs"].values()))
     rows, sweep = [], []
     engines = ([("torch-eager", {"engine": "torch"})] if with_torch else []) + [
-        ("m3edge-runtime", {"engine": "runtime", "cache": cfg["n_experts"], "policy": "lru", "prefetch": False})]
+        ("m3edge-runtime", {"engine": "runtime", "cache": cfg["n_experts"], "policy": "lru", "prefetch": "off"})]
     for name, extra in engines:
         r = measure(base | extra | {"temperature": 0.0})
         rows.append({"engine": name, "precision": "fp32" if name == "torch-eager" else "/".join(precision),
@@ -303,12 +306,12 @@ def batching_bench(bundle: str | Path, data_dir: Path, callers=(1, 4, 16, 32), s
     from m3edge.data import load_split
     from m3edge.runtime.agent import EdgeAgent
     from m3edge.runtime.batcher import BatcherConfig
+    from m3edge.runtime.options import RuntimeOptions
 
     text = load_split(data_dir, "eval").tobytes()
     agents = {}
     for batching in (False, True):
-        agent = agents[batching] = EdgeAgent.open(bundle, cache_experts=None, cache_bytes=None, threads=threads,
-                                                  clock=lambda: 0.0)
+        agent = agents[batching] = EdgeAgent.open(bundle, options=RuntimeOptions(threads=threads, clock=lambda: 0.0))
         agent.executor.cache.unbounded()  # every expert resident: measure batching, not the cache
         if batching:
             buckets = tuple(agent.executor.token_buckets)
@@ -633,9 +636,12 @@ def litert_target() -> str:
     """The first profile whose backend is tflite, when this machine can run it; else Skipped with the reason."""
     from m3edge import targets
 
-    names = [t.name for t in targets.all_targets() if t.backend == "tflite"]
+    from m3edge import backends
+
+    litert = backends.get("litert")  # the registry's LiteRT backend, under whatever name profiles give it
+    names = [t.name for t in targets.all_targets() if litert.runs(t.backend)]
     if not names:
-        raise Skipped("no target profile with backend 'tflite' (m3edge targets lists none)")
+        raise Skipped("no target profile with a LiteRT (tflite) backend (m3edge targets lists none)")
     try:
         import ai_edge_litert  # noqa: F401
     except ImportError as e:
@@ -872,11 +878,10 @@ def goals(res: dict) -> list[dict]:
     out = []
     for model in res.get("models", {}):
         torch_r, mono = _row(res, model, "torch-eager", "fp32"), _row(res, model, "onnx-monolithic", "fp32")
-        for eng in ("m3edge-runtime", "m3edge-runtime-litert"):
+        for eng, label in (("m3edge-runtime", "runtime INT8"), ("m3edge-runtime-litert", "runtime INT8 (LiteRT)")):
             r = _row(res, model, eng, "int8")
             if r is None:
                 continue
-            label = "runtime INT8" + (" (LiteRT)" if eng.endswith("litert") else "")
             out.append(_goal(f"{model}: {label} >= 2x torch eager at batch 1",
                              r["bytes_per_s"] / torch_r["bytes_per_s"] if torch_r else None, 2.0, issue=8))
             out.append(_goal(f"{model}: {label} ahead of the monolithic onnx export at batch 1",

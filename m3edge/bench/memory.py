@@ -79,10 +79,11 @@ class BundleAgent:
 
     def open(self):
         from m3edge.runtime.agent import EdgeAgent
+        from m3edge.runtime.options import RuntimeOptions
 
         if self.agent is not None:
             self.agent.close()
-        self.agent = EdgeAgent.open(self.bundle, threads=self.threads, memory_device=self.device)
+        self.agent = EdgeAgent.open(self.bundle, options=RuntimeOptions(threads=self.threads, memory_device=self.device))
         return self.agent
 
     def generate(self, prompt: bytes, n: int, use_memory: bool) -> bytes:
@@ -112,11 +113,12 @@ def decode_bench(bundle: str, text: np.ndarray, sizes=(0, 1_000, 10_000, 100_000
                  rss_bytes: int = 1024, threads: int = 2, progress=None) -> dict:
     """Greedy bytes/s with memory on after ``sizes`` stored memories, against memory off on the same agent."""
     from m3edge.runtime.agent import EdgeAgent
+    from m3edge.runtime.options import RuntimeOptions
 
     rows = []
     cue = b"\n    def "
     for size in sizes:
-        agent = EdgeAgent.open(bundle, threads=threads)
+        agent = EdgeAgent.open(bundle, options=RuntimeOptions(threads=threads))
         t = time.perf_counter()
         if size:
             # `size` experiences in one batched pass; at capacity one more, so the store's batched forgetting

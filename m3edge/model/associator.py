@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3edge.model.routing import select_topk
+from m3edge.routing import select_topk_torch as select_topk
 from m3edge.memory.retrieval import FUSION
 from m3edge.memory.synaptic import RECENCY_TAU, RETRIEVAL_TEMPERATURE
 

@@ -1,4 +1,4 @@
-"""MemoryMoELayer: the seed's gate and 64 typed experts, routed by the contract in routing.py."""
+"""MemoryMoELayer: the seed's gate and 64 typed experts, routed by the contract in m3edge/routing/."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from m3edge.config import ModelConfig
-from m3edge.model import routing
+from m3edge import routing
 from m3edge.model.experts import MemoryExpert
 
 
@@ -35,9 +35,9 @@ class MemoryMoELayer(nn.Module):
         logits = self.gate(h) + bias
         values, index = routing.select_topk(logits, cfg.top_k)
         weight = routing.topk_weights(values)
-        keep = torch.ones_like(index, dtype=torch.bool)
-        if cfg.routing == "capacity":
-            keep = routing.capacity_keep(index, weight.detach(), cfg.n_experts, cfg.expert_capacity)
+        rule = routing.get(cfg.routing)
+        keep = rule.keep_torch(index, weight.detach(), cfg.n_experts, cfg.expert_capacity)
+        if rule.drops:
             weight = weight * keep
         loss = routing.balance_loss(logits, index, cfg.n_experts)
         return Routed(logits, index, weight, keep, loss)

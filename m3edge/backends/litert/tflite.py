@@ -126,7 +126,7 @@ def convert(module, examples: dict[int, tuple], precision: str, rows: list[np.nd
 
 def port_quant(path: Path, signature: str) -> tuple[list[dict], list[dict]]:
     """(inputs, outputs) of one signature, each {dtype, scale, zero_point}, in the module's port order."""
-    from m3edge.runtime.graph import LiteRTGraph
+    from m3edge.backends.litert.runtime import LiteRTGraph
 
     g = LiteRTGraph(path, signature=signature)
 
