@@ -396,11 +396,13 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
 @click.option("--work-dir", default="runs/bench", show_default=True, type=click.Path(),
               help="full: where checkpoints, bundles and the monolithic graph are built.")
 @click.option("--rebuild", is_flag=True, help="full: rebuild every artefact instead of reusing the work dir's.")
+@click.option("--merge", is_flag=True, help="full: keep the models (and sweeps) of the existing -o JSON that this "
+                                            "run does not measure; each model records when it was measured.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("-o", "--output", type=click.Path(), help="Also write the JSON report here.")
 @click.option("--json", "as_json", is_flag=True)
 def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, checkpoint_dir, named_bundles,
-          recall_kb, trials, models, runs, work_dir, rebuild, data_dir, output, as_json):
+          recall_kb, trials, models, runs, work_dir, rebuild, merge, data_dir, output, as_json):
     """Torch eager vs the runtime, the expert-cache sweep and batching, side by side on this machine."""
     from m3edge.bench import batching_bench, format_batching, format_report, run_bench
     from m3edge.bundle import open_bundle
@@ -411,7 +413,7 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
     if suite == "full":
         import dataclasses
 
-        from m3edge.bench import FULL, format_full, run_full
+        from m3edge.bench import FULL, format_full, merge_results, run_full
 
         if bundle_dir:
             raise BadInput("--suite full builds its own bundles: pass no BUNDLE (see --work-dir)")
@@ -423,8 +425,14 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
                            f"choose from {', '.join(plans)}")
         cfg = dataclasses.replace(FULL, models=tuple(plans[m] for m in wanted), work_dir=work_dir, data_dir=str(data),
                                   threads=threads, rebuild=rebuild, runs=runs or FULL.runs)
-        report = run_full(cfg, progress=say)
-        report["command"] = " ".join(["m3edge", *sys.argv[1:]])
+        if merge and not (output and Path(output).is_file()):
+            raise BadInput("--merge needs -o FILE naming an existing full-suite result")
+        if merge:  # re-measure the named models only: sweeps of a model not named and the memory store are kept
+            cfg = dataclasses.replace(cfg, memory_store=False,
+                                      sweeps_model=cfg.sweeps_model if cfg.sweeps_model in wanted else None)
+        report = run_full(cfg, progress=say, command=" ".join(["m3edge", *sys.argv[1:]]))
+        if merge:
+            report = merge_results(json.loads(Path(output).read_text()), report)
         if output:
             Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
         emit(report, as_json, format_full(report))
