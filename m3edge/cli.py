@@ -430,9 +430,16 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
         if merge:  # re-measure the named models only: sweeps of a model not named and the memory store are kept
             cfg = dataclasses.replace(cfg, memory_store=False,
                                       sweeps_model=cfg.sweeps_model if cfg.sweeps_model in wanted else None)
-        report = run_full(cfg, progress=say, command=" ".join(["m3edge", *sys.argv[1:]]))
+        previous = json.loads(Path(output).read_text()) if merge else None
+
+        def keep(res):  # what has been measured so far, written as it comes
+            if output:
+                res = merge_results(previous, res) if merge else res
+                Path(output).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+
+        report = run_full(cfg, progress=say, command=" ".join(["m3edge", *sys.argv[1:]]), partial=keep)
         if merge:
-            report = merge_results(json.loads(Path(output).read_text()), report)
+            report = merge_results(previous, report)
         if output:
             Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
         emit(report, as_json, format_full(report))

@@ -51,7 +51,9 @@ class BudgetPlan:
     bundle: str = "bundle-int8"  # the artefact it runs on (a Pi's INT8 bundle)
     fraction: float = 0.25
     io: tuple = ("read", "mmap")
-    prefetch: tuple = ("off", "inline", "thread")
+    # "thread" is left out by default: on 2 cores a background loader stalls the decoding thread at every
+    # onnxruntime call (the GIL) more than it hides (small reference, docs/performance.md).
+    prefetch: tuple = ("off", "inline")
     prompts: int = 2
     bytes: int = 16
     storage_mb_s: tuple = (("SD card, slow (UHS-I class 10)", 40.0), ("SD card, fast (Pi 5 SDR104)", 85.0),
@@ -288,7 +290,9 @@ def _settings(cfg: FullConfig) -> dict:
     return dataclasses.asdict(cfg)  # nested dataclasses (models, bundles, budget) become dicts too
 
 
-def run_full(cfg: FullConfig = FULL, progress=None, command: str = "") -> dict:
+def run_full(cfg: FullConfig = FULL, progress=None, command: str = "", partial=None) -> dict:
+    """Every model, the sweeps, the memory store and the over-budget run. ``partial(res)`` is called after each
+    model and stage with the result so far (the CLI writes it, so a run cut short keeps what it measured)."""
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
     res = {"suite": "full", "machine": machine(), "threads": cfg.threads,
@@ -304,6 +308,9 @@ def run_full(cfg: FullConfig = FULL, progress=None, command: str = "") -> dict:
                          "memory_bandwidth_gbps": res["memory_bandwidth"]["median"]}}
         res["models"][plan.name] = m
         res["rows"] += m["rows"]
+        if partial:
+            partial(res | {"partial": f"measured up to model {plan.name}", "goals": goals(res),
+                           "duration_s": time.perf_counter() - t0})
     sweep_bundle = res["models"].get(cfg.sweeps_model, {}).get("artefacts", {}).get("bundle-fp32", {}).get("path")
     if sweep_bundle:
         from m3edge.bundle import open_bundle
