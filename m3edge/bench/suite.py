@@ -325,7 +325,8 @@ def run_full(cfg: FullConfig = FULL, progress=None, command: str = "", partial=N
                                          cfg.threads, cfg.max_queue_delay_ms, cfg.batching_repeats, progress) \
             | {"model": cfg.sweeps_model}
     else:
-        reason = f"no fp32 bundle of model {cfg.sweeps_model!r} in this run"
+        reason = (f"no fp32 bundle of model {cfg.sweeps_model!r} in this run" if cfg.sweeps_model
+                  else "not requested in this run")
         res["cache_sweep"], res["batching"] = {"skipped": reason}, {"skipped": reason}
     res["memory_store"] = memory_store_bench(cfg, progress)
     res["budget"] = over_budget(cfg, res["models"], progress)
