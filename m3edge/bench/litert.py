@@ -60,7 +60,10 @@ def _task_name(name: str) -> str:
     return "litert: " + re.sub(r":\s*\S+$", "", name)
 
 
-def profile(checkpoint: Path, target_name: str, data_dir: Path, parity_tokens: int = 2048) -> dict:
+def profile(checkpoint: Path | None, target_name: str, data_dir: Path, parity_tokens: int = 2048,
+            config: Path | None = None) -> dict:
+    """The profile of one export: of a checkpoint, or of a seeded random init of a model config (a slice of a
+    model too big to convert whole, e.g. the seed with 1 layer of 4 experts: its per-module times scale)."""
     import litert_torch.progress as lt_progress
 
     from m3edge import checkpoint as ckpt
@@ -79,7 +82,7 @@ def profile(checkpoint: Path, target_name: str, data_dir: Path, parity_tokens: i
             yield
 
     lt_progress.task = timed_task
-    spec_label = lambda spec, *a, **k: spec.label  # noqa: E731
+    spec_label = lambda spec, *a, **k: f"{spec.role}:{spec.label}"  # noqa: E731
     ph.wrap(pipeline, "build_tflite", "module total (convert + write + ports)", module_from=spec_label)
     ph.wrap(tflite, "convert", "convert (litert-torch, quantization included)")
     ph.wrap(tflite, "_quantized_program", "pt2e: export + observers + calibration + convert_pt2e")
@@ -88,7 +91,7 @@ def profile(checkpoint: Path, target_name: str, data_dir: Path, parity_tokens: i
     ph.wrap(pipeline, "stage_check", "per-graph validation against torch")
     ph.wrap(pipeline, "end_to_end", "end-to-end parity", module_from=lambda *a, **k: "(end to end)")
     target = targets.load(target_name)
-    agent, source = ckpt.build_agent(str(checkpoint), None, None, 0)
+    agent, source = ckpt.build_agent(str(checkpoint) if checkpoint else None, None, config, 0)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="m3edge-litert-") as tmp:
         export_bundle(agent, source, target, Path(tmp) / "bundle", data_dir, True,
@@ -99,7 +102,12 @@ def profile(checkpoint: Path, target_name: str, data_dir: Path, parity_tokens: i
         by_phase[phase] += s
     modules = sorted({m for m, _ in ph.seconds if not m.startswith("(")})
     per_module = {m: ph.seconds[m, "module total (convert + write + ports)"] for m in modules}
-    return {"machine": machine(), "checkpoint": str(checkpoint), "target": target.name, "total_s": total,
+    per_kind: dict = defaultdict(list)
+    for m, sec in per_module.items():
+        per_kind[m.split(":")[0]].append(sec)
+    return {"machine": machine(), "checkpoint": str(checkpoint or config), "model_config": agent.cfg.to_dict(),
+            "target": target.name, "total_s": total,
+            "module_s_by_kind": {k: {"n": len(v), "mean": sum(v) / len(v)} for k, v in per_kind.items()},
             "modules": len(modules), "peak_rss_mb": peak_rss_mb(),
             "phases_s": dict(sorted(by_phase.items(), key=lambda kv: -kv[1])),
             "phase_calls": {p: sum(c for (m, q), c in ph.calls.items() if q == p) for p in by_phase},
@@ -111,12 +119,13 @@ def profile(checkpoint: Path, target_name: str, data_dir: Path, parity_tokens: i
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m m3edge.bench litert-profile", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "small")
+    ap.add_argument("--config", type=Path, help="a model config JSON to random-init instead of --checkpoint")
     ap.add_argument("--target", default="rpi5-tflite")
     ap.add_argument("--data-dir", type=Path, default=ROOT / "calibration_data")
     ap.add_argument("--parity-tokens", type=int, default=2048)
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "bench" / "results-litert-profile.json")
     a = ap.parse_args(argv)
-    res = profile(a.checkpoint, a.target, a.data_dir, a.parity_tokens)
+    res = profile(None if a.config else a.checkpoint, a.target, a.data_dir, a.parity_tokens, a.config)
     res["command"] = "python -m m3edge.bench litert-profile " + " ".join(argv if argv is not None else sys.argv[2:])
     a.output.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: res[k] for k in ("total_s", "modules", "phases_s")}, indent=1))
