@@ -396,13 +396,15 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, cache_expe
 @click.option("--work-dir", default="runs/bench", show_default=True, type=click.Path(),
               help="full: where checkpoints, bundles and the monolithic graph are built.")
 @click.option("--rebuild", is_flag=True, help="full: rebuild every artefact instead of reusing the work dir's.")
+@click.option("--skip", "skip_artefacts", default="", help="full: comma-separated artefacts not to build (e.g. "
+                                                             "bundle-jetson); their rows say so.")
 @click.option("--merge", is_flag=True, help="full: keep the models (and sweeps) of the existing -o JSON that this "
                                             "run does not measure; each model records when it was measured.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("-o", "--output", type=click.Path(), help="Also write the JSON report here.")
 @click.option("--json", "as_json", is_flag=True)
 def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, checkpoint_dir, named_bundles,
-          recall_kb, trials, models, runs, work_dir, rebuild, merge, data_dir, output, as_json):
+          recall_kb, trials, models, runs, work_dir, rebuild, skip_artefacts, merge, data_dir, output, as_json):
     """Torch eager vs the runtime, the expert-cache sweep and batching, side by side on this machine."""
     from m3edge.bench import batching_bench, format_batching, format_report, run_bench
     from m3edge.bundle import open_bundle
@@ -423,8 +425,12 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
         if unknown or not wanted:
             raise BadInput(f"--models: unknown model {unknown[0] if unknown else '(none)'!r}; "
                            f"choose from {', '.join(plans)}")
+        skip = tuple(k.strip() for k in skip_artefacts.split(",") if k.strip())
+        known = {"checkpoint", "monolithic", *(b.key for b in FULL.bundles)}
+        if set(skip) - known:
+            raise BadInput(f"--skip: unknown artefact {sorted(set(skip) - known)[0]!r}; choose from {', '.join(sorted(known))}")
         cfg = dataclasses.replace(FULL, models=tuple(plans[m] for m in wanted), work_dir=work_dir, data_dir=str(data),
-                                  threads=threads, rebuild=rebuild, runs=runs or FULL.runs)
+                                  threads=threads, rebuild=rebuild, runs=runs or FULL.runs, skip=FULL.skip + skip)
         if merge and not (output and Path(output).is_file()):
             raise BadInput("--merge needs -o FILE naming an existing full-suite result")
         if merge:  # re-measure the named models only: sweeps of a model not named and the memory store are kept

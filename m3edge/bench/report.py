@@ -123,7 +123,10 @@ def model_section(name: str, m: dict, bandwidth: float, measured_apart: bool = F
             out.append(f"| {names.get(key, key)} | skipped: {a['skipped']} | | | |")
         else:
             wall = a.get("build_wall_s", a["build_s"])
-            built = "reused" if a["build_s"] < 0.5 else f"{num(wall)} s"  # from an earlier run, or committed
+            if a.get("build_reused"):
+                built = f"{num(wall)} s (an earlier run's build, reused)"
+            else:
+                built = "reused" if a["build_s"] < 0.5 else f"{num(wall)} s"  # from an earlier run, or committed
             rss = f"{num(a['build_peak_rss_mb'] / 1024)} GB" if "build_peak_rss_mb" in a else ""
             out.append(f"| {names.get(key, key)} | {mb(a['bytes'])} | {built} | {rss} | {gates_cell(m, key)} |")
     out.append("")
