@@ -199,6 +199,8 @@ def test_full_suite_cli_usage_errors(tiny_bundle):
     assert r.returncode == 2 and "unknown model 'nope'" in r.stderr
     r = run_cli("bench", "--suite", "full", "--models", "seed", "--merge", "-o", "no-such-result.json")
     assert r.returncode == 2 and "--merge needs -o FILE naming an existing full-suite result" in r.stderr
+    r = run_cli("bench", "--suite", "full", "--skip", "bundle-nope")
+    assert r.returncode == 2 and "--skip: unknown artefact 'bundle-nope'" in r.stderr
 
 
 def test_the_package_runs_its_scripts(tmp_path):
