@@ -138,7 +138,7 @@ def test_full_suite_structure_on_a_tiny_model(tiny_checkpoint, tmp_path):
                      sweeps_model="tiny", cache_sizes=(2, 8), policies=("lfu",), cache_prompts=1, cache_bytes=2,
                      cache_passes=1, callers=(1, 2), steps_per_caller=2, batching_repeats=1, bandwidth_mb=8,
                      memory_store=False, skip=("bundle-litert",),  # LiteRT conversion: minutes, not seconds
-                     budget=BudgetPlan(model="tiny", bundle="bundle-int8", io=("read", "mmap"), prefetch=("off",),
+                     budget=BudgetPlan(model="tiny", bundles=("bundle-int8",), io=("read", "mmap"), prefetch=("off",),
                                        prompts=1, bytes=4))
     res = run_full(cfg)
     m = res["models"]["tiny"]

@@ -105,11 +105,11 @@ def over_budget(cfg, models: dict, progress=None) -> dict:
     plan = cfg.budget
     if plan is None:
         return {"skipped": "not requested"}
-    art = models.get(plan.model, {}).get("artefacts", {}).get(plan.bundle, {})
-    if "path" not in art:
-        return {"skipped": f"no {plan.bundle} of model {plan.model!r} in this run"
-                           + (f" ({art['skipped']})" if "skipped" in art else "")}
-    bundle = art["path"]
+    arts = models.get(plan.model, {}).get("artefacts", {})
+    key = next((k for k in plan.bundles if "path" in arts.get(k, {})), None)
+    if key is None:
+        return {"skipped": f"none of {', '.join(plan.bundles)} of model {plan.model!r} was built in this run"}
+    bundle = arts[key]["path"]
     mb = module_bytes(bundle)
     experts = np.asarray(mb["experts"], dtype=np.float64)
     expert_total = float(experts.sum())
@@ -120,7 +120,7 @@ def over_budget(cfg, models: dict, progress=None) -> dict:
             "context": mcfg.context, "bytes": plan.bytes,
             "prompts": [p.hex() for p in prompts(Path(cfg.data_dir), plan.prompts)]}
     say = progress or (lambda m: None)
-    res = {"model": plan.model, "bundle": plan.bundle, "fraction": plan.fraction, "budget_bytes": budget,
+    res = {"model": plan.model, "bundle": key, "fraction": plan.fraction, "budget_bytes": budget,
            "expert_bytes": expert_total, "dense_bytes": dense_total, "expert_mean_bytes": float(experts.mean()),
            "rss_limit_mb": (budget + dense_total) / 2 ** 20 + RSS_SLACK_MB, "rss_slack_mb": RSS_SLACK_MB}
     try:

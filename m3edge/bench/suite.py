@@ -48,7 +48,7 @@ class BudgetPlan:
     bytes; experts are read from their weights files on a miss, each way in ``io`` and each prefetch mode."""
 
     model: str = "seed"
-    bundle: str = "bundle-int8"  # the artefact it runs on (a Pi's INT8 bundle)
+    bundles: tuple = ("bundle-int8", "bundle-fp32")  # the first of these the run built (a Pi's INT8 bundle first)
     fraction: float = 0.25
     io: tuple = ("read", "mmap")
     # "thread" is left out by default: on 2 cores a background loader stalls the decoding thread at every
