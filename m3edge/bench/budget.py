@@ -117,7 +117,7 @@ def over_budget(cfg, models: dict, progress=None) -> dict:
     budget = int(expert_total * plan.fraction)
     mcfg = ModelConfig.from_dict(models[plan.model]["config"])
     base = {"engine": "runtime", "bundle": bundle, "threads": cfg.threads, "workload": "budget",
-            "context": mcfg.context, "bytes": plan.bytes,
+            "context": mcfg.context, "bytes": plan.bytes, "passes": plan.passes,
             "prompts": [p.hex() for p in prompts(Path(cfg.data_dir), plan.prompts)]}
     say = progress or (lambda m: None)
     res = {"model": plan.model, "bundle": key, "fraction": plan.fraction, "budget_bytes": budget,
