@@ -60,6 +60,10 @@ def _task_name(name: str) -> str:
     return "litert: " + re.sub(r":\s*\S+$", "", name)
 
 
+def ph_calls(ph: Phases, phase: str) -> int:
+    return sum(c for (_, q), c in ph.calls.items() if q == phase)
+
+
 def profile(checkpoint: Path | None, target_name: str, data_dir: Path, parity_tokens: int = 2048,
             config: Path | None = None) -> dict:
     """The profile of one export: of a checkpoint, or of a seeded random init of a model config (a slice of a
@@ -84,6 +88,7 @@ def profile(checkpoint: Path | None, target_name: str, data_dir: Path, parity_to
     lt_progress.task = timed_task
     spec_label = lambda spec, *a, **k: f"{spec.role}:{spec.label}"  # noqa: E731
     ph.wrap(pipeline, "build_tflite", "module total (convert + write + ports)", module_from=spec_label)
+    pipeline.BUILDERS["tflite"] = pipeline.build_tflite  # the pipeline looks builders up in its registry
     ph.wrap(tflite, "convert", "convert (litert-torch, quantization included)")
     ph.wrap(tflite, "_quantized_program", "pt2e: export + observers + calibration + convert_pt2e")
     ph.wrap(tflite, "port_quant", "read ports back (interpreter per signature)")
@@ -108,7 +113,8 @@ def profile(checkpoint: Path | None, target_name: str, data_dir: Path, parity_to
     return {"machine": machine(), "checkpoint": str(checkpoint or config), "model_config": agent.cfg.to_dict(),
             "target": target.name, "total_s": total,
             "module_s_by_kind": {k: {"n": len(v), "mean": sum(v) / len(v)} for k, v in per_kind.items()},
-            "modules": len(modules), "peak_rss_mb": peak_rss_mb(),
+            "modules": len(modules) or ph_calls(ph, "convert (litert-torch, quantization included)"),
+            "peak_rss_mb": peak_rss_mb(),
             "phases_s": dict(sorted(by_phase.items(), key=lambda kv: -kv[1])),
             "phase_calls": {p: sum(c for (m, q), c in ph.calls.items() if q == p) for p in by_phase},
             "slowest_modules_s": dict(sorted(per_module.items(), key=lambda kv: -kv[1])[:8]),

@@ -277,8 +277,10 @@ def budget_section(b: dict) -> list[str]:
 
 def litert_section(p: dict) -> list[str]:
     """Where the LiteRT export's time goes (``python -m m3edge.bench litert-profile``)."""
+    conversions = p["phase_calls"].get("convert (litert-torch, quantization included)")
+    modules = p["modules"] or conversions  # a profile whose module wrapper missed the registry counts conversions
     out = [f"#### Where a LiteRT export's time goes (`{p['target']}`, {p['checkpoint'].split('/')[-1]})", "",
-           f"{num(p['total_s'] / 60)} minutes for {p['modules']} modules, peak RSS {num(p['peak_rss_mb'])} MB "
+           f"{num(p['total_s'] / 60)} minutes for {modules} module conversions, peak RSS {num(p['peak_rss_mb'])} MB "
            f"(`{p.get('command', 'python -m m3edge.bench litert-profile')}`). Phases summed over modules "
            "(nested phases are also inside their parents):", "",
            "| phase | seconds | share of the export | calls |", "|---|---|---|---|"]
