@@ -46,7 +46,7 @@ train-small: install
 # the sweeps on 2 threads, writes bench/results-full.json, then README's performance tables and bench/plots/.
 bench: install bench-memory
 	$(BIN)/m3edge bench --suite full --rebuild -o bench/results-full.json
-	$(BIN)/python bench/report.py bench/results-full.json
+	$(BIN)/python -m m3edge.bench report bench/results-full.json
 
 # The memory benchmark (issue 16): online eval with memory, recall after 1-64 kB of other text for torch and the
 # fp32 / INT8 / LiteRT bundles (ideal and reram crossbars), decode at 0 / 1k / 10k / 100k memories.
@@ -57,7 +57,7 @@ bench-memory: install
 	$(BIN)/m3edge export --target rpi5-tflite --checkpoint checkpoints/small -o $(MEMBENCH)/litert --force
 	$(BIN)/m3edge bench --suite memory --checkpoint checkpoints/small --bundle fp32=$(MEMBENCH)/fp32 \
 		--bundle int8=$(MEMBENCH)/int8 --bundle litert=$(MEMBENCH)/litert -o bench/results-memory-read.json
-	$(BIN)/python bench/memory_report.py bench/results-memory-read.json
+	$(BIN)/python -m m3edge.bench memory-report bench/results-memory-read.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info

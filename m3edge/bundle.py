@@ -194,6 +194,33 @@ class Bundle:
             self._graphs[rel] = data
         return data
 
+    def map(self, rel: str) -> memoryview:
+        """A listed file memory-mapped read-only, checked against the manifest's sha256 like ``read`` (hashed
+        once while the file provably has not changed). Its pages are read when first touched. Export writes
+        every file anew (new inode), so a mapping keeps the bytes that were checked."""
+        import mmap
+
+        p = self.path(rel)
+        f = self._files.get(rel)
+        if f is None:
+            raise BadInput(f"{p}: not listed in the manifest")
+        t0 = time.time_ns()
+        try:
+            with open(p, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)) if st.st_size else memoryview(b"")
+        except (OSError, ValueError):
+            raise BadInput(f"{p}: cannot be mapped") from None
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._unchanged.get(rel) == sig and len(data) == f["bytes"]:
+            return data
+        if len(data) != f["bytes"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
+            self._unchanged.pop(rel, None)
+            raise BadInput(f"{p}: sha256 does not match the manifest (changed since the bundle was opened)")
+        if max(st.st_mtime_ns, st.st_ctime_ns) < t0 - RACY_NS:
+            self._unchanged[rel] = sig
+        return data
+
     def graph_file(self, entry: dict) -> GraphFile:
         """An entry's graph and weights bytes, checked, as a backend loads them."""
         return graph_file(entry, self.read)

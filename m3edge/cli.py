@@ -535,6 +535,10 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
 @click.option("--work-dir", default="runs/bench", show_default=True, type=click.Path(),
               help="full: where checkpoints, bundles and the monolithic graph are built.")
 @click.option("--rebuild", is_flag=True, help="full: rebuild every artefact instead of reusing the work dir's.")
+@click.option("--skip", "skip_artefacts", default="", help="full: comma-separated artefacts not to build (e.g. "
+                                                             "bundle-jetson); their rows say so.")
+@click.option("--merge", is_flag=True, help="full: keep the models (and sweeps) of the existing -o JSON that this "
+                                            "run does not measure; each model records when it was measured.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("-o", "--output", type=click.Path(), help="Also write the JSON report here.")
 @click.option("--engine-cache", type=click.Path(), help="Where TensorRT builds its engines (default "
@@ -542,7 +546,8 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
 @click.option("--json", "as_json", is_flag=True)
 @quiet_option
 def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, checkpoint_dir, named_bundles,
-          recall_kb, trials, models, runs, work_dir, rebuild, data_dir, output, engine_cache, as_json, quiet):
+          recall_kb, trials, models, runs, work_dir, rebuild, skip_artefacts, merge, data_dir, output, engine_cache,
+          as_json, quiet):
     """Torch eager vs the runtime, the expert-cache sweep and batching, side by side on this machine."""
     import os
 
@@ -565,7 +570,7 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
     if suite == "full":
         import dataclasses
 
-        from m3edge.bench import FULL, format_full, run_full
+        from m3edge.bench import FULL, format_full, merge_results, run_full
 
         if bundle_dir:
             raise BadInput("--suite full builds its own bundles: pass no BUNDLE (see --work-dir)")
@@ -575,10 +580,27 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
         if unknown or not wanted:
             raise BadInput(f"--models: unknown model {unknown[0] if unknown else '(none)'!r}; "
                            f"choose from {', '.join(plans)}")
+        skip = tuple(k.strip() for k in skip_artefacts.split(",") if k.strip())
+        known = {"checkpoint", "monolithic", *(b.key for b in FULL.bundles)}
+        if set(skip) - known:
+            raise BadInput(f"--skip: unknown artefact {sorted(set(skip) - known)[0]!r}; choose from {', '.join(sorted(known))}")
         cfg = dataclasses.replace(FULL, models=tuple(plans[m] for m in wanted), work_dir=work_dir, data_dir=str(data),
-                                  threads=threads, rebuild=rebuild, runs=runs or FULL.runs)
-        report = run_full(cfg, progress=say)
-        report["command"] = " ".join(["m3edge", *sys.argv[1:]])
+                                  threads=threads, rebuild=rebuild, runs=runs or FULL.runs, skip=FULL.skip + skip)
+        if merge and not (output and Path(output).is_file()):
+            raise BadInput("--merge needs -o FILE naming an existing full-suite result")
+        if merge:  # re-measure the named models only: sweeps of a model not named and the memory store are kept
+            cfg = dataclasses.replace(cfg, memory_store=False,
+                                      sweeps_model=cfg.sweeps_model if cfg.sweeps_model in wanted else None)
+        previous = json.loads(Path(output).read_text()) if merge else None
+
+        def keep(res):  # what has been measured so far, written as it comes
+            if output:
+                res = merge_results(previous, res) if merge else res
+                Path(output).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+
+        report = run_full(cfg, progress=say, command=" ".join(["m3edge", *sys.argv[1:]]), partial=keep)
+        if merge:
+            report = merge_results(previous, report)
         if output:
             Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
         bar.close()

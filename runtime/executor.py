@@ -24,6 +24,8 @@ from m3edge.backends import SessionConfig, open_graph
 from m3edge.backends.session import CONSTANT_WEIGHTS
 from m3edge.runtime.template import Template, weights_as_inputs
 
+EXPERT_IO = ("read", "mmap")
+
 # TensorRT builds an engine with its weights inside and needs constant Q/DQ scales: a shared session, whose
 # weights are inputs, runs on the profile's other providers.
 NOT_SHARED = {"TensorrtExecutionProvider"}
@@ -105,7 +107,8 @@ class ExpertWeights:
     def __init__(self, executor: "BundleExecutor", layer: int, expert: int, warm=()):
         self.executor = executor
         self.entries = {b: executor.bundle.find("expert", b, layer, expert) for b in executor.capacity_buckets}
-        self.data = {rel: executor.bundle.read(rel) for rel in {r for e in self.entries.values() for r in weights_files(e)}}
+        read = executor.bundle.map if executor.expert_io == "mmap" else executor.bundle.read
+        self.data = {rel: read(rel) for rel in {r for e in self.entries.values() for r in weights_files(e)}}
         self.bytes = sum(len(d) for d in self.data.values())
         # Feeds are made on first use, not here: a prefetch thread then holds the GIL only to read and hash
         # (which release it), not for the Python that would stall the decoding thread.
@@ -141,6 +144,9 @@ class BundleExecutor:
         if cache is not None and cache.loader is None:
             cache.loader = self._load_expert
         self.prefetch = prefetch
+        # How a cache miss gets an expert's weights (``EXPERT_IO``): "read" copies the file into memory; "mmap"
+        # maps it, so its pages are read from the page cache (or storage) by the expert's first run instead.
+        self.expert_io = "read"
         # Counts of (last layer's expert at token t, layer 0's expert at t+1): predicts the next step's first
         # layer, which no router can see before the next byte is known. Bundles before it have none.
         nt = spec.expert_usage.next_token if spec.expert_usage else None

@@ -43,6 +43,7 @@ class Target:
     expert_banks: bool = True
     memory_capacity: int = 100_000
     memory_budget_mb: float = 512
+    storage_read_mb_s: float = 40
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<target profile>") -> "Target":

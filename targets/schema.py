@@ -126,6 +126,10 @@ FIELDS: dict[str, dict] = {
     # into a count with its measured bytes per memory); the smaller of the two holds.
     "memory_capacity": {"kind": "int", "default": 100_000, "max": 10_000_000},
     "memory_budget_mb": {"kind": "number", "default": 512, "max": 4096 * 1024},
+    # Sequential read speed of the storage the bundle lives on (MB/s): what an expert missing from the cache
+    # costs when it is not in the page cache either (m3edge.bench.budget's storage model). A profile that does
+    # not say gets the slowest common medium, an SD card.
+    "storage_read_mb_s": {"kind": "number", "default": 40, "max": 100_000},
 }
 
 

@@ -21,7 +21,7 @@ class SessionConfig:
     target: object = None  # a targets.Target: providers per graph (TensorRT needs each graph's shapes)
     cache_dir: str | None = None  # where TensorRT engines are built and cached (runtime/engines.py): never a bundle
     # Where onnxruntime writes each session's profile and the graph it optimised (which kernels actually run:
-    # bench/graph_micro.py reads them); None, the default, costs nothing.
+    # m3edge/bench/graph_micro.py reads them); None, the default, costs nothing.
     profile_dir: str | None = None
     # Run every graph with this backend instead of the one the manifest records (`m3edge verify --backend`):
     # a backend that reads the same graph files, such as the reference evaluator for ONNX.

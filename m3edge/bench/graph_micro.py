@@ -1,6 +1,6 @@
 """Per-graph time at batch 1, bundle against bundle (issue 17: why INT8 was no faster than fp32).
 
-    python bench/graph_micro.py LABEL=BUNDLE [LABEL=BUNDLE ...] [--threads N] [--runs 200] [--profile DIR]
+    python -m m3edge.bench.graph_micro LABEL=BUNDLE [LABEL=BUNDLE ...] [--threads N] [--runs 200] [--profile DIR]
                                 [--generate BYTES] [--json OUT]
 
 For every bundle, the per-token graphs (encoder, alignment, router and head of layer 0) and every expert of

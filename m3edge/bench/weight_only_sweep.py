@@ -1,6 +1,6 @@
 """Weight-only settings measured on a checkpoint (docs/export.md, "Weight-only precisions").
 
-    python bench/weight_only_sweep.py [--checkpoint checkpoints/small] [--target rpi5] [--out runs/weight-only]
+    python -m m3edge.bench.weight_only_sweep [--checkpoint checkpoints/small] [--target rpi5] [--out runs/weight-only]
                                       [--variants NAME,...] [--parity-tokens 2048]
 
 Each variant is a full ``export_bundle`` of the checkpoint for the target with per-role precisions and one
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the source tree
 
 DENSE = ("encoder", "alignment", "router", "head")
 

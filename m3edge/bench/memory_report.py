@@ -1,6 +1,6 @@
 """README's and docs/memory.md's memory figures, regenerated from the memory suite's JSON.
 
-    python bench/memory_report.py [bench/results-memory-read.json] [--check]
+    python -m m3edge.bench memory-report [bench/results-memory-read.json] [--check]
 """
 
 from __future__ import annotations
@@ -10,16 +10,15 @@ import json
 import sys
 from pathlib import Path
 
+from m3edge.bench.common import ROOT
 from m3edge.bench.memory import markdown, splice
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def main() -> int:
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m m3edge.bench memory-report")
     ap.add_argument("results", nargs="?", default=str(ROOT / "bench" / "results-memory-read.json"))
     ap.add_argument("--check", action="store_true", help="exit 1 if a page differs from the JSON; write nothing")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     block = markdown(json.loads(Path(a.results).read_text()))
     stale = []
     for page in (ROOT / "README.md", ROOT / "docs" / "memory.md"):
@@ -30,7 +29,7 @@ def main() -> int:
             if not a.check:
                 page.write_text(new)
     if a.check and stale:
-        print(f"stale: {', '.join(stale)} (run python bench/memory_report.py)", file=sys.stderr)
+        print(f"stale: {', '.join(stale)} (run python -m m3edge.bench memory-report)", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """Benchmark of the device's long-term memory at 100,000 memories (the seed's medical agent's capacity).
 
-    .venv/bin/python bench/memory_store.py [--memories 100000] [-o bench/results-memory.json]
+    python -m m3edge.bench memory-store [--memories 100000] [-o bench/results-memory.json]
 
 Measures, on this machine (wall time, and this process's CPU time: on a shared host the wall time includes
 waiting for a core; run with OPENBLAS_NUM_THREADS=1 there, as threaded BLAS spins against the other load):
@@ -31,12 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from m3edge.memory import crossbar as xb  # noqa: E402
-from m3edge.runtime.store import MemoryStore, fuse, topk_stable  # noqa: E402
-from m3edge.memory.synaptic import SynapticStorage, unit  # noqa: E402
+from m3edge.bench.common import ROOT
+from m3edge.memory import crossbar as xb
+from m3edge.memory.synaptic import SynapticStorage, unit
+from m3edge.runtime.store import MemoryStore, fuse, topk_stable
 
 KEY, VALUE, CTX = 128, 64, 128
 
@@ -186,14 +184,14 @@ def retention(capacity: int = 1000, stream: int = 20_000, high_fraction: float =
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m m3edge.bench memory-store", description=__doc__.split("\n")[0])
     ap.add_argument("--memories", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--device", default="reram")
     ap.add_argument("-o", "--output", default=str(ROOT / "bench" / "results-memory.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     data = make_data(args.memories)
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="m3edge-mem-"))
@@ -224,8 +222,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     report = {
-        "command": ("OPENBLAS_NUM_THREADS=" + blas + " " if blas else "") + "python bench/memory_store.py "
-                   + " ".join(sys.argv[1:]),
+        "command": ("OPENBLAS_NUM_THREADS=" + blas + " " if blas else "") + "python -m m3edge.bench memory-store "
+                   + " ".join(sys.argv[2:] if argv is None else argv),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "blas_threads": blas or "default", "load_avg_1m_start": load_before[0],
                     "load_avg_1m": os.getloadavg()[0]},
@@ -250,7 +248,8 @@ def main() -> None:
     r = report["retention"]
     print(f"retention: important memories live {r['seed_policy']['high_importance_mean']:.0f} arrivals vs FIFO "
           f"{r['fifo_lifetime']:.0f} ({r['high_importance_longer_than_fifo_percent']:+.0f}%)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

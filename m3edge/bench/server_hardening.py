@@ -1,6 +1,6 @@
 """Measures issue 19's server cases against `m3edge serve` in a subprocess on 127.0.0.1 (not a test: numbers).
 
-    python bench/server_hardening.py BUNDLE [-o results.json]
+    python -m m3edge.bench.server_hardening BUNDLE [-o results.json]
 
 1. slow clients: the server runs with a file limit of 256; 300 connections that never finish (half stop inside
    the request head, half inside the body) are held open for 10 s; /healthz is timed every 0.2 s from another
@@ -29,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the source tree
 
 
 def free_port() -> int:

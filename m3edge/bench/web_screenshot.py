@@ -1,16 +1,14 @@
 """docs/img/web.png: the web page of `m3edge serve BUNDLE` in headless Chromium, mid-generation.
 
-    python bench/web_screenshot.py BUNDLE [-o docs/img/web.png]
+    python -m m3edge.bench.web_screenshot BUNDLE [-o docs/img/web.png]
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server_hardening import Server  # noqa: E402
+from m3edge.bench.server_hardening import Server
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
