@@ -179,12 +179,14 @@ def extract(bundle, entry: dict, out, external_data: bool = False) -> dict:
     copied (its flatbuffer holds its weights). Returns what was written."""
     from pathlib import Path
 
+    from m3edge import backends
     from m3edge import bundle as bfmt
     from m3edge.errors import BadInput
 
     out = Path(out)
     src = entry["path"]
-    if entry["backend"] != "onnxruntime" or not src.endswith(".onnx"):
+    # Only ONNX graphs are rewritten (weights inlined, stamped); any other format is copied as it is.
+    if backends.capabilities(entry["backend"]).graph_format != "onnx" or not src.endswith(".onnx"):
         if out.suffix != Path(src).suffix:
             raise BadInput(f"{module_label(entry)} is a {Path(src).suffix} graph ({entry['backend']}): "
                            f"write it to a {Path(src).suffix} file")

@@ -146,12 +146,15 @@ def _current(bundle_dir: Path, checkpoint_dir) -> bool:
         return False
 
 
+ANY_LITERT = "<any LiteRT profile>"  # a BundleSpec target resolved by litert_target()
+
+
 @dataclass(frozen=True)
 class BundleSpec:
     """One bundle the full suite exports and measures: data, so a precision is a line here, not code."""
 
     key: str  # artefact key; its row's accuracy is reported under key minus "bundle-"
-    target: str  # profile name, or "tflite": the first LiteRT profile this machine can run
+    target: str  # profile name, or ANY_LITERT: the first LiteRT profile this machine can run
     precision: str = "auto"  # m3edge export --precision
     label: str = ""  # the row's precision column (default: ``precision``)
     engine: str = "m3edge-runtime"
@@ -168,7 +171,7 @@ BUNDLES = (BundleSpec("bundle-fp32", "host-cpu", label="fp32"),
            BundleSpec("bundle-int8-weight-only", "rpi5", "int8-weight-only"),
            BundleSpec("bundle-int4", "rpi5", "int4"),
            BundleSpec("bundle-jetson", "jetson", label="fp16+int8 router"),
-           BundleSpec("bundle-litert", "tflite", label="int8", engine="m3edge-runtime-litert"))
+           BundleSpec("bundle-litert", ANY_LITERT, label="int8", engine="m3edge-runtime-litert"))
 
 
 def known_precisions(backend: str) -> tuple:
@@ -189,7 +192,7 @@ def _bundle(spec: BundleSpec):
     def build(ctx: dict) -> Path:
         from m3edge import targets
 
-        name = litert_target() if spec.target == "tflite" else spec.target
+        name = litert_target() if spec.target == ANY_LITERT else spec.target
         t = targets.load(name)
         wanted = set(t.precision.values()) if spec.precision == "auto" else {spec.precision}
         unknown = sorted(wanted - set(known_precisions(t.backend)))
