@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 
 from m3edge.bundle import Bundle, open_bundle
 from m3edge.errors import BadInput, CheckFailed, M3EdgeError
+from m3edge.runtime.options import RuntimeOptions
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from m3edge.runtime.agent import EdgeAgent, Recall
     from m3edge.runtime.batcher import BatcherConfig
 
-__all__ = ["EdgeAgent", "Recall", "BatcherConfig", "Bundle", "open_bundle", "M3EdgeError", "BadInput",
-           "CheckFailed"]
+__all__ = ["EdgeAgent", "Recall", "RuntimeOptions", "BatcherConfig", "Bundle", "open_bundle", "M3EdgeError",
+           "BadInput", "CheckFailed"]
 
 # name -> module it lives in; loaded by __getattr__ (PEP 562) the first time it is asked for.
 _LAZY = {"EdgeAgent": "m3edge.runtime.agent", "Recall": "m3edge.runtime.agent",
