@@ -156,19 +156,6 @@ def find_module(bundle, module: str, bucket: int | None) -> dict:
     return match[0]
 
 
-def _inline(model: onnx.ModelProto, data: dict[str, bytes]) -> None:
-    """Read each external tensor from ``data`` (the names the graph gives its external data) into the graph."""
-    from onnx.external_data_helper import uses_external_data
-
-    for t in model.graph.initializer:
-        if uses_external_data(t):
-            ext = {e.key: e.value for e in t.external_data}
-            off, length = int(ext.get("offset", 0)), int(ext["length"])
-            t.raw_data = data[ext["location"]][off:off + length]
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-
-
 # protobuf's 2 GiB limit on one message, less room for the graph's structure.
 INLINE_LIMIT = 2 ** 31 - 2 ** 24
 
@@ -195,8 +182,9 @@ def extract(bundle, entry: dict, out, external_data: bool = False) -> dict:
     if out.suffix != ".onnx":
         raise BadInput(f"{out}: an ONNX graph is written to a .onnx file")
     gf = bundle.graph_file(entry)
-    model = onnx.load_model_from_string(gf.model)
-    _inline(model, gf.data)
+    from m3edge.backends.onnxruntime.onnx_export import attach
+
+    model = attach(onnx.load_model_from_string(gf.model), gf.data)
     weights = bfmt.weights_files(entry)
     listed = {f["path"]: f for f in bundle.manifest["files"]}
     stamp(model, {"layer": entry["layer"], "expert": entry["expert"], "memory_type": entry.get("memory_type"),

@@ -22,7 +22,7 @@ import numpy as np
 
 from m3edge.errors import BadInput
 from m3edge.memory import retrieval
-from m3edge.memory.pending import Pending
+from m3edge.memory.pending import Pending, flush, store_or_hold
 from m3edge.memory.synaptic import Clock, Memory, unit
 from m3edge.runtime.store import DB_NAME, MemoryStore, empty_file, memory_extras
 
@@ -126,25 +126,20 @@ class LongTermMemory:
         """Store experiences now, or (``defer``, one decode step's row) hold them for the next batched write;
         held rows are read like stored ones. Returns the stored ids (none for a held row)."""
         key, context_key = np.asarray(key, dtype=np.float32), np.asarray(context_key, dtype=np.float32)
-        if defer and len(key) == 1 and next_bytes is not None and hashes is not None and type_ids is not None:
-            retrieval.check_task(task)
-            if not self.pending.accepts(scene, task):
-                self.flush()
-            self.pending.add(key[0], unit(key)[0], context_key[0], np.asarray(value, np.float32)[0],
-                             float(np.reshape(complexity, -1)[0]), float(np.reshape(surprise, -1)[0]),
-                             int(np.reshape(next_bytes, -1)[0]), np.asarray(hashes, np.int64)[0],
-                             int(np.reshape(type_ids, -1)[0]), scene, task)
-            return self.flush() if self.pending.full() else []
-        self.flush()
-        return self._store(key, context_key, value, complexity, surprise, next_bytes, hashes, type_ids, scene, task)
+        held_rows = defer and len(key) == 1 and next_bytes is not None and hashes is not None and type_ids is not None
+        # As given: the store validates them (a held row is checked when its batch is written).
+        batch = {"keys": key, "key_units": unit(key) if held_rows else None, "context_keys": context_key,
+                 "values": value, "complexity": complexity, "surprise": surprise, "next_bytes": next_bytes,
+                 "hashes": hashes, "type_ids": type_ids, "scene": scene, "task": task}
+        return store_or_hold(self.pending, self._write, batch, held_rows)
 
     def flush(self) -> list[int]:
         """Write the held decode experiences in one batch (a no-op when none are held)."""
-        p = self.pending.take()
-        if p is None:
-            return []
-        return self._store(p["keys"], p["context_keys"], p["values"], p["complexity"], p["surprise"],
-                           p["next_bytes"], p["hashes"], p["type_ids"], p["scene"], p["task"])
+        return flush(self.pending, self._write)
+
+    def _write(self, b: dict) -> list[int]:
+        return self._store(b["keys"], b["context_keys"], b["values"], b["complexity"], b["surprise"], b["next_bytes"],
+                           b["hashes"], b["type_ids"], b["scene"], b["task"])
 
     def _store(self, key, context_key, value, complexity, surprise, next_bytes, hashes, type_ids, scene,
                task) -> list[int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from m3edge.memory.retrieval import Segment
+from m3edge.memory.retrieval import Segment, check_task
 
 FLUSH_ROWS = 32
 
@@ -37,7 +37,6 @@ class Pending:
     def add(self, key, key_unit, context_key, value, complexity, surprise, next_byte, hashes, type_id,
             scene: str, task: str) -> None:
         """One experience (each argument one row's array or scalar)."""
-        assert self.accepts(scene, task)
         self.scene, self.task = scene, task
         self.rows.append((key, key_unit, context_key, value, complexity, surprise, int(next_byte), hashes, int(type_id)))
         self._segment = None
@@ -56,14 +55,38 @@ class Pending:
         return self._segment
 
     def take(self) -> dict | None:
-        """Everything held, as batch arrays (keys, context_keys, values, complexity, surprise, next_bytes,
-        hashes, type_ids, scene, task); empties the buffer."""
+        """Everything held, as batch arrays (keys, key_units, context_keys, values, complexity, surprise,
+        next_bytes, hashes, type_ids, scene, task); empties the buffer."""
         if not self.rows:
             return None
-        key, _, ctx, values, cx, sp, nb, hashes, ty = zip(*self.rows)
-        out = {"keys": np.stack(key), "context_keys": np.stack(ctx), "values": np.stack(values),
+        key, units, ctx, values, cx, sp, nb, hashes, ty = zip(*self.rows)
+        out = {"keys": np.stack(key), "key_units": np.stack(units), "context_keys": np.stack(ctx),
+               "values": np.stack(values),
                "complexity": np.array(cx, np.float32), "surprise": np.array(sp, np.float32),
                "next_bytes": np.array(nb, np.int64), "hashes": np.stack(hashes), "type_ids": np.array(ty, np.int64),
                "scene": self.scene, "task": self.task}
         self.rows, self._segment = [], None
         return out
+
+
+def store_or_hold(pending: Pending, write, batch: dict, defer: bool) -> list[int]:
+    """The one store path of the torch memory and the runtime's: ``batch`` as ``take`` returns it (arrays of N
+    rows, plus scene and task); ``write(batch)`` stores it and returns the ids. A deferred single row is held
+    (what was held of another scene or task is written first, and a full buffer is written); anything else
+    writes what is held, then itself. Returns the ids written now."""
+    if defer and len(batch["keys"]) == 1:
+        check_task(batch["task"])
+        ids = [] if pending.accepts(batch["scene"], batch["task"]) else flush(pending, write)
+        row = {k: np.asarray(v)[0] for k, v in batch.items() if k not in ("scene", "task")}
+        pending.add(row["keys"], row["key_units"], row["context_keys"], np.asarray(row["values"], np.float32),
+                    float(np.reshape(row["complexity"], -1)[0]), float(np.reshape(row["surprise"], -1)[0]),
+                    int(row["next_bytes"]), np.asarray(row["hashes"], np.int64), int(row["type_ids"]),
+                    batch["scene"], batch["task"])
+        return ids + (flush(pending, write) if pending.full() else [])
+    return flush(pending, write) + write(batch)
+
+
+def flush(pending: Pending, write) -> list[int]:
+    """Write what is held in one batch (a no-op when nothing is)."""
+    batch = pending.take()
+    return [] if batch is None else write(batch)

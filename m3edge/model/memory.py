@@ -23,7 +23,7 @@ import numpy as np
 from m3edge.config import MEMORY_TYPES, ModelConfig
 from m3edge.memory import retrieval
 from m3edge.memory.index import suffix_orders, window_hashes
-from m3edge.memory.pending import Pending
+from m3edge.memory.pending import Pending, flush, store_or_hold
 from m3edge.memory.synaptic import IMPORTANCE_WEIGHTS, Clock, SynapticStorage, experience_importance  # noqa: F401
 from m3edge.memory.synaptic import store_experiences, unit
 from m3edge.model.associator import ContextualAssociator
@@ -111,30 +111,22 @@ class M3MemorySystem(nn.Module):
         hashes = self.hashes(windows)
         types = preference.argmax(-1).numpy()
         nb = next_byte.numpy()
-        keys, cx, sp = key.numpy(), complexity.numpy().reshape(-1), surprise.numpy().reshape(-1)
-        if defer and len(nb) == 1:
-            retrieval.check_task(task)
-            if not self.pending.accepts(scene, task):
-                self.flush()
-            self.pending.add(keys[0], unit(keys)[0], ctx[0], value[0], float(cx[0]), float(sp[0]), int(nb[0]),
-                             hashes[0], int(types[0]), scene, task)
-            return self.flush() if self.pending.full() else []
-        self.flush()
-        return self._store(keys, ctx, value, cx, sp, nb, hashes, types, scene, task)
+        keys = key.numpy()
+        batch = {"keys": keys, "key_units": unit(keys), "context_keys": ctx, "values": value,
+                 "complexity": complexity.numpy().reshape(-1), "surprise": surprise.numpy().reshape(-1),
+                 "next_bytes": nb, "hashes": hashes, "type_ids": types, "scene": scene, "task": task}
+        return store_or_hold(self.pending, self._write, batch, defer)
 
     def flush(self) -> list[int]:
         """Write the held decode experiences in one batch (a no-op when none are held)."""
-        p = self.pending.take()
-        if p is None:
-            return []
-        return self._store(p["keys"], p["context_keys"], p["values"], p["complexity"], p["surprise"],
-                           p["next_bytes"], p["hashes"], p["type_ids"], p["scene"], p["task"])
+        return flush(self.pending, self._write)
 
-    def _store(self, keys, ctx, value, complexity, surprise, nb, hashes, types, scene, task) -> list[int]:
-        extras = [{"context_key": ctx[i], "next_byte": np.int64(nb[i]), "hashes": hashes[i],
-                   "type_id": np.int64(types[i]), "scene": scene} for i in range(len(nb))]
-        ids = store_experiences(self.storage, keys, value, complexity, surprise, extras,
-                                weights=retrieval.TASK_IMPORTANCE[task],
-                                memory_types=[MEMORY_TYPES[t] for t in np.asarray(types).tolist()])
+    def _write(self, b: dict) -> list[int]:
+        nb, types = b["next_bytes"], np.asarray(b["type_ids"])
+        extras = [{"context_key": b["context_keys"][i], "next_byte": np.int64(nb[i]), "hashes": b["hashes"][i],
+                   "type_id": np.int64(types[i]), "scene": b["scene"]} for i in range(len(nb))]
+        ids = store_experiences(self.storage, b["keys"], b["values"], b["complexity"], b["surprise"], extras,
+                                weights=retrieval.TASK_IMPORTANCE[b["task"]],
+                                memory_types=[MEMORY_TYPES[t] for t in types.tolist()])
         self.distiller.consolidate(self.storage.consolidation_candidates())
         return ids
