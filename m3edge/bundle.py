@@ -181,15 +181,9 @@ class Bundle:
                 st = os.fstat(fh.fileno())  # after the read: a write during it moves ctime past the record
         except OSError:
             data = None
-        if data is not None:
-            sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if self._unchanged.get(rel) == sig and len(data) == f["bytes"]:
-                return data
-        if data is None or len(data) != f["bytes"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
-            self._unchanged.pop(rel, None)
+        if data is None:
             raise BadInput(f"{p}: sha256 does not match the manifest (changed since the bundle was opened)")
-        if max(st.st_mtime_ns, st.st_ctime_ns) < t0 - RACY_NS:
-            self._unchanged[rel] = sig
+        self._check(rel, p, f, data, st, t0)
         if rel.endswith(".onnx"):  # structure only; a .tflite holds its module's weights: the cache's to drop
             self._graphs[rel] = data
         return data
@@ -211,15 +205,20 @@ class Bundle:
                 data = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)) if st.st_size else memoryview(b"")
         except (OSError, ValueError):
             raise BadInput(f"{p}: cannot be mapped") from None
+        self._check(rel, p, f, data, st, t0)
+        return data
+
+    def _check(self, rel: str, p: Path, f: dict, data, st, t0: int) -> None:
+        """``data`` (read or mapped from ``p`` at ``t0``, whose fstat is ``st``) against the manifest's record
+        ``f``; the hash is skipped when the file provably has not changed since it was last hashed."""
         sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self._unchanged.get(rel) == sig and len(data) == f["bytes"]:
-            return data
+            return
         if len(data) != f["bytes"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
             self._unchanged.pop(rel, None)
             raise BadInput(f"{p}: sha256 does not match the manifest (changed since the bundle was opened)")
         if max(st.st_mtime_ns, st.st_ctime_ns) < t0 - RACY_NS:
             self._unchanged[rel] = sig
-        return data
 
     def graph_file(self, entry: dict) -> GraphFile:
         """An entry's graph and weights bytes, checked, as a backend loads them."""
