@@ -537,7 +537,9 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
 @click.option("--rebuild", is_flag=True, help="full: rebuild every artefact instead of reusing the work dir's.")
 @click.option("--skip", "skip_artefacts", default="", help="full: comma-separated artefacts not to build (e.g. "
                                                              "bundle-jetson); their rows say so.")
-@click.option("--merge", is_flag=True, help="full: keep the models (and sweeps) of the existing -o JSON that this "
+@click.option("--parts", "memory_parts", default="eval,recall,decode", show_default=True,
+              help="memory: the parts to measure; with --merge the others are kept from -o.")
+@click.option("--merge", is_flag=True, help="full: keep the models (and sweeps), memory: the parts, of the existing -o JSON that this "
                                             "run does not measure; each model records when it was measured.")
 @click.option("--data-dir", type=click.Path(), help="Folder holding the splits (default: calibration_data).")
 @click.option("-o", "--output", type=click.Path(), help="Also write the JSON report here.")
@@ -546,8 +548,8 @@ def run(bundle_dir, prompt, max_bytes, temperature, seed, memory_dir, engine_cac
 @click.option("--json", "as_json", is_flag=True)
 @quiet_option
 def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite, checkpoint_dir, named_bundles,
-          recall_kb, trials, models, runs, work_dir, rebuild, skip_artefacts, merge, data_dir, output, engine_cache,
-          as_json, quiet):
+          recall_kb, trials, models, runs, work_dir, rebuild, skip_artefacts, memory_parts, merge, data_dir, output,
+          engine_cache, as_json, quiet):
     """Torch eager vs the runtime, the expert-cache sweep and batching, side by side on this machine."""
     import os
 
@@ -622,7 +624,16 @@ def bench(bundle_dir, threads, n_prompts, n_bytes, cache_sizes, no_torch, suite,
             sizes_kb = tuple(int(v) for v in recall_kb.split(",") if v.strip())
         except ValueError:
             raise BadInput(f"--recall-kb must be comma-separated integers, got {recall_kb!r}") from None
-        report = run_memory(checkpoint_dir, bundles, data, sizes_kb, trials, progress=say)
+        from m3edge.bench.memory import PARTS
+
+        parts = tuple(p.strip() for p in memory_parts.split(",") if p.strip())
+        if not parts or set(parts) - set(PARTS):
+            raise BadInput(f"--parts must name some of {', '.join(PARTS)}, got {memory_parts!r}")
+        if merge and not (output and Path(output).is_file()):
+            raise BadInput("--merge needs -o FILE naming an existing memory-suite result")
+        previous = json.loads(Path(output).read_text()) if merge else None
+        report = run_memory(checkpoint_dir, bundles, data, sizes_kb, trials, progress=say, parts=parts,
+                            previous=previous)
         report["command"] = " ".join(["m3edge", *sys.argv[1:]])
         if output:
             Path(output).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

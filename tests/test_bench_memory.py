@@ -42,3 +42,22 @@ def test_goals_and_tables_come_from_the_results():
     assert mb.splice(page, table) == f"x\n{mb.BEGIN}\n{table}{mb.END}\ny"
     with pytest.raises(ValueError, match="markers"):
         mb.splice("no markers", table)
+
+
+def test_parts_merge_keeps_what_this_run_did_not_measure(tiny_checkpoint, tiny_bundle, tmp_path):
+    from conftest import run_cli
+    import json
+
+    out = tmp_path / "mem.json"
+    kept = {"eval": [{"text": "eval", "ratio": 0.5, "bits_per_byte": 1.0, "bits_per_byte_without": 2.0,
+                      "memories": 3, "bytes": 10}], "decode": {"rows": []}}
+    out.write_text(json.dumps(kept))
+    r = run_cli("bench", "--suite", "memory", "--checkpoint", tiny_checkpoint, "--bundle", f"fp32={tiny_bundle}",
+                "--parts", "recall", "--recall-kb", "1", "--trials", "1", "--merge", "-o", out)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["eval"] == kept["eval"] and {row["engine"] for row in res["recall"]["rows"]} >= {"torch", "fp32"}
+    assert any("0.85x" in g["goal"] for g in res["goals"])  # goals judged on the kept eval too
+    r = run_cli("bench", "--suite", "memory", "--checkpoint", tiny_checkpoint, "--bundle", f"fp32={tiny_bundle}",
+                "--parts", "recall,bogus")
+    assert r.returncode == 2 and "--parts" in r.stderr and "Traceback" not in r.stderr

@@ -169,25 +169,33 @@ def eval_memory(path: str, texts: dict, max_bytes: int | None = None) -> list[di
     return rows
 
 
+PARTS = ("eval", "recall", "decode")
+
+
 def run_memory(checkpoint: str, bundles: dict, data_dir: Path, sizes_kb=(1, 4, 16, 64), trials: int = 5,
-               decode_sizes=(0, 1_000, 10_000, 100_000), progress=None) -> dict:
-    """The whole memory suite: online eval, recall (torch and bundles, ideal and reram), decode at scale."""
+               decode_sizes=(0, 1_000, 10_000, 100_000), progress=None, parts=PARTS, previous: dict | None = None) -> dict:
+    """The memory suite: online eval, recall (torch and bundles, ideal and reram), decode at scale. ``parts``
+    picks which run; the others are kept from ``previous`` (an earlier result), and the goals are judged anew."""
     from m3edge.data import load_split, read_bytes
 
     data_dir = Path(data_dir)
     say = progress or (lambda m: None)
-    res = {"eval": eval_memory(checkpoint, {"eval": data_dir / "eval.txt", "prose": data_dir / "prose.txt"})}
-    say(f"online eval: {res['eval']}")
-    filler = load_split(data_dir, "eval")
-    engines = {"torch": TorchAgent(checkpoint), "torch-reram": TorchAgent(checkpoint, "reram")}
-    for name, b in bundles.items():
-        engines[name] = BundleAgent(b)
-    engines[f"{next(iter(bundles))}-reram"] = BundleAgent(next(iter(bundles.values())), "reram")
-    res["recall"] = recall_bench(engines, filler, sizes_kb, trials, progress)
-    fill = np.concatenate([load_split(data_dir, "calibration"), load_split(data_dir, "eval"),
-                           read_bytes(data_dir / "prose.txt")])
-    res["decode"] = decode_bench(next(iter(bundles.values())), fill, decode_sizes, progress=progress) \
-        | {"bundle": next(iter(bundles))}
+    res = {k: v for k, v in (previous or {}).items() if k in PARTS and k not in parts}
+    if "eval" in parts:
+        res["eval"] = eval_memory(checkpoint, {"eval": data_dir / "eval.txt", "prose": data_dir / "prose.txt"})
+        say(f"online eval: {res['eval']}")
+    if "recall" in parts:
+        filler = load_split(data_dir, "eval")
+        engines = {"torch": TorchAgent(checkpoint), "torch-reram": TorchAgent(checkpoint, "reram")}
+        for name, b in bundles.items():
+            engines[name] = BundleAgent(b)
+        engines[f"{next(iter(bundles))}-reram"] = BundleAgent(next(iter(bundles.values())), "reram")
+        res["recall"] = recall_bench(engines, filler, sizes_kb, trials, progress)
+    if "decode" in parts:
+        fill = np.concatenate([load_split(data_dir, "calibration"), load_split(data_dir, "eval"),
+                               read_bytes(data_dir / "prose.txt")])
+        res["decode"] = decode_bench(next(iter(bundles.values())), fill, decode_sizes, progress=progress) \
+            | {"bundle": next(iter(bundles))}
     res["goals"] = goals(res)
     return res
 
