@@ -25,7 +25,7 @@ def test_reram_is_close_but_not_exact_and_seeded():
         reads.append(xb.read(x))
     exact = x @ w.T
     err = (reads[0] - exact).abs().mean() / exact.abs().mean()
-    assert 0 < float(err) < 0.3  # stuck devices dominate; tests/test_crossbar_sim.py checks each effect
+    assert 0 < float(err) < 0.3  # stuck devices dominate; tests/memory/test_crossbar_sim.py checks each effect
     assert torch.equal(reads[0], reads[1])  # same seed, same result
 
 
