@@ -22,13 +22,13 @@ install: $(STAMP)
 test: install chromium
 	$(BIN)/python -m pytest
 
-# The web page's browser test (tests/test_server_web.py) drives Debian's chromium; installed when missing and apt
+# The web page's browser test (tests/runtime/test_server_web.py) drives Debian's chromium; installed when missing and apt
 # is usable (root), otherwise that test is skipped with the reason. Idempotent.
 .PHONY: chromium
 chromium:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
-		echo "chromium not installed: tests/test_server_web.py will be skipped"
+		echo "chromium not installed: tests/runtime/test_server_web.py will be skipped"
 
 PROMPT ?= class Parser:\n    def __init__(self, 
 demo: install

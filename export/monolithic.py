@@ -44,7 +44,7 @@ class MonolithicStep(nn.Module):
     def moe(self, layer, h, bias):
         k = layer.cfg.top_k
         logits = layer.gate(h) + bias
-        # ONNX TopK breaks ties toward the lower index: the routing contract's rule (tests/test_routing.py).
+        # ONNX TopK breaks ties toward the lower index: the routing contract's rule (tests/routing/test_routing.py).
         values, index = routing.select_topk_traceable(logits, k)
         weight = routing.topk_weights(values)
         out = torch.zeros_like(h)

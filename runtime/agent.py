@@ -6,7 +6,7 @@
 
 ``generate`` follows the torch agent's ``generate``: the prompt's experiences are stored, every step
 reads long-term memory, and every produced byte is stored as an experience. Greedy output matches the
-torch agent byte for byte on fp32 bundles (tests/test_runtime_agent.py).
+torch agent byte for byte on fp32 bundles (tests/runtime/test_runtime_agent.py).
 """
 
 from __future__ import annotations

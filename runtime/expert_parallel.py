@@ -10,7 +10,7 @@ seam): the layer's rows go into Ray's object store (``ray.put``, one copy every 
 as in decoding, ride inline in each call, Ray's in-process store), every node holding one of the layer's active
 experts gets one call with the (expert, start, end) slices it owns, and the outputs come back in the order asked, so
 the executor adds them per token in expert order exactly as a single process does (greedy output is byte for
-byte the same, tests/test_ray.py). Each host runs its experts through the same ``BundleExecutor`` code path
+byte the same, tests/runtime/test_ray.py). Each host runs its experts through the same ``BundleExecutor`` code path
 (``_run_expert``: the same capacity-bucket chunks, the same sessions).
 
 Placement (``m3edge.runtime.placement.plan``) uses each node's expert budget: the ``m3edge_expert_mb`` custom

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 
 # Ray's default router (power of two choices, locality first) is what requests without an id keep; it lives in
-# a private module, so the ray extra pins the version this was tested on (ray[serve]>=2.60, tests/test_ray.py).
+# a private module, so the ray extra pins the version this was tested on (ray[serve]>=2.60, tests/runtime/test_ray.py).
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 
 

@@ -250,7 +250,7 @@ def expert_parallel_bench(bundle: str, n_bytes: int = 64, repeats: int = 3, say=
 def main(argv=None) -> int:
     import argparse
 
-    # Keep Ray on loopback: without this it resolves 127.0.0.1 to the machine's address (tests/test_ray.py).
+    # Keep Ray on loopback: without this it resolves 127.0.0.1 to the machine's address (tests/runtime/test_ray.py).
     # Set before ray is imported, which reads it once.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
