@@ -25,7 +25,10 @@ WEIGHT_ONLY = ("int4", "int8-weight-only")
 
 @dataclass(frozen=True)
 class Gates:
-    graph_atol: float = 1e-5  # optimum's default
+    # optimum's default check, numpy.allclose(ref, out, atol=1e-5): |out - ref| <= atol + rtol |ref|, rtol 1e-5.
+    # The rtol matters for the reader, whose log-probabilities reach -20 (float32 resolves ~2e-6 there).
+    graph_atol: float = 1e-5
+    graph_rtol: float = 1e-5
     logits_atol: float = 1e-4
     tie_eps: float = 1e-5
     # Quantized bundles (DESIGN.md): against torch fp32 on the eval split.

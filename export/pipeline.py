@@ -146,10 +146,13 @@ def stage_check(root: Path, entry: dict, spec, cal, session, opts: ExportOptions
         graph = open_graph(src, entry, session)
         backend.check_loaded(graph, path.name, entry, expected_in, expected_out)
         inputs = cal.for_bucket(spec.role, spec.layer, spec.expert, bucket)
-        check.max_abs_diff, check.sqnr_db = compare(graph, spec.checked_against, inputs)
-        # The atol gate is for fp32 graphs; a reduced-precision graph is judged end to end, SQNR reported.
-        if precision == "fp32" and check.max_abs_diff > opts.gates.graph_atol:
-            check.status, check.message = "ValueMismatchError", f"max |diff| {check.max_abs_diff:.2e}"
+        check.max_abs_diff, check.sqnr_db, excess = compare(graph, spec.checked_against, inputs, opts.gates.graph_rtol)
+        # The atol gate (with optimum's rtol) is for fp32 graphs; a reduced-precision graph is judged end to end,
+        # SQNR reported.
+        if precision == "fp32" and excess > opts.gates.graph_atol:
+            check.status, check.message = "ValueMismatchError", (
+                f"max |diff| {check.max_abs_diff:.2e} (beyond atol {opts.gates.graph_atol:g} + rtol "
+                f"{opts.gates.graph_rtol:g} |torch|)")
     except ValidationError as e:
         check.status, check.message = type(e).__name__, str(e)
     return check

@@ -97,8 +97,9 @@ def max_abs_diff(graph, module, inputs: tuple[np.ndarray, ...]) -> float:
 
 
 @torch.no_grad()
-def compare(graph, module, inputs: tuple[np.ndarray, ...]) -> tuple[float, float]:
-    """(max abs diff, SQNR in dB over all outputs) of the graph against the torch module."""
+def compare(graph, module, inputs: tuple[np.ndarray, ...], rtol: float = 0.0) -> tuple[float, float, float]:
+    """(max abs diff, SQNR in dB over all outputs, max of |diff| - rtol |torch|: what an atol gate with
+    numpy.allclose's rtol judges) of the graph against the torch module."""
     from m3edge.export.quantize import sqnr_db
 
     got = graph.run(*inputs)
@@ -106,14 +107,16 @@ def compare(graph, module, inputs: tuple[np.ndarray, ...]) -> tuple[float, float
     ref = ref if isinstance(ref, tuple) else (ref,)
     if len(got) != len(ref):
         raise ShapeMismatchError(f"graph returned {len(got)} outputs, torch {len(ref)}")
-    worst = 0.0
+    worst = excess = 0.0
     for g, r in zip(got, ref):
         r = r.numpy()
         if g.shape != r.shape:
             raise ShapeMismatchError(f"output shape {list(g.shape)} != torch {list(r.shape)}")
-        worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))))
+        d = np.abs(g.astype(np.float64) - r.astype(np.float64))
+        worst = max(worst, float(np.max(d)))
+        excess = max(excess, float(np.max(d - rtol * np.abs(r.astype(np.float64)))))
     flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])  # noqa: E731
-    return worst, sqnr_db(flat([r.numpy() for r in ref]), flat(got))
+    return worst, sqnr_db(flat([r.numpy() for r in ref]), flat(got)), excess
 
 
 def _round(x: float | None) -> float | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from m3edge.errors import BadInput
 
 ROLES = ("encoder", "memory", "alignment", "router", "expert", "bank", "head", "reader")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-weight-only", "int4")  # the last two: onnxruntime MatMulNBits
 # Per role, the ports whose last dimension the model config fixes: a bundle whose config says otherwise would
 # run graphs of another model.
 PORT_DIMS = {

@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 
 from m3edge.errors import BadInput
+from m3edge.manifest import PRECISIONS  # noqa: F401 (also read from here: the names a profile may ask for)
 
 SCHEMA_VERSION = 1
 ARCHS = ("aarch64", "x86_64")
-PRECISIONS = ("fp32", "fp16", "int8", "int8-weight-only", "int4")  # the last two: MatMulNBits
 ROLES = ("encoder", "alignment", "router", "expert", "head")
 # Per-channel int8 QDQ (what export quantizes to) needs opset 13.
 MIN_OPSET = 13

@@ -126,7 +126,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tiny_target):
         (["--target", "jetsonn", "--preset", "tiny"], "valid"),
         (["--target", tiny_target, "--checkpoint", tmp_path / "nope"], "not found"),
         (["--target", tiny_target], "nothing to export"),
-        (["--target", tiny_target, "--preset", "tiny", "--precision", "int4"], "precision"),
+        (["--target", tiny_target, "--preset", "tiny", "--precision", "int3"], "precision"),
     ]
     bad_cfg = tmp_path / "bad.json"
     bad_cfg.write_text(json.dumps({"d_model": 8, "top_k": 9, "n_experts": 4}))
