@@ -292,10 +292,12 @@ class Precision:
     requested: str
     graphs: dict  # role -> precision
     notes: tuple[str, ...] = ()
+    # Weight-only precisions used: precision -> MatMulNBits settings {bits, block_size, symmetric, accuracy_level}
+    weight_only: dict | None = None
 
     @classmethod
     def from_dict(cls, d, at: _At) -> "Precision":
-        at.obj(d, ("requested", "graphs", "notes"))
+        at.obj(d, ("requested", "graphs", "notes"), ("weight_only",))
         graphs = at["graphs"].obj(d["graphs"])
         for role, p in graphs.items():
             at["graphs"][role].str(role, ROLES)
@@ -303,10 +305,22 @@ class Precision:
         notes = at["notes"].list(d["notes"])
         for i, n in enumerate(notes):
             at["notes"][i].str(n)
-        return cls(at["requested"].str(d["requested"]), dict(graphs), tuple(notes))
+        wo = None
+        if "weight_only" in d:
+            wo = at["weight_only"].obj(d["weight_only"])
+            for p, settings in wo.items():
+                w = at["weight_only"][p]
+                w.str(p, PRECISIONS)
+                w.obj(settings, ("bits", "block_size", "symmetric", "accuracy_level"))
+                for k in ("bits", "block_size", "accuracy_level"):
+                    w[k].int(settings[k])
+                if not isinstance(settings["symmetric"], bool):
+                    w["symmetric"].fail("true or false", settings["symmetric"])
+        return cls(at["requested"].str(d["requested"]), dict(graphs), tuple(notes), wo)
 
     def to_dict(self) -> dict:
-        return {"requested": self.requested, "graphs": dict(self.graphs), "notes": list(self.notes)}
+        return {"requested": self.requested, "graphs": dict(self.graphs), "notes": list(self.notes)} \
+            | ({"weight_only": self.weight_only} if self.weight_only is not None else {})
 
 
 KEYS = ("schema_version", "format", "versions", "opset", "model_config", "source", "target", "precision", "routing",
