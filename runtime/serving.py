@@ -154,6 +154,9 @@ class GuardedH11Protocol(H11Protocol):
                   and not c.transport.is_closing() and c.idle()]
         victim = min(others, key=lambda c: c.opened_at) if others else self
         log.warning("connection limit (%d) reached: closed the oldest idle or slow connection", self.max_connections)
+        # Out of the count now, not when its close completes (a later loop turn): uvicorn's limit_concurrency,
+        # one above the bound, would otherwise answer the very next request 503 (seen under load).
+        self.connections.discard(victim)
         victim.transport.close()
 
     def head_timed_out(self) -> None:
