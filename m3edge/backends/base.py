@@ -19,8 +19,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from m3edge.errors import BadInput
+
 if TYPE_CHECKING:  # annotations only: this module stays stdlib
     import numpy as np
+
+
+class Unsupported(BadInput):
+    """An optional side of the contract a backend does not offer (callers check ``capabilities`` first)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class RuntimeBackend(ABC):
     def open_shared(self, src, cfg) -> Graph:
         """A graph whose weights are inputs (``runtime/template.py``), run with ``run_feeds``; only for backends
         that declare ``shared_weights``."""
-        raise NotImplementedError(f"the {self.name} backend runs no shared graphs")
+        raise Unsupported(f"the {self.name} backend runs no shared graphs (capabilities: shared_weights false)")
 
 
 class ExportBackend(ABC):
@@ -92,7 +98,7 @@ class ExportBackend(ABC):
 
     def build_bank(self, spec, precision: str, cal, target, opts, calibration: dict, root, built: dict):
         """A layer's experts merged into one graph; only for backends that declare ``shared_weights``."""
-        raise NotImplementedError(f"the {self.name} backend builds no expert banks")
+        raise Unsupported(f"the {self.name} backend builds no expert banks (capabilities: shared_weights false)")
 
     @abstractmethod
     def calibrator(self, target, opts) -> dict:

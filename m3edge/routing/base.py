@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from m3edge.errors import BadInput
@@ -9,18 +10,20 @@ from m3edge.errors import BadInput
 _RULES: dict[str, "Rule"] = {}
 
 
-class Rule:
+class Rule(ABC):
     """Which of the top-k (token, expert) pairs are computed: ``keep`` [N, k] bool, numpy and torch side by side.
     A rule that ``drops`` pairs zeroes their weights; one that does not leaves the weights untouched."""
 
     name: ClassVar[str]
     drops: ClassVar[bool]
 
+    @abstractmethod
     def keep_numpy(self, index, weight, n_experts: int, capacity: int):
-        raise NotImplementedError
+        """The rule on numpy arrays (the runtime)."""
 
+    @abstractmethod
     def keep_torch(self, index, weight, n_experts: int, capacity: int):
-        raise NotImplementedError
+        """The rule on torch tensors (the reference agent); torch imported inside."""
 
     def keep(self, index, weight, n_experts: int, capacity: int):
         import numpy as np
