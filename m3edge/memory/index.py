@@ -32,31 +32,33 @@ def suffix_orders(context: int) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _powers(order: int) -> np.ndarray:
-    p = np.ones(order, dtype=np.uint64)
+def _power_matrix(k: int, orders: tuple[int, ...]) -> np.ndarray:
+    """[k, len(orders)] uint64: column j weighs the last ``orders[j]`` bytes of a k-byte window by P^(n-1-i)
+    (zero before them), so one product hashes every order at once."""
+    m = np.zeros((k, len(orders)), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for i in range(order - 2, -1, -1):
-            p[i] = p[i + 1] * np.uint64(_P)
-    return p
+        for j, order in enumerate(orders):
+            p = np.uint64(1)
+            for i in range(k - 1, k - order - 1, -1):
+                m[i, j] = p
+                p = p * np.uint64(_P)
+    m.flags.writeable = False
+    return m
 
 
 def window_hashes(windows: np.ndarray, orders: tuple[int, ...]) -> np.ndarray:
     """[N, len(orders)] int64: a 64-bit hash of each window's last n bytes, for every n in ``orders``
-    (polynomial in the bytes, wrapping mod 2^64, then splitmix64's finaliser; one product per order). Equal
-    contexts hash equal; two different ones collide with probability about 2^-64."""
+    (polynomial in the bytes, wrapping mod 2^64, then splitmix64's finaliser). Equal contexts hash equal; two
+    different ones collide with probability about 2^-64."""
     w = np.ascontiguousarray(windows, dtype=np.uint64)
-    k = w.shape[1]
-    out = np.zeros((len(w), len(orders)), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for j, order in enumerate(orders):
-            h = w[:, k - order:] @ _powers(order) + np.uint64(order)
-            h ^= h >> np.uint64(30)
-            h *= _MIX1
-            h ^= h >> np.uint64(27)
-            h *= _MIX2
-            h ^= h >> np.uint64(31)
-            out[:, j] = h
-    out = out.view(np.int64)
+        h = w @ _power_matrix(w.shape[1], tuple(orders)) + np.asarray(orders, dtype=np.uint64)
+        h ^= h >> np.uint64(30)
+        h *= _MIX1
+        h ^= h >> np.uint64(27)
+        h *= _MIX2
+        h ^= h >> np.uint64(31)
+    out = h.view(np.int64)
     out[out == 0] = 1  # 0 means "no context" (a memory stored without hashes)
     return out
 

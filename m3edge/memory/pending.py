@@ -19,53 +19,60 @@ from m3edge.memory.retrieval import Segment, check_task
 FLUSH_ROWS = 32
 
 
+FIELDS = ("keys", "key_units", "context_keys", "values", "complexity", "surprise", "next_bytes", "hashes", "type_ids")
+DTYPES = (np.float32, np.float32, np.float32, np.float32, np.float32, np.float32, np.int64, np.int64, np.int64)
+
+
 class Pending:
-    """Experiences not yet stored, in order, all of one (scene, task): a change of either flushes first."""
+    """Experiences not yet stored, in order, all of one (scene, task): a change of either flushes first. Rows
+    go into buffers of ``limit`` rows made at the first one, so a step appends instead of re-stacking."""
 
     def __init__(self, limit: int = FLUSH_ROWS):
         self.limit = limit
-        self.rows: list[tuple] = []
+        self.n = 0
+        self.buf: dict[str, np.ndarray] = {}
         self.scene, self.task = "", "general"
         self._segment: Segment | None = None
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.n
 
     def accepts(self, scene: str, task: str) -> bool:
-        return not self.rows or (scene, task) == (self.scene, self.task)
+        return not self.n or (scene, task) == (self.scene, self.task)
 
     def add(self, key, key_unit, context_key, value, complexity, surprise, next_byte, hashes, type_id,
             scene: str, task: str) -> None:
         """One experience (each argument one row's array or scalar)."""
+        row = (key, key_unit, context_key, value, complexity, surprise, next_byte, hashes, type_id)
+        if not self.buf or any(self.buf[f].shape[1:] != np.shape(v) for f, v in zip(FIELDS, row)):
+            self.buf = {f: np.zeros((self.limit,) + np.shape(v), dt) for f, v, dt in zip(FIELDS, row, DTYPES)}
+        for f, v in zip(FIELDS, row):
+            self.buf[f][self.n] = v
+        self.n += 1
         self.scene, self.task = scene, task
-        self.rows.append((key, key_unit, context_key, value, complexity, surprise, int(next_byte), hashes, int(type_id)))
         self._segment = None
 
     def full(self) -> bool:
-        return len(self.rows) >= self.limit
+        return self.n >= self.limit
 
     def segment(self) -> Segment | None:
-        """The held rows as a segment every query comes after (None when nothing is held)."""
-        if not self.rows:
+        """The held rows as a segment every query comes after (None when nothing is held): views of the
+        buffers, which only grow until ``take``."""
+        if not self.n:
             return None
         if self._segment is None:
-            _, units, ctx, values, _, _, nb, hashes, _ = zip(*self.rows)
-            self._segment = Segment(np.stack(units), np.stack(ctx), np.array(nb, np.int64), np.stack(hashes),
-                                    np.stack(values), after=True)
+            b, n = self.buf, self.n
+            self._segment = Segment(b["key_units"][:n], b["context_keys"][:n], b["next_bytes"][:n], b["hashes"][:n],
+                                    b["values"][:n], after=True)
         return self._segment
 
     def take(self) -> dict | None:
         """Everything held, as batch arrays (keys, key_units, context_keys, values, complexity, surprise,
         next_bytes, hashes, type_ids, scene, task); empties the buffer."""
-        if not self.rows:
+        if not self.n:
             return None
-        key, units, ctx, values, cx, sp, nb, hashes, ty = zip(*self.rows)
-        out = {"keys": np.stack(key), "key_units": np.stack(units), "context_keys": np.stack(ctx),
-               "values": np.stack(values),
-               "complexity": np.array(cx, np.float32), "surprise": np.array(sp, np.float32),
-               "next_bytes": np.array(nb, np.int64), "hashes": np.stack(hashes), "type_ids": np.array(ty, np.int64),
-               "scene": self.scene, "task": self.task}
-        self.rows, self._segment = [], None
+        out = {f: self.buf[f][:self.n] for f in FIELDS} | {"scene": self.scene, "task": self.task}
+        self.n, self.buf, self._segment = 0, {}, None  # fresh buffers next time: what was handed out stays as it is
         return out
 
 

@@ -83,23 +83,24 @@ def task_vector(task: str) -> np.ndarray:
 
 def topk_stable(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k along the last axis, highest first, ties to the lower index: what a stable descending sort gives,
-    in O(n) per row (a partition finds the k-th value; only the few rows at or above it are sorted)."""
+    in O(n) per row and without a Python loop over rows: a partition finds each row's k-th value; the columns
+    above it and the first ties at it (exactly k per row) are the only ones sorted."""
     n = scores.shape[-1]
-    if (k >= n or n <= 64) and scores.ndim == 2:
-        idx = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
-        return scores[np.arange(len(scores))[:, None], idx], idx
     if k >= n or n <= 64:
         idx = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
         return np.take_along_axis(scores, idx, axis=-1), idx
     flat = scores.reshape(-1, n)
     kth = -np.partition(-flat, k - 1, axis=-1)[:, k - 1:k]  # the k-th highest value per row
-    out = np.empty((len(flat), k), dtype=np.int64)
-    for i, (row, t) in enumerate(zip(flat, kth[:, 0])):
-        above = np.flatnonzero(row > t) if t == t else np.flatnonzero(~np.isnan(row))
-        ties = np.flatnonzero(row == t)[: k - len(above)]
-        cand = np.concatenate([above, ties])
-        out[i] = cand[np.argsort(-row[cand], kind="stable")][:k]
-    idx = out.reshape(scores.shape[:-1] + (k,))
+    if np.isnan(kth).any() or np.isnan(flat).any():  # NaN orders last in a sort: keep the sort's own answer
+        idx = np.argsort(-flat, axis=-1, kind="stable")[:, :k]
+    else:
+        above = flat > kth
+        ties = flat == kth
+        keep = above | (ties & (np.cumsum(ties, axis=-1) <= k - above.sum(-1, keepdims=True)))
+        cols = np.nonzero(keep)[1].reshape(len(flat), k)  # ascending per row: ties keep the lower index first
+        vals = np.take_along_axis(flat, cols, axis=-1)
+        idx = np.take_along_axis(cols, np.argsort(-vals, axis=-1, kind="stable"), axis=-1)
+    idx = idx.reshape(scores.shape[:-1] + (k,))
     return np.take_along_axis(scores, idx, axis=-1), idx
 
 
@@ -265,14 +266,17 @@ def _stored_scores(cols, sel, spatial_read, qu, qc, now, task):
 
 def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, scene, segment, offset,
                    graph=None) -> Retrieved:
+    """One chunk of queries. Candidates are columns of one score matrix, [each query's own (hash and scene
+    matches) | the stored FIFO | segment rows]; only scores are built for all of them, and ids, next bytes,
+    exactness and values are gathered for the top ``r`` alone (a 4 KB prompt scores ~2,000 candidates a row)."""
     n = len(qu)
     m = len(storage)
     index = storage.index
     alive = storage.memories
     cols = storage._cols
     id_array = cols.id_array()
-    use_fifo = mode != "factual"
-    recent0 = max(0, m - RECENT) if use_fifo else m
+    factual = mode == "factual"
+    recent0 = m if factual else max(0, m - RECENT)  # factual reads no FIFO, only exact matches
     # Each query's own candidates beyond the FIFO (hash and scene matches), gathered per query: [n, E] rows,
     # ascending (older first, for ties), padded with -1.
     per_query = []
@@ -280,77 +284,67 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
         ids: list[int] = []
         if mode != "experiential":
             ids += index.exact(qh[i], alive)
-        if mode != "factual":
+        if not factual:
             ids += index.suffix(qh[i], alive) + index.scene(scene, alive)
             if graph is not None:
                 ids += graph.neighbours(ids, alive, BUCKET)
         per_query.append(ids)
     extra = candidate_rows(per_query, id_array, recent0)
-    width = extra.shape[1]
-    parts, masks, row_parts = [], [], []
-    if width:
+    seg_rows, causal = (_segment_candidates(segment, qh, offset, mode) if segment is not None
+                        else (np.zeros(0, np.int64), None))
+    e_w, f_w, s_w = extra.shape[1], m - recent0, len(seg_rows)
+    score = np.empty((n, e_w + f_w + s_w), np.float32)
+    if e_w:
         safe = np.maximum(extra, 0)
-        parts.append(_stored_scores(cols, safe, spatial_read, qu, qc, now, task))
-        masks.append(extra >= 0)
-        row_parts.append(safe)
-    if recent0 < m:  # the FIFO: a slice of the columns (a view, not a copy), every query's candidates
-        parts.append(tuple(np.broadcast_to(a, (n, m - recent0)) if a.ndim == 1 else a
-                           for a in _stored_scores(cols, slice(recent0, m), spatial_read, qu, qc, now, task)))
-        span = m - recent0
-        fifo_mask = np.ones((n, span), dtype=bool)
+        s, h, b = _stored_scores(cols, safe, spatial_read, qu, qc, now, task)
+        ok = (extra >= 0) & (b >= 0)  # b < 0: a memory from before schema 3 cannot be read
+        if factual:
+            ok &= h == qh[:, :1]
+        score[:, :e_w] = np.where(ok, s, -np.inf)
+    if f_w:  # the FIFO: a slice of the columns (a view, not a copy), every query's candidates
+        s, _, b = _stored_scores(cols, slice(recent0, m), spatial_read, qu, qc, now, task)
+        fifo = score[:, e_w:e_w + f_w]
+        fifo[:] = s
+        fifo[:, b < 0] = -np.inf
         if segment is not None:  # a segment row's FIFO holds the segment rows before it: fewer stored ones
             for i, qi in enumerate(segment.positions(offset, n).tolist()):
-                fifo_mask[i, :max(0, span - max(0, RECENT - qi))] = False
-        masks.append(fifo_mask)
-        row_parts.append(np.broadcast_to(np.arange(recent0, m), (n, span)))
-    if parts:
-        score, stored_hash, bytes_ = (np.concatenate(p, axis=1) for p in zip(*parts))
-        rows2 = np.concatenate(row_parts, axis=1)
-        mask = np.concatenate(masks, axis=1) & (bytes_ >= 0)  # a memory from before schema 3 cannot be read
-        exact = stored_hash == qh[:, :1]
-        if mode == "factual":
-            mask &= exact
-        score = np.where(mask, score, -np.inf)
-        ids = id_array[rows2]
-    else:
-        score = np.zeros((n, 0), np.float32)
-        exact = np.zeros((n, 0), bool)
-        bytes_ = ids = rows2 = np.zeros((n, 0), np.int64)
-    seg_rows = np.zeros(0, np.int64)
-    if segment is not None:
-        seg_rows, causal = _segment_candidates(segment, qh, offset, mode)
-        seg_exact = segment.hashes[seg_rows, 0][None, :] == qh[:, :1]
-        if mode == "factual":
-            causal &= seg_exact
+                fifo[i, :max(0, f_w - max(0, RECENT - qi))] = -np.inf
+    if s_w:
+        if factual:
+            causal &= segment.hashes[seg_rows, 0][None, :] == qh[:, :1]
         # Rows of the batch are not typed yet (their type comes from this very step), so no task bonus.
         sscore = (FUSION[0] + FUSION[1] * (qu @ segment.key_units[seg_rows].T)
-                  + (0.0 if qc is None else FUSION[2] * (qc @ segment.context_keys[seg_rows].T))).astype(np.float32)
-        score = np.concatenate([score, np.where(causal, sscore, -np.inf)], axis=1)
-        exact = np.concatenate([exact, seg_exact], axis=1)
-        bytes_ = np.concatenate([bytes_, np.broadcast_to(segment.next_bytes[seg_rows], (n, len(seg_rows)))], axis=1)
-        ids = np.concatenate([ids, np.full((n, len(seg_rows)), -1, np.int64)], axis=1)
-    k = min(r, score.shape[1])
-    top, idx = topk_stable(score, k)
-    valid = np.isfinite(top)
+                  + (0.0 if qc is None else FUSION[2] * (qc @ segment.context_keys[seg_rows].T)))
+        score[:, e_w + f_w:] = np.where(causal, sscore, -np.inf)
     res = empty(n, r, d)
+    k = min(r, score.shape[1])
     if k == 0:
         return res
+    top, idx = topk_stable(score, k)
+    valid = np.isfinite(top)
     res.scores[:, :k] = np.where(valid, top, 0)
     res.valid[:, :k] = valid
-    rix = np.arange(n)[:, None]  # plain fancy indexing: take_along_axis costs more than the gather at n = 1
-    res.exact[:, :k] = exact[rix, idx] & valid
-    res.next_bytes[:, :k] = np.where(valid, bytes_[rix, idx], 0)
-    res.ids[:, :k] = np.where(valid, ids[rix, idx], -1)
-    n_stored = rows2.shape[1]
-    slots = np.zeros((n, r), dtype=bool)
-    slots[:, :k] = valid
-    cols_ = np.zeros((n, r), dtype=np.int64)
-    cols_[:, :k] = idx
-    from_store = slots & (cols_ < n_stored)
-    if from_store.any():
-        qi = np.nonzero(from_store)[0]
-        res.values[from_store] = cols.get("value")[rows2[qi, cols_[from_store]]]
-    from_seg = slots & (cols_ >= n_stored)
-    if from_seg.any():
-        res.values[from_seg] = segment.values[seg_rows[cols_[from_seg] - n_stored]]
+    # Where each chosen column comes from: a stored row (own candidates or FIFO) or a segment row.
+    is_seg = idx >= e_w + f_w
+    rix = np.broadcast_to(np.arange(n)[:, None], idx.shape)
+    row = np.where(idx < e_w, extra[rix, np.minimum(idx, max(e_w - 1, 0))] if e_w else 0, recent0 + idx - e_w)
+    row = np.where(is_seg | ~valid, 0, row)
+    srow = seg_rows[np.clip(idx - e_w - f_w, 0, max(s_w - 1, 0))] if s_w else np.zeros_like(idx)
+    stored_ok = valid & ~is_seg
+    seg_ok = valid & is_seg
+    res.ids[:, :k] = np.where(stored_ok, id_array[row] if m else -1, -1)
+    nb = np.zeros(idx.shape, np.int64)
+    hx = np.zeros(idx.shape, np.int64)
+    if m:
+        nb = np.where(stored_ok, cols.get("next_byte")[row], nb)
+        hx = np.where(stored_ok, cols.get("hashes")[row, 0], hx)
+    if s_w:
+        nb = np.where(seg_ok, segment.next_bytes[srow], nb)
+        hx = np.where(seg_ok, segment.hashes[srow, 0], hx)
+    res.next_bytes[:, :k] = nb
+    res.exact[:, :k] = (hx == qh[:, :1]) & valid
+    if stored_ok.any():
+        res.values[:, :k][stored_ok] = cols.get("value")[row[stored_ok]]
+    if seg_ok.any():
+        res.values[:, :k][seg_ok] = segment.values[srow[seg_ok]]
     return res
