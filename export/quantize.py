@@ -63,7 +63,7 @@ class QuantTypes:
     reduce_range: bool = False
 
 
-# DEDICATED: an activation read by several Gemms (the episodic expert's six gate Gemms, two in the encoder) gets
+# DEDICATED (and ``dedicated_pairs`` for a DQ a MatMul shares with a residual Add): an activation read by several Gemms (the episodic expert's six gate Gemms, two in the encoder) gets
 # one Q/DQ pair per Gemm. With one shared pair, onnxruntime's x86 CPU provider keeps that activation int8 (its
 # S8 -> U8 rewrite takes single-consumer pairs), and MLAS on AVX2 cannot prepack an S8S8 QGemm: each ran on the
 # unpacked path, 0.8-1.5 ms for a 1024 -> 768 gate against 0.12 ms prepacked (onnxruntime profile, d_model 1024),
@@ -71,6 +71,11 @@ class QuantTypes:
 # 5.2 ms with dedicated pairs). The runtime turns off onnxruntime's common-subexpression elimination, which
 # would merge the pairs back (m3edge/backends/onnxruntime/runtime.py). On ARM64 MLAS packs S8S8 itself; the extra QuantizeLinear
 # per Gemm costs about a microsecond at batch 1.
+# GEMM_AS_MATMUL: every Gemm with a constant weight is quantized as MatMul + Add. onnxruntime 1.32 runs a QDQ
+# Gemm as QGemm, a QDQ MatMul as MatMulIntegerToFloat; at batch 1 on this x86 host the seed's layer-0 experts
+# spent 493 us per call in QGemm against 224 us in MatMulIntegerToFloat for the same int8 bytes (onnxruntime
+# profile, 24 experts cycled so weights come from DRAM; fp32 Gemm 764 us). The runtime turns off
+# MatMulAddFusion, which would fold MatMul + Add back into a Gemm before the QDQ fusions see it.
 # Q/DQ on the inputs and weights of MatMul/Gemm only; their results stay float (measured above).
 FLOAT_OUTPUTS = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
 
@@ -117,7 +122,7 @@ def quantize(model: onnx.ModelProto, feeds: list[dict], target, method: str = "m
             contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         src, pre, out = Path(d, "in.onnx"), Path(d, "pre.onnx"), Path(d, "q.onnx")
-        onnx.save(model, src)
+        onnx.save(gemms_as_matmuls(model), src)  # GEMM_AS_MATMUL
         # No graph optimisation here: it would fold bucket-sized constants (Shape/Expand results) into
         # initializers that differ per bucket and could no longer be shared.
         quant_pre_process(str(src), str(pre), skip_optimization=True, skip_symbolic_shape=True)
@@ -126,9 +131,41 @@ def quantize(model: onnx.ModelProto, feeds: list[dict], target, method: str = "m
                         weight_type=getattr(QuantType, types.weight), op_types_to_quantize=["MatMul", "Gemm"],
                         calibrate_method=calib,
                         extra_options={k: list(v) if isinstance(v, list) else v for k, v in types.extra.items()})
-        q = onnx.load(str(out))
+        q = dedicated_pairs(onnx.load(str(out)))
     q.producer_name = "m3edge"
     return q
+
+
+def dedicated_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give each weighted op (MatMul) its own Q -> DQ pair on its activation input when that pair's output
+    is also read elsewhere (a residual Add reads the same DQ as the next MatMul; the router's normalized input
+    is also its output). onnxruntime's x86 provider
+    rewrites S8 activations to U8 only for a Q with one consumer; a shared pair leaves the MatMul float, over
+    weights dequantized on every call (the seed's semantic expert: 138 us of DequantizeLinear per call)."""
+    from onnx import helper
+
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, int] = {o.name: 1 for o in g.output}  # a graph output is read by the caller
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    out = []
+    for n in g.node:
+        dq = producer.get(n.input[0]) if n.op_type == "MatMul" and n.input else None
+        qn = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if qn is not None and qn.op_type == "QuantizeLinear" and (readers[dq.output[0]] > 1 or readers[qn.output[0]] > 1):
+            tag = f"{n.name or n.output[0]}_dedicated"
+            q2 = helper.make_node("QuantizeLinear", list(qn.input), [tag + "_q"], name=tag + "_Q")
+            dq2 = helper.make_node("DequantizeLinear", [tag + "_q", *dq.input[1:]], [tag + "_dq"], name=tag + "_DQ")
+            q2.attribute.extend(qn.attribute)
+            dq2.attribute.extend(dq.attribute)
+            out += [q2, dq2]
+            n.input[0] = tag + "_dq"
+        out.append(n)
+    del g.node[:]
+    g.node.extend(out)
+    return model
 
 
 def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:

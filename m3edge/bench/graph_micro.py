@@ -75,7 +75,7 @@ def kernels(graph, profile_dir: Path) -> dict:
 def measure(label: str, path: Path, threads: int | None, runs: int, profile: Path | None) -> dict:
     from m3edge.bundle import open_bundle
     from m3edge.runtime.executor import BundleExecutor
-    from m3edge.runtime.graph import SessionConfig
+    from m3edge.backends.session import SessionConfig
     from m3edge import targets
 
     b = open_bundle(path)
@@ -189,7 +189,7 @@ def main() -> None:
     for spec in a.bundles:
         label, _, path = spec.partition("=")
         if not path:
-            sys.exit(f"expected LABEL=BUNDLE_DIR, got {spec!r}")
+            ap.error(f"expected LABEL=BUNDLE_DIR, got {spec!r}")  # exit 2, one line
         r = measure(label, Path(path), a.threads, a.runs, a.profile)
         if a.generate:
             r["generate_bytes_per_s"] = round(generate(Path(path), a.generate, a.threads), 2)

@@ -232,32 +232,38 @@ def test_gemms_become_matmuls_with_the_same_results():
 
 
 @pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="onnxruntime's x86 rewrite")
-def test_arm_int8_gemms_sharing_an_input_run_prepacked_on_x86(tmp_path):
-    """The episodic expert's gate Gemms read one activation. Each gets its own Q/DQ pair and the runtime keeps
-    onnxruntime's CSE from merging them, so on x86 every QGemm reads uint8 (S8 -> U8 rewritten, prepacked):
-    an S8S8 QGemm left over runs unpacked, ~10x slower (docs/export.md)."""
+def test_arm_int8_weighted_ops_run_on_the_integer_kernel_on_x86(tmp_path):
+    """The episodic expert's gate Gemms read one activation. They are quantized as MatMul + Add (a QDQ Gemm runs
+    as QGemm, half MatMulIntegerToFloat's speed at batch 1), each with its own Q/DQ pair, and the runtime keeps
+    onnxruntime's CSE and MatMulAddFusion off, so on x86 every one runs as MatMulIntegerToFloat over uint8
+    activations (S8 -> U8 rewritten): none stays a float MatMul over weights dequantized per call."""
     from m3edge.bundle import GraphFile
     from m3edge.backends import SessionConfig
     from m3edge.backends.onnxruntime.runtime import OrtGraph
 
     agent, _ = build_agent(preset_name="tiny")
-    spec = next(s for s in split(agent, (1,), (1,)) if s.role == "expert" and s.memory_type == "episodic")
-    model = export_module(spec.module, spec.example(1), ["h"], ["y"], 17)
-    rng = np.random.default_rng(0)
-    feeds = [{"h": rng.standard_normal((1, agent.cfg.d_model)).astype(np.float32)} for _ in range(8)]
-    q = quantize.quantize(model, feeds, targets.load("rpi5"), "minmax", per_channel=False)
-    gemms = [n for n in q.graph.node if n.op_type == "Gemm"]
-    assert len(gemms) == 7 and len({n.input[0] for n in gemms}) == 7  # no DQ output shared between Gemms
-    graph = OrtGraph(GraphFile("episodic.onnx", q.SerializeToString(), {}), SessionConfig(profile_dir=str(tmp_path)))
-    graph.run(feeds[0]["h"])
-    opt = onnx.load(str(next(tmp_path.glob("*.optimized.onnx"))))
-    inits = {t.name: t for t in opt.graph.initializer}
-    producer = {o: n for n in opt.graph.node for o in n.output}
-    qgemms = [n for n in opt.graph.node if n.op_type == "QGemm"]
-    assert len(qgemms) == 7
-    for n in qgemms:
-        zero_point = inits[producer[n.input[0]].input[2]]  # the QuantizeLinear feeding A
-        assert zero_point.data_type == onnx.TensorProto.UINT8
+    for kind in ("episodic", "semantic"):  # semantic: a residual Add reads the same DQ as the next MatMul
+        spec = next(s for s in split(agent, (1,), (1,)) if s.role == "expert" and s.memory_type == kind)
+        model = export_module(spec.module, spec.example(1), ["h"], ["y"], 17)
+        rng = np.random.default_rng(0)
+        feeds = [{"h": rng.standard_normal((1, agent.cfg.d_model)).astype(np.float32)} for _ in range(8)]
+        q = quantize.quantize(model, feeds, targets.load("rpi5"), "minmax", per_channel=False)
+        matmuls = [n for n in q.graph.node if n.op_type == "MatMul"]
+        assert not any(n.op_type == "Gemm" for n in q.graph.node)
+        assert len({n.input[0] for n in matmuls}) == len(matmuls)  # no DQ output shared between MatMuls
+        d = tmp_path / kind
+        d.mkdir()
+        graph = OrtGraph(GraphFile(f"{kind}.onnx", q.SerializeToString(), {}), SessionConfig(profile_dir=str(d)))
+        graph.run(feeds[0]["h"])
+        opt = onnx.load(str(next(d.glob("*.optimized.onnx"))))
+        inits = {t.name: t for t in opt.graph.initializer}
+        producer = {o: n for n in opt.graph.node for o in n.output}
+        fused = [n for n in opt.graph.node if n.op_type == "MatMulIntegerToFloat"]
+        assert len(fused) == len(matmuls), kind
+        assert not any(n.op_type in ("MatMul", "Gemm", "QGemm") for n in opt.graph.node), kind
+        for n in fused:
+            zero_point = inits[producer[n.input[0]].input[2]]  # the QuantizeLinear feeding A
+            assert zero_point.data_type == onnx.TensorProto.UINT8
 
 
 def test_reference_rpi5_int4_bundle_meets_the_weight_only_gates(tmp_path):

@@ -24,8 +24,11 @@ _available: set[str] | None = None
 # onnxruntime graph optimizers turned off for every session. Common-subexpression elimination would merge the
 # dedicated Q/DQ pairs an INT8 export gives each Gemm back into one shared pair, which on x86 leaves those Gemms
 # on MLAS's unpacked S8S8 path (export/quantize.py, DEDICATED; ~10x slower per Gemm). The exported graphs have
-# no other common subexpressions for it to remove (torch's exporter already shares them).
-DISABLED_OPTIMIZERS = ["CommonSubexpressionElimination"]
+# no other common subexpressions for it to remove (torch's exporter already shares them). MatMulAddFusion would
+# fold an INT8 graph's MatMul + bias Add into a Gemm, which runs as QGemm (half the speed at batch 1) or as a
+# float Gemm over weights dequantized per call (export/quantize.py, GEMM_AS_MATMUL). Float graphs keep torch's
+# Gemms, and weight-only graphs fuse their bias into MatMulNBits, so neither loses anything.
+DISABLED_OPTIMIZERS = ["CommonSubexpressionElimination", "MatMulAddFusion"]
 
 
 def available_providers() -> set[str]:
