@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
