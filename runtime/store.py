@@ -40,7 +40,8 @@ from m3edge.errors import BadInput, StorageError
 from m3edge.memory.knowledge import KnowledgeGraph, KnowledgeNode
 from m3edge.memory.crossbar import DEFAULT_DEVICE, CrossbarArray, device as get_device
 from m3edge.memory import retrieval
-from m3edge.memory.retrieval import FUSION, MEMORY_TYPES, topk_stable  # noqa: F401 (topk_stable: the store's API)
+from m3edge.memory.retrieval import FUSION, MEMORY_TYPES
+from m3edge.memory.topk import topk_stable  # noqa: F401 (also the store's API)
 from m3edge.memory.synaptic import (DAY, FORGETTING_RATE, IMPORTANCE_WEIGHTS, RECENCY_TAU, Clock, Memory,
                                     SynapticStorage, store_experiences, unit)
 

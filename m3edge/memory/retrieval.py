@@ -27,6 +27,7 @@ import numpy as np
 
 from m3edge.config import MEMORY_TYPES
 from m3edge.memory.index import BUCKET, RECENT
+from m3edge.memory.topk import topk_stable
 from m3edge.memory.synaptic import RECENCY_TAU, RETRIEVAL_TEMPERATURE
 
 FUSION = (0.4, 0.4, 0.2)  # temporal, spatial, context: the seed's ContextualAssociator
@@ -79,29 +80,6 @@ def task_vector(task: str) -> np.ndarray:
     """[6] the alignment's task input: log of the task's preference over memory types relative to uniform (zeros
     for ``general``); added to the type scores, it multiplies the type preference by the task's."""
     return _task_vector(check_task(task))
-
-
-def topk_stable(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k along the last axis, highest first, ties to the lower index: what a stable descending sort gives,
-    in O(n) per row and without a Python loop over rows: a partition finds each row's k-th value; the columns
-    above it and the first ties at it (exactly k per row) are the only ones sorted."""
-    n = scores.shape[-1]
-    if k >= n or n <= 64:
-        idx = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
-        return np.take_along_axis(scores, idx, axis=-1), idx
-    flat = scores.reshape(-1, n)
-    kth = -np.partition(-flat, k - 1, axis=-1)[:, k - 1:k]  # the k-th highest value per row
-    if np.isnan(kth).any() or np.isnan(flat).any():  # NaN orders last in a sort: keep the sort's own answer
-        idx = np.argsort(-flat, axis=-1, kind="stable")[:, :k]
-    else:
-        above = flat > kth
-        ties = flat == kth
-        keep = above | (ties & (np.cumsum(ties, axis=-1) <= k - above.sum(-1, keepdims=True)))
-        cols = np.nonzero(keep)[1].reshape(len(flat), k)  # ascending per row: ties keep the lower index first
-        vals = np.take_along_axis(flat, cols, axis=-1)
-        idx = np.take_along_axis(cols, np.argsort(-vals, axis=-1, kind="stable"), axis=-1)
-    idx = idx.reshape(scores.shape[:-1] + (k,))
-    return np.take_along_axis(scores, idx, axis=-1), idx
 
 
 @dataclass

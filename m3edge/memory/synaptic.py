@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from m3edge.memory.index import RECENT, ContextIndex
+from m3edge.memory.topk import topk_stable
 
 HEBBIAN_INIT = 0.5
 RECONSOLIDATE_GAIN, RECONSOLIDATE_STEP = 1.1, 0.05
@@ -174,13 +175,15 @@ class SynapticStorage:
         for s in range(0, n, SCAN_ROWS):
             e = min(n, s + SCAN_ROWS)
             lo = max(0, s - RECENT)
-            batch = units[s:e] @ units[lo:e].T  # earlier rows of the batch inside each row's FIFO
-            for b in range(s, e):
-                row = batch[b - s, max(lo, b - RECENT) - lo:b - lo]
-                cand = np.concatenate([prior_sims[b], row]) if prior_sims.shape[1] else row
-                hits = np.flatnonzero(cand >= ASSOCIATE_SIMILARITY)
-                top = hits[np.argsort(-cand[hits], kind="stable")[:LINK_CAP]]  # ties: the older memory
-                others = [int(prior_ids[b, c]) if c < np_ else new[max(lo, b - RECENT) + c - np_] for c in top.tolist()]
+            # [rows, prior | batch rows lo..e-1]: a row may link to the batch rows before it inside its FIFO.
+            j = np.arange(lo, e)[None, :]
+            b_ = np.arange(s, e)[:, None]
+            batch = np.where((j < b_) & (j >= b_ - RECENT), units[s:e] @ units[lo:e].T, -np.inf)
+            cand = np.concatenate([prior_sims[s:e], batch], axis=1) if np_ else batch
+            cand = np.where(cand >= ASSOCIATE_SIMILARITY, cand, -np.inf).astype(np.float32)
+            top, cols = topk_stable(cand, min(LINK_CAP, cand.shape[1]))  # ties: the older memory
+            for b, (tv, tc) in enumerate(zip(np.isfinite(top).tolist(), cols.tolist()), start=s):
+                others = [int(prior_ids[b, c]) if c < np_ else new[lo + c - np_] for c, ok in zip(tc, tv) if ok]
                 others = [i for i in others if i in self.memories]
                 new.append(self._new_memory(keys[b], values[b], priorities[b], types[b], extras[b], others).id)
         self._add_columns([self.memories[i] for i in new], units)

@@ -119,13 +119,3 @@ def test_a_segment_row_reads_only_the_rows_before_it_and_far_exact_matches():
     got = rv.retrieve(s, exact_read(s), keys[:50], ctx[:50], seg.hashes[:50], 8, 4, 0.0, segment=small)
     for r in range(50):  # causal: row r reads rows j < r only (their next bytes are their indices here)
         assert got.valid[r].sum() == min(r, 8) and (got.next_bytes[r][got.valid[r] > 0] < r).all()
-
-
-def test_topk_stable_matches_a_stable_sort():
-    rng = np.random.default_rng(4)
-    a = np.round(rng.random((5, 3000)), 2)
-    a[0, :20] = -np.inf
-    a[1] = -np.inf
-    got, idx = rv.topk_stable(a, 16)
-    want = np.argsort(-a, axis=-1, kind="stable")[:, :16]
-    assert (idx == want).all() and (got == np.take_along_axis(a, want, 1)).all()
