@@ -25,8 +25,8 @@ on the gate's 2048 tokens, but on four more 2048-token windows of the eval split
 The whole context (every graph): routing 97.1%, top-1 97.4%, bits/byte +0.03%, and 96.3 / 95.8 / 95.4 /
 96.8% routing, top-1 >= 97.5% on the other windows; the worst expert SQNR rises from 12.2 to 24.4 dB, the
 bundle is 4% smaller (fewer Q/DQ nodes), and onnxruntime 1.32's CPU provider (inspected on the x86 host)
-fuses every Gemm of the episodic experts into QGemm (with output Q/DQ it kept 6 of 7 as float Gemm over
-dequantized weights). So ARM drops output Q/DQ everywhere. x86 keeps onnxruntime's default placement (not measured).
+fused every Gemm of the episodic experts into QGemm (with output Q/DQ it kept 6 of 7 as float Gemm over
+dequantized weights; since GEMM_AS_MATMUL below they run as MatMulIntegerToFloat). So ARM drops output Q/DQ everywhere. x86 keeps onnxruntime's default placement (not measured).
 
 Every bucket variant of a module is calibrated on the same rows (tiled to a multiple of the largest
 bucket), so the variants get identical scales and still share one weights file.
