@@ -113,8 +113,14 @@ def test_report_regenerates_readme_tables_and_plots(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(res))
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Performance\n\nhand-written\n\n{report.BEGIN}\nstale\n{report.END}\n\n## Next\n")
-    assert report.main([str(tmp_path / "r.json"), "--readme", str(readme), "--check"]) == 1  # stale
-    assert report.main([str(tmp_path / "r.json"), "--readme", str(readme), "--plots", str(tmp_path / "plots")]) == 0
+    front = tmp_path / "FRONT.md"
+    front.write_text(f"# y\n\n{report.HEAD_BEGIN}\nold\n{report.HEAD_END}\nafter\n")
+    args = [str(tmp_path / "r.json"), "--readme", str(readme), "--front", str(front)]
+    assert report.main(args + ["--check"]) == 1  # stale
+    assert report.main(args + ["--plots", str(tmp_path / "plots")]) == 0
+    head = front.read_text()  # the headline: one model at batch 1, against torch and the fp32 runtime
+    assert "old" not in head and head.endswith(f"{report.HEAD_END}\nafter\n")
+    assert "| m3edge runtime | int8 | 250 | 2.5x |" in head and "from the all-weights floor" in head
     text = readme.read_text()
     assert "stale" not in text and "hand-written" in text and text.endswith("## Next\n")
     assert "| m3edge runtime | int8 | 1 | 250 (225-275) | 2.5x |" in text
@@ -127,7 +133,7 @@ def test_report_regenerates_readme_tables_and_plots(tmp_path):
     assert "(goal <= 3.00x; 1.3x over it)" in text  # by how much
     assert "- **met**: memory store: >= 5,000 durable inserts/s" in text  # issue 6's goals, from its own result
     assert "- **missed**: memory store: top-10 retrieval p50 <= 20 ms at 1,000 memories (reram)" in text
-    assert report.main([str(tmp_path / "r.json"), "--readme", str(readme), "--check"]) == 0  # in sync
+    assert report.main(args + ["--check"]) == 0  # in sync
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["batching.png", "cache.png", "engines.png"]
 
 
