@@ -175,15 +175,10 @@ BUNDLES = (BundleSpec("bundle-fp32", "host-cpu", label="fp32"),
 
 
 def known_precisions(backend: str) -> tuple:
-    """The precisions this checkout's export builds for a backend."""
-    try:
-        from m3edge.export.pipeline import BUILT
+    """The precisions this checkout's export builds for a backend: what the backend declares."""
+    from m3edge import backends
 
-        return tuple(BUILT.get(backend, ()))
-    except ImportError:  # the export moved: the profile schema's list is the next best statement
-        from m3edge.targets.schema import PRECISIONS
-
-        return tuple(PRECISIONS)
+    return tuple(backends.capabilities(backend).precisions)
 
 
 def _bundle(spec: BundleSpec):

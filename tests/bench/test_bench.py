@@ -326,3 +326,11 @@ def test_storage_model_and_cold_read(tmp_path):
     f.write_bytes(b"\1" * (3 << 20))
     r = cold_read([f])
     assert r["bytes"] == 3 << 20 and r["mb_s"] > 0 and r["files"] == 1
+
+
+def test_the_suite_knows_what_each_backend_builds_from_its_declaration():
+    """A bundle row is skipped only for a precision the backend does not declare (not a guess from the schema)."""
+    from m3edge.bench.artefacts import known_precisions
+
+    assert {"int8", "int4", "int8-weight-only"} <= set(known_precisions("onnxruntime"))
+    assert "int4" not in known_precisions("tflite") and "int8" in known_precisions("tflite")
