@@ -222,7 +222,7 @@ def test_the_package_runs_its_scripts(tmp_path):
     report = load_report()
     page.write_text(f"{report.BEGIN}\n{report.END}\n")
     run = lambda *a: subprocess.run([sys.executable, "-m", "m3edge.bench", "report", str(tmp_path / "r.json"),  # noqa: E731
-                                     "--readme", str(page), "--plots", "", "--litert", "", *a],
+                                     "--readme", str(page), "--front", "", "--plots", "", "--litert", "", *a],
                                     capture_output=True, text=True)
     assert run("--check").returncode == 1
     assert run().returncode == 0 and "| m3edge runtime | int8 | 1 |" in page.read_text()
