@@ -26,7 +26,8 @@ The whole context (every graph): routing 97.1%, top-1 97.4%, bits/byte +0.03%, a
 96.8% routing, top-1 >= 97.5% on the other windows; the worst expert SQNR rises from 12.2 to 24.4 dB, the
 bundle is 4% smaller (fewer Q/DQ nodes), and onnxruntime 1.32's CPU provider (inspected on the x86 host)
 fused every Gemm of the episodic experts into QGemm (with output Q/DQ it kept 6 of 7 as float Gemm over
-dequantized weights; since GEMM_AS_MATMUL below they run as MatMulIntegerToFloat). So ARM drops output Q/DQ everywhere. x86 keeps onnxruntime's default placement (not measured).
+dequantized weights; since GEMM_AS_MATMUL below they run as MatMulIntegerToFloat). So ARM drops output Q/DQ
+everywhere. x86 keeps onnxruntime's default placement (not measured).
 
 Every bucket variant of a module is calibrated on the same rows (tiled to a multiple of the largest
 bucket), so the variants get identical scales and still share one weights file.
@@ -63,9 +64,10 @@ class QuantTypes:
     reduce_range: bool = False
 
 
-# DEDICATED (and ``dedicated_pairs`` for a DQ a MatMul shares with a residual Add): an activation read by several Gemms (the episodic expert's six gate Gemms, two in the encoder) gets
-# one Q/DQ pair per Gemm. With one shared pair, onnxruntime's x86 CPU provider keeps that activation int8 (its
-# S8 -> U8 rewrite takes single-consumer pairs), and MLAS on AVX2 cannot prepack an S8S8 QGemm: each ran on the
+# DEDICATED (and ``dedicated_pairs`` for a DQ a MatMul shares with a residual Add): an activation read by several
+# Gemms (the episodic expert's six gate Gemms, two in the encoder) gets one Q/DQ pair per Gemm. With one shared
+# pair, onnxruntime's x86 CPU provider keeps that activation int8 (its S8 -> U8 rewrite takes single-consumer
+# pairs), and MLAS on AVX2 cannot prepack an S8S8 QGemm: each ran on the
 # unpacked path, 0.8-1.5 ms for a 1024 -> 768 gate against 0.12 ms prepacked (onnxruntime profile, d_model 1024),
 # so an ARM INT8 episodic expert ran 2.3x *slower* than fp32 on this x86 host (142 ms vs 61 ms at load 20;
 # 5.2 ms with dedicated pairs). The runtime turns off onnxruntime's common-subexpression elimination, which
@@ -139,9 +141,9 @@ def quantize(model: onnx.ModelProto, feeds: list[dict], target, method: str = "m
 def dedicated_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give each weighted op (MatMul) its own Q -> DQ pair on its activation input when that pair's output
     is also read elsewhere (a residual Add reads the same DQ as the next MatMul; the router's normalized input
-    is also its output). onnxruntime's x86 provider
-    rewrites S8 activations to U8 only for a Q with one consumer; a shared pair leaves the MatMul float, over
-    weights dequantized on every call (the seed's semantic expert: 138 us of DequantizeLinear per call)."""
+    is also its output). onnxruntime's x86 provider rewrites S8 activations to U8 only for a Q with one
+    consumer; a shared pair leaves the MatMul float, over weights dequantized on every call (the seed's semantic
+    expert: 138 us of DequantizeLinear per call)."""
     from onnx import helper
 
     g = model.graph
@@ -154,7 +156,8 @@ def dedicated_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     for n in g.node:
         dq = producer.get(n.input[0]) if n.op_type == "MatMul" and n.input else None
         qn = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if qn is not None and qn.op_type == "QuantizeLinear" and (readers[dq.output[0]] > 1 or readers[qn.output[0]] > 1):
+        shared = qn is not None and (readers[dq.output[0]] > 1 or readers[qn.output[0]] > 1)
+        if shared and qn.op_type == "QuantizeLinear":
             tag = f"{n.name or n.output[0]}_dedicated"
             q2 = helper.make_node("QuantizeLinear", list(qn.input), [tag + "_q"], name=tag + "_Q")
             dq2 = helper.make_node("DequantizeLinear", [tag + "_q", *dq.input[1:]], [tag + "_dq"], name=tag + "_DQ")

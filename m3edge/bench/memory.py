@@ -153,7 +153,8 @@ def decode_bench(bundle: str, text: np.ndarray, sizes=(0, 1_000, 10_000, 100_000
         gc.collect()
         rss1 = current_rss_mb()
         rows.append({"filled": size, "memories": len(agent.memory), "fill_s": fill_s, "bytes_per_s_memory_off": off,
-                     "bytes_per_s_memory_on": on, "ratio": on / off, "ingest_4kb_s": ingest, "ingest_4kb_first_s": ingest_first,
+                     "bytes_per_s_memory_on": on, "ratio": on / off, "ingest_4kb_s": ingest,
+                     "ingest_4kb_first_s": ingest_first,
                      "rss_growth_mb": rss1 - rss0, "rss_mb": rss1, "capacity": agent.memory.capacity})
         if progress:
             progress(f"decode at {size} memories: on {on:.0f} B/s, off {off:.0f} B/s ({on / off:.0%}); "
@@ -231,7 +232,8 @@ def goals(res: dict) -> list[dict]:
         out.append({"goal": f"decode with memory on at {last.get('filled', last['memories']):,} memories >= 50% of memory off",
                     "measured": last["ratio"], "target": 0.5, "met": last["ratio"] >= 0.5})
         worst = max(r["ingest_4kb_s"] for r in rows)
-        out.append({"goal": "a 4 KB prompt ingested in under 1 s (its sessions open)", "measured": worst, "target": 1.0, "met": worst < 1.0})
+        out.append({"goal": "a 4 KB prompt ingested in under 1 s (its sessions open)", "measured": worst, "target": 1.0,
+                    "met": worst < 1.0})
         rss = max(r["rss_growth_mb"] for r in rows)
         out.append({"goal": "RSS growth under a 1,024-byte generation < 50 MB", "measured": rss, "target": 50,
                     "met": rss < 50})
