@@ -115,6 +115,10 @@ class EdgeAgent:
         (``runtime/options.py``) say."""
         o = options if options is not None else RuntimeOptions()
         bundle = open_bundle(bundle_dir)
+        if o.blas_threads is not None:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(o.blas_threads, user_api="blas")  # process-wide, as the option says
         target = bundle.spec.target
         # The profile's threads, but never more than this machine's cores (a profile is data from elsewhere).
         threads = o.threads or min(target.threads, os.cpu_count() or target.threads)

@@ -44,6 +44,11 @@ class RuntimeOptions:
     # Where TensorRT builds its engines (runtime/engines.py; a subdirectory per bundle content); never inside a
     # bundle. None: $M3EDGE_ENGINE_CACHE, else ~/.cache/m3edge/engines.
     engine_cache: str | None = None
+    # numpy's BLAS threads in this process (``EdgeAgent.open`` sets them; None leaves them). The memory path's
+    # matrices are small, and an OpenBLAS pool spinning between calls takes cores onnxruntime needs: with
+    # another process busy on this 2-core machine, decode with memory on took 2.1 ms a step at 1 against 3.0
+    # at 2 (small reference); on a quiet machine the two measure the same (docs/memory.md).
+    blas_threads: int | None = 1
 
     def __post_init__(self):
         if self.prefetch not in PREFETCH:
@@ -54,6 +59,7 @@ class RuntimeOptions:
         _count("cache_bytes", self.cache_bytes, 0)
         _count("threads", self.threads)
         _count("expert_workers", self.expert_workers)
+        _count("blas_threads", self.blas_threads)
         for name in ("strict", "banks"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -1,4 +1,4 @@
-"""The device install: the wheel plus its own dependencies (numpy, onnxruntime, click), in a fresh virtual
+"""The device install: the wheel plus its own dependencies (numpy, onnxruntime, click, threadpoolctl), in a fresh virtual
 environment without torch, runs a bundle and answers exactly what the host's install answers; eval and bench
 run from the wheel alone (its calibration_data), with no repository.
 

@@ -121,6 +121,20 @@ def test_sessions_get_the_profiles_threads_only_where_the_work_is(tiny_bundle, m
         assert intra_op(agent) == 2
 
 
+def test_the_agent_sizes_numpys_blas_pool(tiny_bundle):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with threadpool_limits(2, user_api="blas"):  # whatever the test process had, restored after
+        with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(clock=clock)):
+            assert blas() == {1}  # the default: one BLAS thread beside onnxruntime's workers
+        threadpool_limits(2, user_api="blas")
+        with EdgeAgent.open(tiny_bundle, options=RuntimeOptions(blas_threads=None, clock=clock)):
+            assert blas() == {2}  # None leaves the process's setting alone
+
+
 def test_step_logits_match_torch_on_eval_text(tiny_bundle, tiny_checkpoint):
     ref = checkpoint.load(tiny_checkpoint, clock=clock)
     text = load_split(DATA, "eval")[:3000]
@@ -245,7 +259,8 @@ def test_memory_that_matters_gives_the_same_logits_and_bytes_on_the_bundle(tiny_
 @pytest.mark.parametrize("field, value, says", [("prefetch", True, "prefetch must be one of off, thread, inline"),
                                                 ("policy", "fifo", "policy must be one of lru, lfu"),
                                                 ("cache_experts", 0, "cache_experts must be an integer >= 1"),
-                                                ("banks", "yes", "banks must be true or false")])
+                                                ("banks", "yes", "banks must be true or false"),
+                                                ("blas_threads", 0, "blas_threads must be an integer >= 1")])
 def test_runtime_options_have_one_spelling_each(field, value, says):
     with pytest.raises(ValueError, match=says):
         RuntimeOptions(**{field: value})
