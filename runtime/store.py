@@ -32,6 +32,7 @@ import math
 import os
 import sqlite3
 import time
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -257,8 +258,10 @@ class JournaledStorage(SynapticStorage):
         self.pairs.update((i, j) for i in ids for j in ids if i > j)
 
     def _drop(self, victims: list[int]) -> None:
-        for v in victims:
-            self.pairs.update((max(j, v), min(j, v)) for j in self.memories[v].associations)
+        for v in victims:  # (newer, older) pairs, built by C-level zips: 5,000 victims at a time at capacity
+            links = self.memories[v].associations
+            self.pairs.update(zip([j for j in links if j > v], repeat(v)))
+            self.pairs.update(zip(repeat(v), [j for j in links if j < v]))
         self.gone.update(victims)
         super()._drop(victims)
 

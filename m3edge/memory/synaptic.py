@@ -73,7 +73,7 @@ def reconsolidate_priority(p: float) -> float:
     return min(1.0, p * PRIORITY_GAIN)
 
 
-@dataclass
+@dataclass(slots=True)  # no per-record __dict__: 100,000 of them are walked by every full collection
 class Memory:
     id: int
     key: np.ndarray  # [memory_dim] sensory code, what queries match
@@ -119,11 +119,14 @@ class Columns:
         """Drop the rows of held ids, in one compaction of every column."""
         keep = np.ones(self.n, dtype=bool)
         keep[np.searchsorted(self.id_array(), np.asarray(sorted(mids), dtype=np.int64))] = False
+        rows = np.flatnonzero(keep)
         for name, buf in self.cols.items():
-            kept = buf[: self.n][keep]
-            buf[: len(kept)] = kept
-        self.ids = [i for i, k in zip(self.ids, keep.tolist()) if k]
-        self.n = len(self.ids)
+            # Into a fresh buffer of the same capacity: one copy (a mask's result copied back would be two).
+            fresh = np.empty_like(buf)
+            np.take(buf, rows, axis=0, out=fresh[: len(rows)])
+            self.cols[name] = fresh
+        self.n = len(rows)
+        self.ids = self.cols["id"][: self.n].tolist()
 
     def row(self, mid: int) -> int:
         """The row of a held id (rows are in id order)."""
