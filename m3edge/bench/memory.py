@@ -110,7 +110,7 @@ def recall_bench(engines: dict, filler: np.ndarray, sizes_kb=(1, 4, 16, 64), tri
 
 
 def decode_bench(bundle: str, text: np.ndarray, sizes=(0, 1_000, 10_000, 100_000), n_bytes: int = 256,
-                 rss_bytes: int = 1024, threads: int = 2, repeats: int = 3, progress=None) -> dict:
+                 rss_bytes: int = 1024, threads: int = 2, repeats: int = 3, ingests: int = 3, progress=None) -> dict:
     """Greedy bytes/s with memory on after ``sizes`` stored memories, against memory off on the same agent
     (medians of ``repeats`` alternated runs of ``n_bytes`` each; every run with memory on stores its bytes)."""
     from m3edge.runtime.agent import EdgeAgent
@@ -139,14 +139,19 @@ def decode_bench(bundle: str, text: np.ndarray, sizes=(0, 1_000, 10_000, 100_000
                 agent.generate(cue, n_bytes, use_memory=use)
                 speeds[use].append(n_bytes / (time.perf_counter() - t))
         off, on = float(np.median(speeds[False])), float(np.median(speeds[True]))
-        # Two 4 KB prompts ingested: the first opens the sessions of the prompt's bucket sizes (once per
-        # process: the fill did it already in every row but the empty one), the second is the steady cost.
+        # 4 KB prompts ingested: the first opens the sessions of the prompt's bucket sizes (once per process:
+        # the fill did it already in every row but the empty one); the next ``ingests`` (other text) are the
+        # steady cost, reported as their median and their slowest (a prompt that crosses capacity pays the
+        # batched forgetting, and now and then one pays a full garbage collection).
         t = time.perf_counter()
         agent.generate(prompt_4k, 0)
         ingest_first = time.perf_counter() - t
-        t = time.perf_counter()
-        agent.generate(bytes(text[len(text) - 2 * 4097:len(text) - 4097]), 0)
-        ingest = time.perf_counter() - t
+        ingest_s = []
+        for i in range(ingests):
+            t = time.perf_counter()
+            agent.generate(bytes(text[len(text) - (i + 2) * 4097:len(text) - (i + 1) * 4097]), 0)
+            ingest_s.append(time.perf_counter() - t)
+        ingest = float(np.median(ingest_s))
         gc.collect()
         rss0 = current_rss_mb()
         agent.generate(cue, rss_bytes)
@@ -154,11 +159,12 @@ def decode_bench(bundle: str, text: np.ndarray, sizes=(0, 1_000, 10_000, 100_000
         rss1 = current_rss_mb()
         rows.append({"filled": size, "memories": len(agent.memory), "fill_s": fill_s, "bytes_per_s_memory_off": off,
                      "bytes_per_s_memory_on": on, "ratio": on / off, "ingest_4kb_s": ingest,
-                     "ingest_4kb_first_s": ingest_first,
+                     "ingest_4kb_max_s": max(ingest_s), "ingest_4kb_first_s": ingest_first,
                      "rss_growth_mb": rss1 - rss0, "rss_mb": rss1, "capacity": agent.memory.capacity})
         if progress:
             progress(f"decode at {size} memories: on {on:.0f} B/s, off {off:.0f} B/s ({on / off:.0%}); "
-                     f"4 KB prompt {ingest:.2f} s (first {ingest_first:.2f} s); RSS +{rss1 - rss0:.1f} MB")
+                     f"4 KB prompt {ingest:.2f} s (slowest {max(ingest_s):.2f}, first {ingest_first:.2f} s); "
+                     f"RSS +{rss1 - rss0:.1f} MB")
         agent.close()
     return {"bytes": n_bytes, "repeats": repeats, "rows": rows}
 
@@ -232,7 +238,7 @@ def goals(res: dict) -> list[dict]:
         out.append({"goal": f"decode with memory on at {last.get('filled', last['memories']):,} memories >= 50% of memory off",
                     "measured": last["ratio"], "target": 0.5, "met": last["ratio"] >= 0.5})
         worst = max(r["ingest_4kb_s"] for r in rows)
-        out.append({"goal": "a 4 KB prompt ingested in under 1 s (its sessions open)", "measured": worst, "target": 1.0,
+        out.append({"goal": "a 4 KB prompt ingested in under 1 s (its sessions open; median)", "measured": worst, "target": 1.0,
                     "met": worst < 1.0})
         rss = max(r["rss_growth_mb"] for r in rows)
         out.append({"goal": "RSS growth under a 1,024-byte generation < 50 MB", "measured": rss, "target": 50,
@@ -287,12 +293,13 @@ def markdown(res: dict) -> str:
         out += ["", f"Decode on the `{res['decode'].get('bundle', 'fp32')}` bundle (greedy bytes/s, memory on against off "
                 f"on the same agent, one process, 2 threads; each the median of {res['decode'].get('repeats', 1)} alternated runs of "
                 f"{res['decode'].get('bytes', 256)} bytes after a warm-up of both paths):", "",
-                "| memories stored first | memory off | memory on | on / off | 4 KB prompt ingested | first 4 KB prompt of the process | RSS growth over 1,024 bytes |",
+                "| memories stored first | memory off | memory on | on / off | 4 KB prompt ingested (median; slowest) | first 4 KB prompt of the process | RSS growth over 1,024 bytes |",
                 "|---|---|---|---|---|---|---|"]
         for r in dec:
             filled = f"{r.get('filled', r['memories']):,}" + (f" ({r['memories']:,} held; {r['note']})" if r.get("note") else "")
             out.append(f"| {filled} | {r['bytes_per_s_memory_off']:.0f} | {r['bytes_per_s_memory_on']:.0f} | "
-                       f"{r['ratio']:.0%} | {r['ingest_4kb_s']:.2f} s | "
+                       f"{r['ratio']:.0%} | {r['ingest_4kb_s']:.2f} s"
+                       + (f"; {r['ingest_4kb_max_s']:.2f} s" if "ingest_4kb_max_s" in r else "") + " | "
                        + (f"{r['ingest_4kb_first_s']:.2f} s" if "ingest_4kb_first_s" in r else "-")
                        + f" | {r['rss_growth_mb']:+.1f} MB |")
     goals_ = goals(res)
