@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Callable
 
 import numpy as np
@@ -45,6 +46,7 @@ SCAN_ROWS = 1024  # rows of a batch compared with the batch's earlier rows per m
 # Retrieval (the ContextualAssociator): recency time constant, softmax temperature over the top scores.
 RECENCY_TAU = DAY
 RETRIEVAL_TEMPERATURE = 0.1
+_WEAKEST = itemgetter(1, 0)  # a link's (strength, id): the weakest, ties to the oldest memory
 
 Clock = Callable[[], float]
 
@@ -206,7 +208,7 @@ class SynapticStorage:
         for other in others:
             links = self.memories[other].associations
             if len(links) >= LINK_LIMIT:  # the weakest link goes (ties: the oldest memory)
-                self._unlink(other, min(links, key=lambda j: (links[j], j)))
+                self._unlink(other, min(links.items(), key=_WEAKEST)[0])
             mem.associations[other] = HEBBIAN_INIT
             links[mid] = HEBBIAN_INIT
         self.memories[mid] = mem
