@@ -150,7 +150,8 @@ def test_full_suite_structure_on_a_tiny_model(tiny_checkpoint, tmp_path):
     m = res["models"]["tiny"]
     measured = {(r["engine"], r["precision"], r["batch"]) for r in m["rows"] if "skipped" not in r}
     assert measured >= {(e, p, b) for e, p in (("torch-eager", "fp32"), ("onnx-monolithic", "fp32"),
-                                               ("m3edge-runtime", "fp32"), ("m3edge-runtime", "int8"))
+                                               ("m3edge-runtime", "fp32"), ("m3edge-runtime", "int8"),
+                                               ("m3edge-runtime", "int8 (host-cpu)"))
                         for b in (1, 2)}
     litert = [r for r in m["rows"] if r["engine"] == "m3edge-runtime-litert"]
     assert litert == [{"model": "tiny", "engine": "m3edge-runtime-litert", "precision": "int8",
@@ -281,7 +282,9 @@ def test_seed_goals_come_from_the_seed_rows_artefacts_and_budget():
     seed = res["models"].pop("m")
     res["models"]["seed"] = seed
     res["rows"] = [dict(r, model="seed") for r in res["rows"]] + [
-        {"model": "seed", "engine": "m3edge-runtime", "precision": "fp32", "batch": 1, "bytes_per_s": 50.0}]
+        {"model": "seed", "engine": "m3edge-runtime", "precision": "fp32", "batch": 1, "bytes_per_s": 50.0},
+        {"model": "seed", "engine": "m3edge-runtime", "precision": "int8 (host-cpu)", "batch": 1, "bytes_per_s": 150.0,
+         "floor_all_ratio": 1.2}]
     seed["artefacts"]["bundle-int8"]["build_wall_s"] = 240.0
     res["budget"] = {"model": "seed", "rss_slack_mb": 150, "rss_limit_mb": 400.0, "rows": [
         {"io": "read", "prefetch": "off", "bytes_per_s": 30.0, "vs_all_resident": 0.6, "peak_rss_mb": 380.0},
@@ -289,6 +292,8 @@ def test_seed_goals_come_from_the_seed_rows_artefacts_and_budget():
     g = {x["goal"]: x for x in seed_goals(res)}
     assert g["seed: runtime INT8 >= 3x torch eager at batch 1"]["measured"] == pytest.approx(2.5)
     assert g["seed: runtime INT8 >= 2.5x the fp32 runtime at batch 1"]["measured"] == pytest.approx(5.0)
+    assert g["seed: runtime INT8 (host-cpu) >= 2.5x the fp32 runtime at batch 1"]["measured"] == pytest.approx(3.0)
+    assert g["seed: runtime int8 (host-cpu) within 1.3x of the all-weights bandwidth floor at batch 1"]["met"] is True
     assert g["seed: runtime INT4 >= 4x the fp32 runtime at batch 1"]["met"] is None  # no INT4 row: not measured
     assert g["seed: runtime int8 within 1.3x of the all-weights bandwidth floor at batch 1"]["met"] is False  # 2x
     assert g["seed: bundle-int8 export (validation included) <= 3 minutes on 2 cores"]["met"] is False
