@@ -102,7 +102,11 @@ def tiled(rows: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def quantize(model: onnx.ModelProto, feeds: list[dict], target, method: str = "minmax",
-             per_channel: bool = True) -> onnx.ModelProto:
+             per_channel: bool = True, ranges: str | Path | None = None) -> onnx.ModelProto:
+    """The QDQ graph of ``model`` calibrated on ``feeds``. ``ranges``: onnxruntime's calibration cache (a JSON
+    file): written by the first call that names it, read by the next ones instead of calibrating again, so
+    the bucket variants of one module are calibrated once (their rows are the same, tiled to every bucket,
+    so the ranges are the same)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -131,7 +135,7 @@ def quantize(model: onnx.ModelProto, feeds: list[dict], target, method: str = "m
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         reduce_range=types.reduce_range, activation_type=getattr(QuantType, types.activation),
                         weight_type=getattr(QuantType, types.weight), op_types_to_quantize=["MatMul", "Gemm"],
-                        calibrate_method=calib,
+                        calibrate_method=calib, calibration_cache_path=None if ranges is None else str(ranges),
                         extra_options={k: list(v) if isinstance(v, list) else v for k, v in types.extra.items()})
         q = dedicated_pairs(onnx.load(str(out)))
     q.producer_name = "m3edge"

@@ -213,6 +213,39 @@ def test_a_profile_asking_for_an_unknown_precision_is_bad_input(tmp_path):
     assert targets.Target.from_dict(d, "x.json").precision["expert"] == "int4"
 
 
+def test_bucket_variants_are_calibrated_once_with_the_same_result(monkeypatch, tmp_path):
+    """The largest bucket calibrates and writes its ranges; a smaller bucket reads them instead of running the
+    calibration again, and gets the graph its own minmax calibration over the same rows would give."""
+    import importlib
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((3, 5)).astype(np.float32)
+
+    def model(rows):
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 5])],
+                              [numpy_helper.from_array(w, "w")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    feeds = {b: [{"x": x[i:i + b]} for i in range(0, 8, b)] for b in (4, 1)}
+    calibrations = []
+    real = ort_quantize.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calibrations.append(1) or real(*a, **k))
+    target = targets.load("rpi5")
+    ranges = tmp_path / "ranges.json"
+    quantize.quantize(model(4), feeds[4], target, ranges=ranges)
+    cached = quantize.quantize(model(1), feeds[1], target, ranges=ranges)
+    assert len(calibrations) == 1 and ranges.is_file()  # the second bucket read the ranges
+    fresh = quantize.quantize(model(1), feeds[1], target)
+    assert len(calibrations) == 2
+    assert cached.SerializeToString() == fresh.SerializeToString()
+
+
 def test_gemms_become_matmuls_with_the_same_results():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper

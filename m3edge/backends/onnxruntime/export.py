@@ -4,6 +4,7 @@ export/quantize.py) as the role asks, and expert banks. Every graph is named and
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -37,9 +38,15 @@ def build_onnx(spec, precision: str, cal, target, opts: ExportOptions, calibrati
     fp32_bytes = sum(numpy_helper.to_array(t).nbytes for t in models[spec.buckets[0]].graph.initializer)
     if precision == "int8":
         rows = _calibration_rows(spec, cal, calibration)
-        models = {b: q.quantize(m, [dict(zip(in_names, (a[i:i + b] for a in rows))) for i in range(0, len(rows[0]), b)],
-                                target, opts.calibration_method, spec.role in q.PER_CHANNEL)
-                  for b, m in models.items()}
+        # Calibrated once, at the largest bucket (the fewest calibration runs); the other buckets read its
+        # ranges. Measured on the seed: see docs/export.md, "Export time".
+        with tempfile.TemporaryDirectory(prefix="m3edge-ranges-") as d:
+            ranges = Path(d, "ranges.json")
+            done = {b: q.quantize(models[b], [dict(zip(in_names, (a[i:i + b] for a in rows)))
+                                              for i in range(0, len(rows[0]), b)],
+                                  target, opts.calibration_method, spec.role in q.PER_CHANNEL, ranges)
+                    for b in sorted(models, reverse=True)}
+        models = {b: done[b] for b in models}
     elif precision == "fp16":
         models = {b: to_fp16(m) for b, m in models.items()}
     elif precision in q.WEIGHT_ONLY_BITS:  # no calibration: activations stay float
