@@ -125,7 +125,7 @@ def quantize(model: onnx.ModelProto, feeds: list[dict], target, method: str = "m
              "percentile": CalibrationMethod.Percentile}[method]
     # onnxruntime's histogram calibrators print progress to stdout, which belongs to --json.
     with tempfile.TemporaryDirectory(prefix="m3edge-quant-") as d, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()):
+            contextlib.redirect_stdout(io.StringIO()), _filtered(logging.getLogger(), PRE_PROCESS_ADVICE):
         warnings.simplefilter("ignore")
         src, out = Path(d, "in.onnx"), Path(d, "q.onnx")
         onnx.save(gemms_as_matmuls(model), src)  # GEMM_AS_MATMUL
@@ -253,6 +253,22 @@ def gemms_as_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
     g.node.extend(nodes)
     g.initializer.extend(keep)
     return model
+
+
+# quantize_static logs this advice (twice) for a model without quant_pre_process's mark; we skip it on purpose.
+PRE_PROCESS_ADVICE = ("Please consider to run pre-processing", "Please consider pre-processing")
+
+
+@contextlib.contextmanager
+def _filtered(logger, prefixes: tuple):
+    """Drop the records of ``logger`` whose message starts with one of ``prefixes``; keep all others."""
+    f = logging.Filter()
+    f.filter = lambda record: not record.getMessage().startswith(prefixes)
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
 
 
 @contextlib.contextmanager
