@@ -87,3 +87,19 @@ def test_reference_jetson_bundle_meets_the_gates(tmp_path):
     assert e2e["bits_per_byte_increase"] <= 0.02
     m = bundle.open_bundle(out).manifest
     assert {g["precision"] for g in m["graphs"] if g["role"] == "expert"} == {"fp16"}
+
+
+def test_the_fp16_clamp_is_the_converters_bit_for_bit():
+    """``half`` replaces onnxruntime's convert_np_to_float16 inside to_fp16: the same bits for every value."""
+    import onnxruntime.transformers.float16 as f16
+
+    from m3edge.export.fp16 import half
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):  # raw_data tensors give float32, float_data float64
+        a = (rng.standard_normal(50_000) * np.exp(rng.uniform(-40, 15, 50_000))).astype(dtype)
+        a[:10] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-9, -1e-9, 7e4, -7e4, 65504.0]
+        want, got = f16.convert_np_to_float16(a), half(a)
+        assert got.dtype == want.dtype == np.float16
+        assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
+    assert f16.convert_np_to_float16 is not half  # put back after each conversion
