@@ -262,8 +262,9 @@ PRE_PROCESS_ADVICE = ("Please consider to run pre-processing", "Please consider 
 @contextlib.contextmanager
 def _filtered(logger, prefixes: tuple):
     """Drop the records of ``logger`` whose message starts with one of ``prefixes``; keep all others."""
-    f = logging.Filter()
-    f.filter = lambda record: not record.getMessage().startswith(prefixes)
+    def f(record):
+        return not record.getMessage().startswith(prefixes)
+
     logger.addFilter(f)
     try:
         yield

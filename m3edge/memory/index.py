@@ -15,6 +15,7 @@ its bucket is next read.
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 
 RECENT = 1024  # the FIFO every query scans (training's in-stream bank has the same size)
@@ -102,5 +103,4 @@ class ContextIndex:
 
 def _append(table: dict, key, mid: int) -> None:
     """Append to a bucket, keeping its BUCKET most recent ids."""
-    q = table.get(key, ())
-    table[key] = (q + (mid,))[-BUCKET:] if len(q) >= BUCKET else q + (mid,)
+    table[key] = (table.get(key, ()) + (mid,))[-BUCKET:]
