@@ -97,6 +97,23 @@ def storage_model(row: dict, expert_mean_bytes: float, mb_s: float) -> dict:
             "bytes_per_s": row["bytes"] / (row["seconds"] + extra)}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """A setting's runs as one row: the run of median speed (its cache counts and timings), every run's speed
+    beside it, and the highest peak RSS of any run (the limit must hold in each)."""
+    speeds = [r["bytes"] / r["seconds"] for r in runs]
+    mid = runs[int(np.argsort(speeds, kind="stable")[(len(speeds) - 1) // 2])]
+    return mid | {"bytes_per_s": mid["bytes"] / mid["seconds"], "bytes_per_s_runs": speeds,
+                  "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+
+
+def chosen(b: dict) -> dict | None:
+    """The setting a device should run: the fastest of those within the RSS limit (the fastest of all when
+    none is); None when no setting was measured."""
+    ok = [r for r in b.get("rows", []) if "skipped" not in r]
+    within = [r for r in ok if r.get("rss_within_limit", True)]
+    return max(within or ok, key=lambda r: r["bytes_per_s"]) if ok else None
+
+
 def over_budget(cfg, models: dict, progress=None) -> dict:
     """The over-budget run of ``cfg.budget`` on an artefact the suite built; skipped (with why) otherwise."""
     from m3edge import targets
@@ -123,36 +140,46 @@ def over_budget(cfg, models: dict, progress=None) -> dict:
     res = {"model": plan.model, "bundle": key, "fraction": plan.fraction, "budget_bytes": budget,
            "expert_bytes": expert_total, "dense_bytes": dense_total, "expert_mean_bytes": float(experts.mean()),
            "rss_limit_mb": (budget + dense_total) / 2 ** 20 + RSS_SLACK_MB, "rss_slack_mb": RSS_SLACK_MB}
-    try:
-        res["all_resident"] = measure(base, timeout=3600)
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        return res | {"skipped": f"all-resident worker failed: {e}"}
-    full_speed = res["all_resident"]["bytes"] / res["all_resident"]["seconds"]
+    # Each setting ``cfg.runs`` times in fresh processes, the settings interleaved with the all-resident run so a
+    # slow spell of a shared host lands on all of them; a setting reports its median run (one 4 s run swung a
+    # setting from 20% to 30% of all-resident between bench runs).
+    settings = [None] + [(io, pf) for io in plan.io for pf in plan.prefetch]
+    runs: dict = {s: [] for s in settings}
+    failed: dict = {}
+    for _ in range(max(1, cfg.runs)):
+        for s in settings:
+            if s in failed:
+                continue
+            extra = {} if s is None else {"cache_bytes": budget, "expert_io": s[0], "prefetch": s[1]}
+            try:
+                runs[s].append(measure(base | extra, timeout=3600))
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                failed[s] = str(e)
+    if None in failed:
+        return res | {"skipped": f"all-resident worker failed: {failed[None]}"}
+    res["all_resident"] = median_run(runs[None])
+    full_speed = res["all_resident"]["bytes_per_s"]
     say(f"budget: all resident {full_speed:.1f} bytes/s, RSS {res['all_resident']['peak_rss_mb']:.0f} MB")
     rows = []
-    for io in plan.io:
-        for pf in plan.prefetch:
-            try:
-                r = measure(base | {"cache_bytes": budget, "expert_io": io, "prefetch": pf}, timeout=3600)
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
-                rows.append({"io": io, "prefetch": pf, "skipped": f"worker failed: {e}"})
-                continue
-            loads = r["cache"]["misses"] + r["cache"]["prefetched"]
-            row = {"io": io, "prefetch": pf, **r, "bytes_per_s": r["bytes"] / r["seconds"],
-                   "vs_all_resident": r["bytes"] / r["seconds"] / full_speed,
-                   "rss_within_limit": r["peak_rss_mb"] <= res["rss_limit_mb"],
-                   "load_ms_per_expert": r["cache"]["load_ms"] / loads if loads else None,
-                   "same_outputs": r["outputs_sha"] == res["all_resident"]["outputs_sha"]}
-            row["storage"] = [storage_model(row, res["expert_mean_bytes"], s) | {"medium": name}
-                              for name, s in plan.storage_mb_s]
-            rows.append(row)
-            say(f"budget {io}/prefetch {pf}: hit rate {r['cache']['hit_rate']:.2f}, {row['bytes_per_s']:.1f} bytes/s "
-                f"({row['vs_all_resident']:.0%} of all-resident), RSS {r['peak_rss_mb']:.0f} MB "
-                f"(limit {res['rss_limit_mb']:.0f})")
+    for io, pf in settings[1:]:
+        if (io, pf) in failed:
+            rows.append({"io": io, "prefetch": pf, "skipped": f"worker failed: {failed[io, pf]}"})
+            continue
+        r = median_run(runs[io, pf])
+        loads = r["cache"]["misses"] + r["cache"]["prefetched"]
+        row = {"io": io, "prefetch": pf, **r, "vs_all_resident": r["bytes_per_s"] / full_speed,
+               "rss_within_limit": r["peak_rss_mb"] <= res["rss_limit_mb"],
+               "load_ms_per_expert": r["cache"]["load_ms"] / loads if loads else None,
+               "same_outputs": r["outputs_sha"] == res["all_resident"]["outputs_sha"]}
+        row["storage"] = [storage_model(row, res["expert_mean_bytes"], s) | {"medium": name}
+                          for name, s in plan.storage_mb_s]
+        rows.append(row)
+        say(f"budget {io}/prefetch {pf}: hit rate {r['cache']['hit_rate']:.2f}, {row['bytes_per_s']:.1f} bytes/s "
+            f"({row['vs_all_resident']:.0%} of all-resident), RSS {r['peak_rss_mb']:.0f} MB "
+            f"(limit {res['rss_limit_mb']:.0f})")
     res["rows"] = rows
-    ok = [r for r in rows if "skipped" not in r]
-    if ok:
-        best = max(ok, key=lambda r: r["bytes_per_s"])
+    best = chosen(res)
+    if best is not None:
         res["chosen"] = {"io": best["io"], "prefetch": best["prefetch"]}
         res["profiles"] = [storage_model(best, res["expert_mean_bytes"], t.storage_read_mb_s)
                            | {"target": t.name} for t in targets.all_targets()]
@@ -160,6 +187,6 @@ def over_budget(cfg, models: dict, progress=None) -> dict:
         res["cold_read"] = cold_read(_expert_files(bundle))
     except OSError as e:
         res["cold_read"] = {"skipped": f"{type(e).__name__}: {e}"}
-    if ok and res["cold_read"].get("mb_s"):
+    if best is not None and res["cold_read"].get("mb_s"):
         res["cold_read"]["model"] = storage_model(best, res["expert_mean_bytes"], res["cold_read"]["mb_s"])
     return res

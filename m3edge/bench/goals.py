@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from m3edge.bench.artefacts import INT8_X86
+from m3edge.bench.budget import chosen
 
 
 def _row(res: dict, model: str, engine: str, precision: str, batch: int = 1) -> dict | None:
@@ -110,9 +111,8 @@ def seed_goals(res: dict, model: str = "seed") -> list[dict]:
                          f"{res.get('threads', 2)} cores", a["build_wall_s"], limit, higher_is_better=False,
                          unit=" s", issue=17))
     b = res.get("budget", {})
-    ok = [r for r in b.get("rows", []) if "skipped" not in r]
-    if b.get("model") == model and ok:
-        best = max(ok, key=lambda r: r["bytes_per_s"])
+    best = chosen(b)
+    if b.get("model") == model and best is not None:
         setting = f"{best['io']}, prefetch {best['prefetch']}"
         out.append(_goal(f"{model}: a quarter of the expert bytes resident ({setting}) keeps >= 50% of the "
                          f"all-resident speed (page cache)", best["vs_all_resident"], 0.5, unit="", issue=17))

@@ -234,12 +234,15 @@ def budget_section(b: dict) -> list[str]:
         return [f"Larger than the budget: skipped ({b['skipped']}).", ""]
     ar = b["all_resident"]
     full = ar["bytes"] / ar["seconds"]
+    n = len(ar.get("bytes_per_s_runs", [full]))
+    runs = (f"{n} fresh processes interleaved with the all-resident ones (the median run shown, peak RSS the "
+            "highest)" if n > 1 else "a fresh process")
     out = [f"#### Larger than the budget: `{b['model']}` with {b['fraction']:.0%} of its expert bytes resident",
            "",
            f"The {b['bundle'].removeprefix('bundle-')} bundle's experts hold {mb(b['expert_bytes'])}; the expert "
            f"budget is {mb(b['budget_bytes'])} (a Pi 4 class device's: a quarter), the dense graphs "
            f"{mb(b['dense_bytes'])} (always resident). Experts are read from their weights files on a miss. "
-           f"Greedy decoding at batch 1, memory off, each setting a fresh process after a warm-up pass. All experts "
+           f"Greedy decoding at batch 1, memory off, each setting {runs} after a warm-up pass. All experts "
            f"resident: {num(full)} bytes/s, peak RSS {num(ar['peak_rss_mb'])} MB. RSS limit (budget + dense "
            f"weights + {b['rss_slack_mb']} MB): {num(b['rss_limit_mb'])} MB.", "",
            "| expert I/O | prefetch | hit rate | bytes/s | of all-resident | peak RSS | within limit | "
@@ -260,7 +263,7 @@ def budget_section(b: dict) -> list[str]:
     out.append("")
     if b.get("chosen"):
         c = b["chosen"]
-        out.append(f"Chosen: `{c['io']}`, prefetch `{c['prefetch']}` (the fastest above). Cold storage, modelled on "
+        out.append(f"Chosen: `{c['io']}`, prefetch `{c['prefetch']}` (the fastest above within the RSS limit). Cold storage, modelled on "
                    "it: every loaded expert's bytes read at the medium's speed on the decoding thread (no overlap "
                    "credited to prefetch: an upper bound on the cost), per profile's `storage_read_mb_s`: "
                    + ", ".join(f"{p['target']} ({num(p['mb_s'])} MB/s) {num(p['bytes_per_s'])} bytes/s"

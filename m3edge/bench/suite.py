@@ -55,8 +55,8 @@ class BudgetPlan:
     # onnxruntime call (the GIL) more than it hides (small reference, docs/performance.md).
     prefetch: tuple = ("off", "inline")
     prompts: int = 2
-    bytes: int = 32
-    passes: int = 2  # timed passes per process: the cache's steady state, not one pass's luck
+    bytes: int = 64
+    passes: int = 2  # timed passes per process: the cache's steady state, not one pass's luck; runs: cfg.runs
     storage_mb_s: tuple = (("SD card, slow (UHS-I class 10)", 40.0), ("SD card, fast (Pi 5 SDR104)", 85.0),
                            ("NVMe on a Pi 5 (PCIe 2.0 x1)", 800.0))
 

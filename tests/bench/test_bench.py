@@ -287,7 +287,10 @@ def test_seed_goals_come_from_the_seed_rows_artefacts_and_budget():
          "floor_all_ratio": 1.2}]
     seed["artefacts"]["bundle-int8"]["build_wall_s"] = 240.0
     res["budget"] = {"model": "seed", "rss_slack_mb": 150, "rss_limit_mb": 400.0, "rows": [
-        {"io": "read", "prefetch": "off", "bytes_per_s": 30.0, "vs_all_resident": 0.6, "peak_rss_mb": 380.0},
+        {"io": "read", "prefetch": "off", "bytes_per_s": 30.0, "vs_all_resident": 0.6, "peak_rss_mb": 380.0,
+         "rss_within_limit": True},
+        {"io": "read", "prefetch": "inline", "bytes_per_s": 40.0, "vs_all_resident": 0.8, "peak_rss_mb": 420.0,
+         "rss_within_limit": False},  # faster, over the RSS limit: not the setting judged
         {"io": "mmap", "prefetch": "off", "skipped": "worker failed"}]}
     g = {x["goal"]: x for x in seed_goals(res)}
     assert g["seed: runtime INT8 >= 3x torch eager at batch 1"]["measured"] == pytest.approx(2.5)
@@ -331,6 +334,22 @@ def test_storage_model_and_cold_read(tmp_path):
     f.write_bytes(b"\1" * (3 << 20))
     r = cold_read([f])
     assert r["bytes"] == 3 << 20 and r["mb_s"] > 0 and r["files"] == 1
+
+
+def test_a_budget_setting_is_its_median_run_and_the_choice_keeps_within_the_rss_limit():
+    from m3edge.bench.budget import chosen, median_run
+
+    runs = [{"bytes": 100, "seconds": s, "peak_rss_mb": rss, "cache": {"hit_rate": h}}
+            for s, rss, h in ((1.0, 300.0, 0.5), (4.0, 280.0, 0.6), (2.0, 290.0, 0.7))]
+    r = median_run(runs)
+    assert r["bytes_per_s"] == 50.0 and r["cache"]["hit_rate"] == 0.7  # the median run's own counts
+    assert r["bytes_per_s_runs"] == [100.0, 25.0, 50.0] and r["peak_rss_mb"] == 300.0  # the worst RSS of any run
+    rows = [{"io": "read", "bytes_per_s": 80.0, "rss_within_limit": False},
+            {"io": "mmap", "bytes_per_s": 70.0, "rss_within_limit": True},
+            {"io": "mmap", "skipped": "worker failed"}]
+    assert chosen({"rows": rows})["io"] == "mmap"  # the fastest that keeps the budget
+    assert chosen({"rows": rows[:1]})["io"] == "read"  # none keeps it: the fastest
+    assert chosen({"rows": rows[2:]}) is None and chosen({}) is None
 
 
 def test_the_suite_knows_what_each_backend_builds_from_its_declaration():
