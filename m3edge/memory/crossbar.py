@@ -280,6 +280,14 @@ def adc_pj(dev: DeviceModel) -> float:
     return dev.adc_pj_8bit * 2.0 ** ((dev.adc_bits or 8) - 8)
 
 
+def mean_square(x: np.ndarray) -> float:
+    """mean(x^2) in float64, the same sum as ``np.mean`` without its wrapper (a read per decode step)."""
+    if not x.size:
+        return 0.0
+    x64 = x.astype(np.float64)
+    return float((x64 * x64).sum()) / x.size
+
+
 def read_cost(n_queries: int, x_sq_mean: float, g_total: float, n_cols: int, dim: int,
               dev: DeviceModel) -> tuple[float, float]:
     """(pJ, ns) for n_queries VMMs over n_cols columns. Array: sum_ij V_i^2 G_ij t, with V_i = x_i V_read and
@@ -453,7 +461,7 @@ class CrossbarArray:
         n_cols = len(range(*sel.indices(len(self)))) if isinstance(sel, slice) else len(sel)
         if dev.exact:
             out = x @ np.asarray(weights)[sel].T
-            x_sq = float(np.mean(x.astype(np.float64) ** 2)) if x.size else 0.0
+            x_sq = mean_square(x)
         else:
             self._refresh_drift(np.asarray(weights), now)
             xmax = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-12)
@@ -466,7 +474,7 @@ class CrossbarArray:
                 y = y + (self.rng.standard_normal(y.shape) * std).astype(np.float32)
             y = quantize_signed(y, dev.adc_bits, dev.out_bound)
             out = (y * xmax * self._scale[sel][None, :]).astype(np.float32)
-            x_sq = float(np.mean(xn.astype(np.float64) ** 2)) if xn.size else 0.0
+            x_sq = mean_square(xn)
         pj, ns = read_cost(len(x), x_sq, float(self._gsum[sel].sum(dtype=np.float64)), n_cols, self.dim, dev)
         self.ledger.reads += len(x)
         self.ledger.read_pj += pj
@@ -479,7 +487,7 @@ class CrossbarArray:
         dev = self.device
         if dev.exact:
             out = np.einsum("nm,nem->ne", x, np.asarray(weights)[cols])
-            x_sq = float(np.mean(x.astype(np.float64) ** 2)) if x.size else 0.0
+            x_sq = mean_square(x)
         else:
             self._refresh_drift(np.asarray(weights), now)
             xmax = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-12)
@@ -491,7 +499,7 @@ class CrossbarArray:
                 y = y + (self.rng.standard_normal(y.shape) * std).astype(np.float32)
             y = quantize_signed(y, dev.adc_bits, dev.out_bound)
             out = (y * xmax * self._scale[cols]).astype(np.float32)
-            x_sq = float(np.mean(xn.astype(np.float64) ** 2)) if xn.size else 0.0
+            x_sq = mean_square(xn)
         g = float(self._gsum[cols].sum(dtype=np.float64)) / max(1, len(x))
         pj, ns = read_cost(len(x), x_sq, g, cols.shape[1], self.dim, dev)
         self.ledger.reads += len(x)

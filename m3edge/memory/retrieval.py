@@ -217,7 +217,8 @@ def candidate_rows(per_query: list[list[int]], id_array: np.ndarray, below: int)
         return np.zeros((n, 0), np.int64)
     if n == 1:  # a decode step: the general path's sorts and scatter for one row cost ~5x this
         rows = np.searchsorted(id_array, np.asarray(per_query[0], np.int64))
-        return np.unique(rows[rows < below])[None, :]
+        # a few dozen ids: Python's set and sort beat np.unique's wrapper
+        return np.fromiter(sorted(set(rows[rows < below].tolist())), np.int64)[None, :]
     flat = np.searchsorted(id_array, np.fromiter((i for q in per_query for i in q), np.int64, sum(lens)))
     owner = np.repeat(np.arange(n), lens)
     keep = flat < below
@@ -311,10 +312,10 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
     res.valid[:, :k] = valid
     # Where each chosen column comes from: a stored row (own candidates or FIFO) or a segment row.
     is_seg = idx >= e_w + f_w
-    rix = np.broadcast_to(np.arange(n)[:, None], idx.shape)
-    row = np.where(idx < e_w, extra[rix, np.minimum(idx, max(e_w - 1, 0))] if e_w else 0, recent0 + idx - e_w)
+    row = np.where(idx < e_w, extra[np.arange(n)[:, None], np.minimum(idx, max(e_w - 1, 0))] if e_w else 0,
+                   recent0 + idx - e_w)
     row = np.where(is_seg | ~valid, 0, row)
-    srow = seg_rows[np.clip(idx - e_w - f_w, 0, max(s_w - 1, 0))] if s_w else np.zeros_like(idx)
+    srow = seg_rows[np.minimum(np.maximum(idx - e_w - f_w, 0), max(s_w - 1, 0))] if s_w else np.zeros_like(idx)
     stored_ok = valid & ~is_seg
     seg_ok = valid & is_seg
     res.ids[:, :k] = np.where(stored_ok, id_array[row] if m else -1, -1)

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from m3edge.memory.index import RECENT, ContextIndex
-from m3edge.memory.topk import topk_stable
+from m3edge.memory.topk import top_above
 
 HEBBIAN_INIT = 0.5
 RECONSOLIDATE_GAIN, RECONSOLIDATE_STEP = 1.1, 0.05
@@ -184,11 +184,9 @@ class SynapticStorage:
             j = np.arange(lo, e)[None, :]
             b_ = np.arange(s, e)[:, None]
             batch = np.where((j < b_) & (j >= b_ - RECENT), units[s:e] @ units[lo:e].T, -np.inf)
-            cand = np.concatenate([prior_sims[s:e], batch], axis=1) if np_ else batch
-            cand = np.where(cand >= ASSOCIATE_SIMILARITY, cand, -np.inf).astype(np.float32)
-            top, cols = topk_stable(cand, min(LINK_CAP, cand.shape[1]))  # ties: the older memory
-            for b, (tv, tc) in enumerate(zip(np.isfinite(top).tolist(), cols.tolist()), start=s):
-                others = [int(prior_ids[b, c]) if c < np_ else new[lo + c - np_] for c, ok in zip(tc, tv) if ok]
+            cand = (np.concatenate([prior_sims[s:e], batch], axis=1) if np_ else batch).astype(np.float32)
+            for b, tc in enumerate(top_above(cand, ASSOCIATE_SIMILARITY, LINK_CAP), start=s):  # ties: the older
+                others = [int(prior_ids[b, c]) if c < np_ else new[lo + c - np_] for c in tc]
                 others = [i for i in others if i in self.memories]
                 new.append(self._new_memory(keys[b], values[b], priorities[b], types[b], extras[b], others).id)
         self._add_columns([self.memories[i] for i in new], units)
