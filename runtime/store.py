@@ -88,6 +88,7 @@ def db_error(e: sqlite3.Error, path, opening: bool = False) -> BadInput:
     """A typed, one-line error for an SQLite failure on ``path``: a ``StorageError`` (the server's 507) when the
     storage refused the write, a ``CorruptStore`` when the file is damaged. ``opening``: nothing was written."""
     name = getattr(e, "sqlite_errorname", "") or ""
+    e = _printable(str(e))
     if opening and name not in _CORRUPT:
         ro = _readonly_fs(Path(path).parent)
         return StorageError(path, f"cannot open the memory store for writing ({e})"
@@ -105,6 +106,13 @@ def db_error(e: sqlite3.Error, path, opening: bool = False) -> BadInput:
         return StorageError(path, f"{_DISK[base]} ({e}); the failed write was rolled back, everything written "
                                   f"before it is kept")
     return CorruptStore(f"{path}: not a readable memory store ({e})")
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """SQLite's message as one printable line: a damaged page can put its raw bytes (newlines included) into
+    it ("Could not decode to UTF-8 column 'value' with text '...'"), which would break the one-line error."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _is_int(v, lo: int = 0, hi: int = 1 << 62) -> bool:
@@ -167,8 +175,13 @@ def _sql_transaction(db: sqlite3.Connection, begin: str = "BEGIN"):
         yield
         db.execute("COMMIT")
     except BaseException:
-        if db.in_transaction:  # a failed COMMIT may have rolled back already
-            db.execute("ROLLBACK")
+        try:
+            if db.in_transaction:  # a failed COMMIT may have rolled back already
+                db.execute("ROLLBACK")
+        except sqlite3.ProgrammingError:
+            # Closed already: a SIGTERM's SystemExit that lands between BEGIN and the `with` body leaves this
+            # generator suspended until the store is closed; closing discarded the open transaction.
+            pass
         raise
 
 
@@ -233,10 +246,13 @@ def fuse(spatial: np.ndarray, query_ctx, key_ctx, ages: np.ndarray) -> np.ndarra
 
 
 class JournaledStorage(SynapticStorage):
-    """SynapticStorage that remembers what each operation touched, for the durable store to write."""
+    """SynapticStorage that remembers what each operation touched, for the durable store to write. Without a
+    database (``journaling`` False) it keeps nothing: at capacity the journal of one batched forgetting alone
+    is ~80,000 link pairs built only to be dropped."""
 
-    def __init__(self, capacity: int, clock: Clock):
+    def __init__(self, capacity: int, clock: Clock, journaling: bool = True):
         super().__init__(capacity, clock)
+        self.journaling = journaling
         self.new: list[int] = []
         self.touched: set[int] = set()
         self.gone: set[int] = set()
@@ -248,31 +264,35 @@ class JournaledStorage(SynapticStorage):
 
     def _new_memory(self, key, value, priority, memory_type, extra, others):
         mem = super()._new_memory(key, value, priority, memory_type, extra, others)
-        self.new.append(mem.id)
-        self.pairs.update((mem.id, j) for j in others)  # (newer, older): the new id is the largest
+        if self.journaling:
+            self.new.append(mem.id)
+            self.pairs.update((mem.id, j) for j in others)  # (newer, older): the new id is the largest
         return mem
 
     def reconsolidate(self, ids: list[int]) -> None:
         super().reconsolidate(ids)
-        self.touched.update(ids)
-        self.pairs.update((i, j) for i in ids for j in ids if i > j)
+        if self.journaling:
+            self.touched.update(ids)
+            self.pairs.update((i, j) for i in ids for j in ids if i > j)
 
     def _drop(self, victims: list[int]) -> None:
-        for v in victims:  # (newer, older) pairs, built by C-level zips: 5,000 victims at a time at capacity
-            links = self.memories[v].associations
-            self.pairs.update(zip([j for j in links if j > v], repeat(v)))
-            self.pairs.update(zip(repeat(v), [j for j in links if j < v]))
-        self.gone.update(victims)
+        if self.journaling:
+            for v in victims:  # (newer, older) pairs, built by C-level zips: 5,000 victims at a time at capacity
+                links = self.memories[v].associations
+                self.pairs.update(zip([j for j in links if j > v], repeat(v)))
+                self.pairs.update(zip(repeat(v), [j for j in links if j < v]))
+            self.gone.update(victims)
         super()._drop(victims)
 
     def _unlink(self, a: int, b: int) -> None:
         super()._unlink(a, b)
-        self.pairs.add((max(a, b), min(a, b)))
+        if self.journaling:
+            self.pairs.add((max(a, b), min(a, b)))
 
     def decay(self) -> None:
         before = self._last_decay
         super().decay()
-        if self._last_decay != before:
+        if self.journaling and self._last_decay != before:
             days = max(0.0, (self._last_decay - before) / DAY)
             self.decays.append((1.0 - FORGETTING_RATE) ** days)
 
@@ -290,7 +310,7 @@ class MemoryStore:
         self.seed = int(seed)
         self.clock = clock or time.time
         self.distill = distill  # the distiller's learned map; None: the stored value itself (the bundle has none)
-        self.storage = JournaledStorage(self.capacity, self.clock)
+        self.storage = JournaledStorage(self.capacity, self.clock, journaling=False)  # open() gives it a database
         self.graph = KnowledgeGraph()
         self.crossbar = CrossbarArray(self.key_dim, get_device(self.device_name), self.seed)
         self.db: sqlite3.Connection | None = None

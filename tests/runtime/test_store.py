@@ -90,6 +90,42 @@ def test_a_store_without_a_database_keeps_no_journal_of_its_changes():
     assert s.graph.drain_changes() == (set(), set(), {})
 
 
+def test_only_a_durable_store_journals_its_changes(tmp_path):
+    rng = np.random.default_rng(2)
+    mem = MemoryStore(key_dim=8, value_dim=4, capacity=20, device="ideal", clock=Clock())
+    assert mem.storage.journaling is False
+    durable = MemoryStore.open(tmp_path, key_dim=8, value_dim=4, capacity=20, device="ideal", clock=Clock())
+    assert durable.storage.journaling is True
+    for _ in range(6):  # past capacity: links, forgetting, reconsolidation, all written back
+        k, v = rows(rng, 6, base=rng.normal(size=(2, 8))), rng.normal(size=(6, 4))
+        mem.store(k, v, np.full(6, 0.9))
+        durable.store(k, v, np.full(6, 0.9))
+    durable.close()
+    again = MemoryStore.open(tmp_path, clock=Clock())
+    links = lambda st: {i: dict(m.associations) for i, m in st.memories.items()}  # noqa: E731
+    assert links(again.storage) == links(mem.storage) and len(again.storage) == len(mem.storage)
+    again.close()
+
+
+def test_sqlite_messages_become_one_printable_line():
+    from m3edge.runtime.store import db_error
+
+    e = sqlite3.OperationalError("Could not decode to UTF-8 column 'value' with text 'a\nb\x07" + "z" * 400 + "'")
+    msg = str(db_error(e, "/x/memory.sqlite"))
+    assert "\n" not in msg and msg.isprintable() and "\\x07" in msg and "..." in msg and len(msg) < 400
+
+
+def test_a_transaction_left_open_when_its_store_closed_finishes_quietly():
+    from m3edge.runtime.store import _sql_transaction
+
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    ctx = _sql_transaction(db, "BEGIN")
+    ctx.__enter__()  # BEGIN ran; the `with` body never started (a SIGTERM landed here)
+    db.close()
+    exc = SystemExit(143)
+    assert ctx.__exit__(SystemExit, exc, None) is False  # the exit goes on (no ProgrammingError instead of it)
+
+
 def test_topk_matches_a_stable_sort_with_ties():
     rng = np.random.default_rng(0)
     s = rng.integers(0, 5, size=(4, 3000)).astype(np.float32)  # many ties
