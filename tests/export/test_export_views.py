@@ -35,3 +35,23 @@ def test_split_exports_views_and_checks_against_the_agents_experts(tiny_agent):
             assert isinstance(s.checked_against, MemoryReference)
         else:
             assert s.checked_against is s.module
+
+
+def test_constant_slices_compute_the_view_to_the_bit_from_copies():
+    """What the LiteRT backend converts: the view's slices as constants (no parameter slicing left for the
+    converter to fold), the same outputs to the bit; any other module is returned as it is."""
+    from m3edge.export.views import constant_slices
+
+    torch.manual_seed(1)
+    cfg = preset("small")
+    x = 4 * torch.randn(64, cfg.d_model)
+    for cls in (EpisodicExpert, SemanticExpert):
+        v = export_view(cls(cfg).eval())
+        c = constant_slices(v)
+        with torch.no_grad():
+            assert torch.equal(c(x), v(x))
+        assert not any(n.startswith(("lstm", "layer.self_attn.in_proj")) for n, _ in c.named_parameters())
+        views = {p.data_ptr() for p in v.parameters()}
+        assert all(b.data_ptr() not in views for b in c.buffers())  # copies, taken once
+    e = MLPExpert(cfg)
+    assert constant_slices(e) is e

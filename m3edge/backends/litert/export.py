@@ -10,6 +10,7 @@ from m3edge.backends.litert import tflite
 from m3edge.backends.registry import export_side
 from m3edge.export.pipeline import Built, ExportOptions, _calibration_rows, _io
 from m3edge.export.validate import ValidationError, check_signature_shapes
+from m3edge.export.views import constant_slices
 
 
 def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibration: dict, root: Path,
@@ -17,12 +18,13 @@ def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibra
     """One .tflite per module, a signature per bucket. A module litert-torch cannot quantize is kept at
     fp32 and the report says why; one it cannot convert at all fails the export with its error."""
     examples = {b: spec.example(b) for b in spec.buckets}
+    module = constant_slices(spec.module)  # the MLIR passes fold a parameter slice slowly (export/views.py)
     # What an fp32 .tflite of this module would hold is only known by converting it: compare bundles with
     # an `--precision fp32` export instead of guessing from parameters the graph may not use.
     fp32_bytes = None
     note = None
     try:
-        blob = tflite.convert(spec.module, examples, precision,
+        blob = tflite.convert(module, examples, precision,
                               _calibration_rows(spec, cal, calibration) if precision == "int8" else None)
     except tflite.ConversionError as e:
         if precision == "fp32":
@@ -30,7 +32,7 @@ def build_tflite(spec, precision: str, cal, target, opts: ExportOptions, calibra
         note = f"{spec.label}: {precision} conversion failed ({e}); kept fp32"
         precision = "fp32"
         try:
-            blob = tflite.convert(spec.module, examples, precision)
+            blob = tflite.convert(module, examples, precision)
         except tflite.ConversionError as e2:
             raise ValidationError(f"{spec.label}: litert-torch cannot convert it ({e2})") from None
     rel = f"graphs/{spec.stem}.tflite"
