@@ -13,6 +13,7 @@ The views share the original parameters (no copies) and are checked against the 
 every graph, so an exported expert is still judged against the agent's own module. What they buy: plain
 MatMul graphs that INT8 quantizes fully (onnxruntime's QDQ has no LSTM), a fraction of the nodes (the
 attention graph had ~90), graph files of a few kB per bucket, and no bucket-sized zero-state constants.
+For the LiteRT converter, ``constant_slices`` gives a view whose parameter slices are copies taken once.
 """
 
 from __future__ import annotations
