@@ -96,8 +96,8 @@ FULL = FullConfig(models=(
     ModelPlan("small", checkpoint="checkpoints/small", note="the trained reference (checkpoints/small)"),
     # 64 bytes a prompt, as `small`: with 16, two full runs of the same code gave the INT8 runtime 1.7x and 2.7x
     # the fp32 one (32 steps a process are too few against this host's drift).
-    # The seed's LiteRT conversion is built too: a profiled slice of it (bench/results-litert-profile-seed-slice.json)
-    # converts a seed expert in 4-12 s, the per-module fixed costs of small's, not 16x them.
+    # The seed's LiteRT bundle is built too: 11 minutes (a seed expert converts in 3.5-7.6 s,
+    # bench/results-litert-profile-seed-slice.json), not 16x small's 12 as once guessed.
     ModelPlan("seed", preset="seed", prompts=2, bytes=64, batch=16, batch_bytes=4, parity_tokens=16, note=SEED_NOTE),
 ))
 
