@@ -22,6 +22,7 @@ from m3edge.runtime.cache import ExpertCache
 from m3edge import backends
 from m3edge.backends import SessionConfig, open_graph
 from m3edge.backends.session import CONSTANT_WEIGHTS
+from m3edge.runtime.qdq import integer_matmuls
 from m3edge.runtime.template import Template, weights_as_inputs
 
 EXPERT_IO = ("read", "mmap")
@@ -100,9 +101,10 @@ class ExpertWeights:
     """One expert as its weights (sha256-checked bytes), run through the shared session of its graph file.
 
     What the cache holds when it cannot hold every expert: a miss then reads 25-90 kB instead of creating a
-    session (~1-2 ms, more than a whole decode step on the small reference). A call costs more than on the
-    expert's own session (weights are inputs: not prepacked, Q/DQ not fused), so when every expert fits,
-    experts get their own sessions (``ExpertGraphs``)."""
+    session (~1-2 ms, more than a whole decode step on the small reference; 7-44 ms a seed INT8 expert). A call
+    costs more than on the expert's own session (weights are inputs, so not prepacked; INT8 MatMuls are written
+    out as the integer kernel by runtime/qdq.py, 3-4x the own session's time rather than 10x), so when every
+    expert fits, experts get their own sessions (``ExpertGraphs``)."""
 
     def __init__(self, executor: "BundleExecutor", layer: int, expert: int, warm=()):
         self.executor = executor
@@ -207,7 +209,7 @@ class BundleExecutor:
             with self._shared_lock:
                 g = self._shared.get(entry["path"])
                 if g is None:
-                    template = weights_as_inputs(self.bundle.read(entry["path"]))
+                    template = integer_matmuls(weights_as_inputs(self.bundle.read(entry["path"])))
                     nbytes = sum(t.length for t in template.tensors)
                     threads = self.session.threads_for(nbytes, entry["bucket"], entry["precision"])
                     providers = [p for p in self.session.providers_for(None) if p[0] not in NOT_SHARED]
