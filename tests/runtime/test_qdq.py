@@ -16,18 +16,25 @@ from m3edge.runtime.qdq import integer_matmuls
 from m3edge.runtime.template import weights_as_inputs
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(tmp_path_factory, tiny_checkpoint, tiny_target):
+@pytest.fixture(scope="module", params=["host-cpu", "rpi5"])
+def int8_bundle(request, tmp_path_factory, tiny_checkpoint):
+    """The tiny checkpoint at INT8 for x86 (uint8 activations) and for ARM (int8 activations: the rewrite
+    re-zeroes them to uint8 in the graph)."""
+    import json
+
     from m3edge import checkpoint, targets
     from m3edge.export.pipeline import ExportOptions, export_bundle
 
     from conftest import DATA
 
+    d = tmp_path_factory.mktemp(f"int8-{request.param}")
+    spec = targets.load(request.param).to_dict() | {"name": f"tiny-{request.param}", "aliases": [],
+                                                     "token_buckets": [1, 8], "capacity_buckets": [2, 8]}
+    (d / "target.json").write_text(json.dumps(spec))
     agent, source = checkpoint.build_agent(tiny_checkpoint)
-    out = tmp_path_factory.mktemp("int8") / "tiny"
-    export_bundle(agent, source, targets.load(str(tiny_target)), out, DATA,
+    export_bundle(agent, source, targets.load(str(d / "target.json")), d / "tiny", DATA,
                   opts=ExportOptions(precision="int8", parity_tokens=256, allow_accuracy_drop=True))
-    return out
+    return d / "tiny", request.param
 
 
 def _ops(model: bytes) -> collections.Counter:
@@ -35,7 +42,8 @@ def _ops(model: bytes) -> collections.Counter:
 
 
 def test_every_int8_matmul_runs_on_the_integer_kernel_with_the_experts_own_outputs(int8_bundle, tmp_path):
-    b = bundle.open_bundle(int8_bundle)
+    root, profile = int8_bundle
+    b = bundle.open_bundle(root)
     kinds = {}
     for e in range(8):
         entry = b.find("expert", 2, 0, e)
@@ -48,6 +56,10 @@ def test_every_int8_matmul_runs_on_the_integer_kernel_with_the_experts_own_outpu
         ops = _ops(t.model)
         assert ops["MatMulIntegerToFloat"] == _ops(before.model)["MatMul"] > 0, path
         assert "MatMul" not in ops
+        activations = {t.onnx_type for t in before.tensors if t.name == "h_zero_point"}
+        assert activations, path
+        assert activations == ({3} if profile == "rpi5" else {2})  # ARM: int8 activations; x86: uint8
+        assert (ops["Cast"] > 0) == (profile == "rpi5"), path  # int8 activations are re-zeroed, uint8 kept
         # What onnxruntime runs: no float MatMul over weights dequantized per call is left.
         d = tmp_path / path.replace("/", "_")
         d.mkdir()
@@ -73,9 +85,10 @@ def test_a_graph_without_int8_matmuls_comes_back_unchanged(tiny_bundle):
 
 
 def test_a_budget_runs_int8_experts_through_shared_sessions_with_the_same_bytes(int8_bundle):
-    with EdgeAgent.open(int8_bundle) as agent:
+    path, _ = int8_bundle
+    with EdgeAgent.open(path) as agent:
         resident = agent.generate(b"def main(", 48)
-    with EdgeAgent.open(int8_bundle, options=RuntimeOptions(cache_experts=2)) as agent:
+    with EdgeAgent.open(path, options=RuntimeOptions(cache_experts=2)) as agent:
         assert agent.executor.shares_sessions
         assert agent.generate(b"def main(", 48) == resident
         assert all("MatMulIntegerToFloat" in _ops(g.template.model) for g in agent.executor._shared.values())
