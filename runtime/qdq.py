@@ -1,12 +1,13 @@
 """INT8 MatMuls written out as MatMulIntegerToFloat for a graph whose weights are inputs (runtime/template.py).
 
 onnxruntime turns ``MatMul(DQ(Q(x)), DQ(W))`` into its integer kernel only when W and every scale and zero point
-are constant initializers. In a shared session they are inputs (one expert's bytes per call), so it runs a float
-MatMul over weights dequantized on every call: 0.6-1.3 ms a seed INT8 expert against 0.07-0.15 ms on the
-expert's own session. Written out here as the same fused form onnxruntime would make (activations re-zeroed to
-uint8, which is what its x86 kernel takes, and what ARM's takes as well), the integer kernel runs on the inputs
-unpacked: 0.23-0.51 ms. Exact: both forms accumulate the same integers and scale them the same way (a test holds
-the outputs equal to each expert's own session).
+are constant initializers. In a shared session they are inputs (one expert's bytes per call), so it ran a float
+MatMul over weights dequantized on every call: 0.6-2.0 ms a seed INT8 expert against 0.06-0.2 ms on the expert's
+own session. Written out here in the fused form onnxruntime itself makes, the integer kernel runs on the inputs
+unpacked: 0.2-0.75 ms. As onnxruntime does (``QDQIsInt8Allowed``), int8 activations stay int8 on ARM, whose
+kernels take int8 x int8, and are re-zeroed to uint8 elsewhere, whose kernels take uint8 x int8 (int8 x int8
+unpacked took 3-5 ms a seed expert on this x86 host). Exact: both forms accumulate the same integers and scale
+them the same way (a test holds the outputs equal to each expert's own session's).
 
 Like template.py this works on the protobuf wire format, so the device runtime needs no ``onnx`` package; a
 graph without the pattern comes back unchanged.
@@ -14,6 +15,7 @@ graph without the pattern comes back unchanged.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, replace
 
 from m3edge.runtime.template import MODEL_GRAPH, Template, _fields, _int, _msg
@@ -23,6 +25,12 @@ GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_OUTPUT = 1, 5, 12
 NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
 INT8, UINT8, INT32 = 3, 2, 6
 OFFSET = "m3edge/int8_to_uint8"  # 128: an int8 zero point + 128 is the uint8 one for the same values
+ARM = ("aarch64", "arm64", "armv7l", "armv8l")
+
+
+def int8_activations_native(machine: str | None = None) -> bool:
+    """Whether this CPU's integer kernels take int8 activations (ARM) rather than uint8 (x86)."""
+    return (machine or platform.machine()).lower() in ARM
 
 
 @dataclass
@@ -61,9 +69,12 @@ def _make(op: str, inputs, outputs, name: str, domain: str = "", to: int | None 
     return Node(op, domain, list(inputs), list(outputs), to is not None, raw)
 
 
-def integer_matmuls(template: Template) -> Template:
+def integer_matmuls(template: Template, int8_activations: bool | None = None) -> Template:
     """``template`` with each ``MatMul(DQ(Q(x, s, z), s, z), DQ(W, sw, zw))`` whose W, scales and zero points are
-    per-tensor inputs replaced by ``MatMulIntegerToFloat(Q(x, s, z'), W, s, sw, z', zw)``, z' uint8."""
+    per-tensor inputs replaced by ``MatMulIntegerToFloat(Q(x, s, z'), W, s, sw, z', zw)``: z' = z where the
+    kernels take int8 activations (``int8_activations``, default: this CPU's), else uint8 z + 128."""
+    if int8_activations is None:
+        int8_activations = int8_activations_native()
     shapes = {t.name: (t.onnx_type, t.shape) for t in template.tensors}
 
     def scalar(name, types=(INT8, UINT8)):
@@ -93,9 +104,9 @@ def integer_matmuls(template: Template) -> Template:
             continue
         key = (q.inputs[0], sa, za)
         if key not in converted:
-            tag = f"m3edge/u8/{len(converted)}"
+            tag = f"m3edge/q/{len(converted)}"
             zu = za
-            if shapes[za][0] == INT8:
+            if shapes[za][0] == INT8 and not int8_activations:
                 zu = f"{tag}/zero_point"
                 out += [_make("Cast", [za], [f"{tag}/z32"], f"{tag}/cast", to=INT32),
                         _make("Add", [f"{tag}/z32", OFFSET], [f"{tag}/z32u"], f"{tag}/add"),
@@ -117,6 +128,7 @@ def integer_matmuls(template: Template) -> Template:
             live.append(n)
             needed.update(n.inputs)
     live.reverse()
+    offset_used = any(OFFSET in n.inputs for n in live)
     graph = bytearray()
     for f, w, v, raw in _fields(graph_raw):
         if f == GRAPH_NODE:
@@ -125,7 +137,8 @@ def integer_matmuls(template: Template) -> Template:
                 live = []
             continue
         graph += raw
-    graph += _msg(GRAPH_INITIALIZER, _int(2, INT32) + _msg(8, OFFSET.encode()) + _msg(9, (128).to_bytes(4, "little")))
+    if offset_used:
+        graph += _msg(GRAPH_INITIALIZER, _int(2, INT32) + _msg(8, OFFSET.encode()) + _msg(9, (128).to_bytes(4, "little")))
     body, has_ms = bytearray(), False
     for f, w, v, raw in _fields(model):
         if f == MODEL_GRAPH and w == 2:

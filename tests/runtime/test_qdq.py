@@ -12,7 +12,7 @@ from m3edge.backends.onnxruntime.runtime import OrtGraph
 from m3edge.bundle import GraphFile
 from m3edge.runtime.agent import EdgeAgent
 from m3edge.runtime.options import RuntimeOptions
-from m3edge.runtime.qdq import integer_matmuls
+from m3edge.runtime.qdq import int8_activations_native, integer_matmuls
 from m3edge.runtime.template import weights_as_inputs
 
 
@@ -41,7 +41,9 @@ def _ops(model: bytes) -> collections.Counter:
     return collections.Counter(n.op_type for n in onnx.load_from_string(model).graph.node)
 
 
-def test_every_int8_matmul_runs_on_the_integer_kernel_with_the_experts_own_outputs(int8_bundle, tmp_path):
+@pytest.mark.parametrize("int8_activations", [False, True], ids=["x86-kernels", "arm-kernels"])
+def test_every_int8_matmul_runs_on_the_integer_kernel_with_the_experts_own_outputs(int8_bundle, int8_activations,
+                                                                                   tmp_path):
     root, profile = int8_bundle
     b = bundle.open_bundle(root)
     kinds = {}
@@ -51,15 +53,15 @@ def test_every_int8_matmul_runs_on_the_integer_kernel_with_the_experts_own_outpu
     rng = np.random.default_rng(0)
     for path, entries in kinds.items():
         before = weights_as_inputs(b.read(path))
-        t = integer_matmuls(before)
+        t = integer_matmuls(before, int8_activations)
         onnx.checker.check_model(onnx.load_from_string(t.model), full_check=True)
         ops = _ops(t.model)
         assert ops["MatMulIntegerToFloat"] == _ops(before.model)["MatMul"] > 0, path
         assert "MatMul" not in ops
         activations = {t.onnx_type for t in before.tensors if t.name == "h_zero_point"}
-        assert activations, path
-        assert activations == ({3} if profile == "rpi5" else {2})  # ARM: int8 activations; x86: uint8
-        assert (ops["Cast"] > 0) == (profile == "rpi5"), path  # int8 activations are re-zeroed, uint8 kept
+        assert activations == ({3} if profile == "rpi5" else {2})  # ARM bundles: int8 activations; x86: uint8
+        # int8 activations are re-zeroed to uint8 for x86's kernels, kept for ARM's; uint8 ones always kept
+        assert (ops["Cast"] > 0) == (profile == "rpi5" and not int8_activations), path
         # What onnxruntime runs: no float MatMul over weights dequantized per call is left.
         d = tmp_path / path.replace("/", "_")
         d.mkdir()
@@ -76,6 +78,11 @@ def test_every_int8_matmul_runs_on_the_integer_kernel_with_the_experts_own_outpu
             assert not np.array_equal(outs[0], outs[1])  # each expert's own weights and scales
         optimized = onnx.load(str(next(d.glob("*.optimized.onnx"))))
         assert not {"MatMul", "Gemm"} & {n.op_type for n in optimized.graph.node}
+
+
+def test_the_activation_type_follows_the_cpu():
+    assert int8_activations_native("aarch64") and int8_activations_native("arm64")
+    assert not int8_activations_native("x86_64") and not int8_activations_native("AMD64")
 
 
 def test_a_graph_without_int8_matmuls_comes_back_unchanged(tiny_bundle):
