@@ -26,6 +26,7 @@ NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2,
 INT8, UINT8, INT32 = 3, 2, 6
 OFFSET = "m3edge/int8_to_uint8"  # 128: an int8 zero point + 128 is the uint8 one for the same values
 ARM = ("aarch64", "arm64", "armv7l", "armv8l")
+SUBGRAPHS = {"If", "Loop", "Scan"}
 
 
 def int8_activations_native(machine: str | None = None) -> bool:
@@ -86,6 +87,8 @@ def integer_matmuls(template: Template, int8_activations: bool | None = None) ->
     if graph_raw is None:
         return template
     nodes = [_node(v) for f, w, v, _ in _fields(graph_raw) if f == GRAPH_NODE]
+    if any(n.op in SUBGRAPHS for n in nodes):  # their bodies may read what the pruning below would drop
+        return template
     producer = {o: n for n in nodes for o in n.outputs}
     out, converted, changed = [], {}, False
     for n in nodes:
