@@ -18,7 +18,8 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, replace
 
-from m3edge.runtime.template import MODEL_GRAPH, Template, _fields, _int, _msg
+from m3edge.runtime.protowire import fields, int_field, message
+from m3edge.runtime.template import MODEL_GRAPH, Template
 
 MODEL_OPSET = 8
 GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_OUTPUT = 1, 5, 12
@@ -46,7 +47,7 @@ class Node:
 
 def _node(buf) -> Node:
     n = Node("", "", [], [], False, bytes(buf))
-    for field, _, value, _ in _fields(buf):
+    for field, _, value, _ in fields(buf):
         if field == NODE_INPUT:
             n.inputs.append(bytes(value).decode())
         elif field == NODE_OUTPUT:
@@ -61,12 +62,12 @@ def _node(buf) -> Node:
 
 
 def _make(op: str, inputs, outputs, name: str, domain: str = "", to: int | None = None) -> Node:
-    raw = b"".join(_msg(NODE_INPUT, i.encode()) for i in inputs) + b"".join(_msg(NODE_OUTPUT, o.encode()) for o in outputs)
-    raw += _msg(NODE_NAME, name.encode()) + _msg(NODE_OP, op.encode())
+    raw = b"".join(message(NODE_INPUT, i.encode()) for i in inputs) + b"".join(message(NODE_OUTPUT, o.encode()) for o in outputs)
+    raw += message(NODE_NAME, name.encode()) + message(NODE_OP, op.encode())
     if to is not None:  # Cast's ``to``: AttributeProto name (1), i (3), type (20) = INT (2)
-        raw += _msg(NODE_ATTRIBUTE, _msg(1, b"to") + _int(3, to) + _int(20, 2))
+        raw += message(NODE_ATTRIBUTE, message(1, b"to") + int_field(3, to) + int_field(20, 2))
     if domain:
-        raw += _msg(NODE_DOMAIN, domain.encode())
+        raw += message(NODE_DOMAIN, domain.encode())
     return Node(op, domain, list(inputs), list(outputs), to is not None, raw)
 
 
@@ -83,10 +84,10 @@ def integer_matmuls(template: Template, int8_activations: bool | None = None) ->
         return t is not None and t[1] == () and (t[0] in types or types == ())
 
     model = memoryview(template.model)
-    graph_raw = next((v for f, w, v, _ in _fields(model) if f == MODEL_GRAPH and w == 2), None)
+    graph_raw = next((v for f, w, v, _ in fields(model) if f == MODEL_GRAPH and w == 2), None)
     if graph_raw is None:
         return template
-    nodes = [_node(v) for f, w, v, _ in _fields(graph_raw) if f == GRAPH_NODE]
+    nodes = [_node(v) for f, w, v, _ in fields(graph_raw) if f == GRAPH_NODE]
     if any(n.op in SUBGRAPHS for n in nodes):  # their bodies may read what the pruning below would drop
         return template
     producer = {o: n for n in nodes for o in n.outputs}
@@ -123,8 +124,8 @@ def integer_matmuls(template: Template, int8_activations: bool | None = None) ->
     if not changed:
         return template
     # Drop what nothing reads any more (the float DQs of the weights, the int8 Qs): onnxruntime runs them otherwise.
-    needed = {bytes(v2).decode() for f, w, v, _ in _fields(graph_raw) if f == GRAPH_OUTPUT
-              for f2, _, v2, _ in _fields(v) if f2 == 1}
+    needed = {bytes(v2).decode() for f, w, v, _ in fields(graph_raw) if f == GRAPH_OUTPUT
+              for f2, _, v2, _ in fields(v) if f2 == 1}
     live = []
     for n in reversed(out):
         if any(o in needed for o in n.outputs):
@@ -133,23 +134,23 @@ def integer_matmuls(template: Template, int8_activations: bool | None = None) ->
     live.reverse()
     offset_used = any(OFFSET in n.inputs for n in live)
     graph = bytearray()
-    for f, w, v, raw in _fields(graph_raw):
+    for f, w, v, raw in fields(graph_raw):
         if f == GRAPH_NODE:
             if live:
-                graph += b"".join(_msg(GRAPH_NODE, n.raw) for n in live)
+                graph += b"".join(message(GRAPH_NODE, n.raw) for n in live)
                 live = []
             continue
         graph += raw
     if offset_used:
-        graph += _msg(GRAPH_INITIALIZER, _int(2, INT32) + _msg(8, OFFSET.encode()) + _msg(9, (128).to_bytes(4, "little")))
+        graph += message(GRAPH_INITIALIZER, int_field(2, INT32) + message(8, OFFSET.encode()) + message(9, (128).to_bytes(4, "little")))
     body, has_ms = bytearray(), False
-    for f, w, v, raw in _fields(model):
+    for f, w, v, raw in fields(model):
         if f == MODEL_GRAPH and w == 2:
-            body += _msg(MODEL_GRAPH, bytes(graph))
+            body += message(MODEL_GRAPH, bytes(graph))
             continue
-        if f == MODEL_OPSET and any(f2 == 1 and bytes(v2) == b"com.microsoft" for f2, _, v2, _ in _fields(v)):
+        if f == MODEL_OPSET and any(f2 == 1 and bytes(v2) == b"com.microsoft" for f2, _, v2, _ in fields(v)):
             has_ms = True
         body += raw
     if not has_ms:
-        body += _msg(MODEL_OPSET, _msg(1, b"com.microsoft") + _int(2, 1))
+        body += message(MODEL_OPSET, message(1, b"com.microsoft") + int_field(2, 1))
     return replace(template, model=bytes(body))

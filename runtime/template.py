@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from m3edge.errors import BadInput
+from m3edge.runtime.protowire import fields, int_field, message, varint
 
 # onnx.proto field numbers
 MODEL_GRAPH = 7
@@ -60,67 +61,14 @@ class Template:
         return {t.name: t.view(data[t.location]) for t in self.tensors}
 
 
-def _varint(buf, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf):
-    """(field number, wire type, value, raw field bytes) of each field of one message."""
-    i, n = 0, len(buf)
-    while i < n:
-        start = i
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            value, i = buf[i:i + size], i + size
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, i = buf[i:i + size], i + size
-        else:
-            raise BadInput(f"not an ONNX model (protobuf wire type {wire})")
-        if i > n:
-            raise BadInput("not an ONNX model (truncated protobuf field)")
-        yield field, wire, value, buf[start:i]
-
-
-def _enc_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _msg(field: int, payload: bytes) -> bytes:
-    return _enc_varint(field << 3 | 2) + _enc_varint(len(payload)) + payload
-
-
-def _int(field: int, value: int) -> bytes:
-    return _enc_varint(field << 3) + _enc_varint(value)
-
-
 def _external_tensor(buf) -> Tensor | None:
     dims, onnx_type, name, location, ext = [], 0, "", 0, {}
-    for field, wire, value, _ in _fields(buf):
+    for field, wire, value, _ in fields(buf):
         if field == TENSOR_DIMS:
             if wire == 2:  # packed
                 i = 0
                 while i < len(value):
-                    d, i = _varint(value, i)
+                    d, i = varint(value, i)
                     dims.append(d)
             else:
                 dims.append(value)
@@ -129,7 +77,7 @@ def _external_tensor(buf) -> Tensor | None:
         elif field == TENSOR_NAME:
             name = bytes(value).decode()
         elif field == TENSOR_EXTERNAL:
-            kv = {f: bytes(v).decode() for f, _, v, _ in _fields(value)}
+            kv = {f: bytes(v).decode() for f, _, v, _ in fields(value)}
             ext[kv.get(1, "")] = kv.get(2, "")
         elif field == TENSOR_LOCATION:
             location = value
@@ -143,33 +91,33 @@ def _external_tensor(buf) -> Tensor | None:
 
 
 def _input(t: Tensor) -> bytes:
-    shape = b"".join(_msg(1, _int(1, d)) for d in t.shape)  # Dimension.dim_value; rank 0 is an empty shape
-    tensor_type = _int(1, t.onnx_type) + _msg(2, shape)
-    return _msg(1, t.name.encode()) + _msg(2, _msg(1, tensor_type))
+    shape = b"".join(message(1, int_field(1, d)) for d in t.shape)  # Dimension.dim_value; rank 0 is an empty shape
+    tensor_type = int_field(1, t.onnx_type) + message(2, shape)
+    return message(1, t.name.encode()) + message(2, message(1, tensor_type))
 
 
 def weights_as_inputs(model: bytes) -> Template:
     """``model`` with every external initializer made a graph input of the same name, type and shape."""
     buf = memoryview(model)
     out, tensors, found = bytearray(), [], False
-    for field, wire, value, raw in _fields(buf):
+    for field, wire, value, raw in fields(buf):
         if field != MODEL_GRAPH or wire != 2:
             out += raw
             continue
         found = True
         graph, inputs = bytearray(), set()
-        for gfield, gwire, gvalue, graw in _fields(value):
+        for gfield, gwire, gvalue, graw in fields(value):
             t = _external_tensor(gvalue) if gfield == GRAPH_INITIALIZER and gwire == 2 else None
             if gfield == GRAPH_INPUT:  # IR < 4 lists initializers among the inputs already
-                inputs |= {bytes(v).decode() for f, _, v, _ in _fields(gvalue) if f == 1}
+                inputs |= {bytes(v).decode() for f, _, v, _ in fields(gvalue) if f == 1}
             if t is None:
                 graph += graw
             else:
                 tensors.append(t)
         for t in tensors:
             if t.name not in inputs:
-                graph += _msg(GRAPH_INPUT, _input(t))
-        out += _msg(MODEL_GRAPH, bytes(graph))
+                graph += message(GRAPH_INPUT, _input(t))
+        out += message(MODEL_GRAPH, bytes(graph))
     if not found:
         raise BadInput("not an ONNX model (no graph)")
     return Template(bytes(out), tuple(tensors))
