@@ -12,6 +12,8 @@ from m3edge.errors import BadInput
 def varint(buf, i: int) -> tuple[int, int]:
     shift = value = 0
     while True:
+        if i >= len(buf):
+            raise BadInput("not an ONNX model (truncated varint)")
         b = buf[i]
         i += 1
         value |= (b & 0x7F) << shift
@@ -43,6 +45,7 @@ def fields(buf):
 
 
 def encode_varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # a negative int64 is its two's complement, ten bytes, as protobuf writes it
     out = bytearray()
     while True:
         b = n & 0x7F

@@ -6,8 +6,9 @@ MatMul over weights dequantized on every call: 0.6-2.0 ms a seed INT8 expert aga
 own session. Written out here in the fused form onnxruntime itself makes, the integer kernel runs on the inputs
 unpacked: 0.2-0.75 ms. As onnxruntime does (``QDQIsInt8Allowed``), int8 activations stay int8 on ARM, whose
 kernels take int8 x int8, and are re-zeroed to uint8 elsewhere, whose kernels take uint8 x int8 (int8 x int8
-unpacked took 3-5 ms a seed expert on this x86 host). Exact: both forms accumulate the same integers and scale
-them the same way (a test holds the outputs equal to each expert's own session's).
+unpacked took 3-5 ms a seed expert on this x86 host). Both forms accumulate the same integers and scale them the
+same way: the outputs equal each expert's own session's to the bit (a test; onnxruntime re-zeroes the own
+session's activations alike, so an x86 kernel without VNNI, whose uint8 x int8 sums can saturate, does so in both).
 
 Like template.py this works on the protobuf wire format, so the device runtime needs no ``onnx`` package; a
 graph without the pattern comes back unchanged.
@@ -27,7 +28,8 @@ NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2,
 INT8, UINT8, INT32 = 3, 2, 6
 OFFSET = "m3edge/int8_to_uint8"  # 128: an int8 zero point + 128 is the uint8 one for the same values
 ARM = ("aarch64", "arm64", "armv7l", "armv8l")
-SUBGRAPHS = {"If", "Loop", "Scan"}
+ONNX_DOMAINS = ("", "ai.onnx")
+ATTR_TYPE, ATTR_GRAPH, ATTR_GRAPHS, GRAPH, GRAPHS = 20, 6, 11, 5, 10  # AttributeProto fields and types
 
 
 def int8_activations_native(machine: str | None = None) -> bool:
@@ -43,6 +45,11 @@ class Node:
     outputs: list[str]
     attributed: bool
     raw: bytes
+    subgraph: bool = False  # an attribute holds a graph (If, Loop, Scan, SequenceMap, contrib search ops)
+
+    @property
+    def onnx(self) -> bool:
+        return self.domain in ONNX_DOMAINS
 
 
 def _node(buf) -> Node:
@@ -58,6 +65,8 @@ def _node(buf) -> Node:
             n.domain = bytes(value).decode()
         elif field == NODE_ATTRIBUTE:
             n.attributed = True
+            n.subgraph = n.subgraph or any(f in (ATTR_GRAPH, ATTR_GRAPHS) or (f == ATTR_TYPE and v in (GRAPH, GRAPHS))
+                                           for f, _, v, _ in fields(value))
     return n
 
 
@@ -88,14 +97,15 @@ def integer_matmuls(template: Template, int8_activations: bool | None = None) ->
     if graph_raw is None:
         return template
     nodes = [_node(v) for f, w, v, _ in fields(graph_raw) if f == GRAPH_NODE]
-    if any(n.op in SUBGRAPHS for n in nodes):  # their bodies may read what the pruning below would drop
+    if any(n.subgraph for n in nodes):  # a body may read what the pruning below would drop
         return template
     producer = {o: n for n in nodes for o in n.outputs}
     out, converted, changed = [], {}, False
     for n in nodes:
-        a, b = (producer.get(i) for i in n.inputs[:2]) if n.op == "MatMul" and not n.domain and len(n.inputs) == 2 else (None, None)
+        a, b = (producer.get(i) for i in n.inputs[:2]) if n.op == "MatMul" and n.onnx and len(n.inputs) == 2 else (None, None)
         q = producer.get(a.inputs[0]) if a is not None else None
-        if (a is None or b is None or q is None or {a.op, b.op} != {"DequantizeLinear"} or q.op != "QuantizeLinear"
+        if (a is None or b is None or q is None or not (a.onnx and b.onnx and q.onnx)
+                or {a.op, b.op} != {"DequantizeLinear"} or q.op != "QuantizeLinear"
                 or a.attributed or b.attributed or q.attributed or len(a.inputs) != 3 or len(b.inputs) != 3
                 or q.inputs[1:] != a.inputs[1:]):
             out.append(n)
@@ -106,11 +116,12 @@ def integer_matmuls(template: Template, int8_activations: bool | None = None) ->
                 and wt[0] in (INT8, UINT8)):
             out.append(n)
             continue
-        key = (q.inputs[0], sa, za)
+        key = (q.inputs[0], sa, za, wt[0])
         if key not in converted:
             tag = f"m3edge/q/{len(converted)}"
             zu = za
-            if shapes[za][0] == INT8 and not int8_activations:
+            # int8 x int8 where the CPU takes it; onnxruntime has no int8 x uint8 kernel, and x86 takes uint8 x *
+            if shapes[za][0] == INT8 and not (int8_activations and wt[0] == INT8):
                 zu = f"{tag}/zero_point"
                 out += [_make("Cast", [za], [f"{tag}/z32"], f"{tag}/cast", to=INT32),
                         _make("Add", [f"{tag}/z32", OFFSET], [f"{tag}/z32u"], f"{tag}/add"),
@@ -124,14 +135,17 @@ def integer_matmuls(template: Template, int8_activations: bool | None = None) ->
     if not changed:
         return template
     # Drop what nothing reads any more (the float DQs of the weights, the int8 Qs): onnxruntime runs them otherwise.
-    needed = {bytes(v2).decode() for f, w, v, _ in fields(graph_raw) if f == GRAPH_OUTPUT
-              for f2, _, v2, _ in fields(v) if f2 == 1}
-    live = []
-    for n in reversed(out):
-        if any(o in needed for o in n.outputs):
-            live.append(n)
-            needed.update(n.inputs)
-    live.reverse()
+    # Walked from the graph's outputs through producers, so the nodes' order in the file does not matter.
+    producer = {o: i for i, n in enumerate(out) for o in n.outputs}
+    todo = [bytes(v2).decode() for f, w, v, _ in fields(graph_raw) if f == GRAPH_OUTPUT
+            for f2, _, v2, _ in fields(v) if f2 == 1]
+    keep: set[int] = set()
+    while todo:
+        i = producer.get(todo.pop())
+        if i is not None and i not in keep:
+            keep.add(i)
+            todo.extend(out[i].inputs)
+    live = [n for i, n in enumerate(out) if i in keep]
     offset_used = any(OFFSET in n.inputs for n in live)
     graph = bytearray()
     for f, w, v, raw in fields(graph_raw):

@@ -28,3 +28,10 @@ def test_a_truncated_or_unknown_field_is_bad_input():
         list(fields(message(1, b"abcdef")[:-2]))
     with pytest.raises(BadInput, match="wire type 3"):
         list(fields(bytes([1 << 3 | 3])))
+
+
+def test_a_varint_cut_short_is_bad_input_and_a_negative_one_is_ten_bytes():
+    with pytest.raises(BadInput, match="truncated varint"):
+        varint(b"\x80\x80", 0)
+    assert len(encode_varint(-1)) == 10 and varint(encode_varint(-1), 0)[0] == 2 ** 64 - 1
+    assert onnx.AttributeProto.FromString(int_field(3, -2)).i == -2  # as protobuf writes an int64
