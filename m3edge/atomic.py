@@ -40,11 +40,14 @@ def atomic_dir(out: str | Path, force: bool, owned: Callable[[Path], bool], kind
         out.parent.mkdir(parents=True, exist_ok=True)
         # The pid in the name tells a later run whether the export that made it is still alive.
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-        # mkdtemp makes it 0700; a bundle or checkpoint is handed to a service user: the umask's usual mode.
-        os.chmod(tmp, 0o777 & ~_umask())
     except OSError as e:
         raise StorageError(out, f"cannot write here ({e.strerror})") from None
-    try:
+    try:  # from here on, anything that stops this write (a SIGTERM's exit too) removes the temporary folder
+        try:
+            # mkdtemp makes it 0700; a bundle or checkpoint is handed to a service user: the umask's usual mode.
+            os.chmod(tmp, 0o777 & ~_umask())
+        except OSError as e:
+            raise StorageError(out, f"cannot write here ({e.strerror})") from None
         try:
             yield tmp
         except OSError as e:  # the disk refused a write: one line naming the output, the temp removed below
