@@ -209,6 +209,8 @@ class BundleExecutor:
             with self._shared_lock:
                 g = self._shared.get(entry["path"])
                 if g is None:
+                    # INT8 MatMuls in onnxruntime's fused form (the one backend declaring shared weights):
+                    # its integer kernel, not float MatMuls over weights dequantized per call (runtime/qdq.py).
                     template = integer_matmuls(weights_as_inputs(self.bundle.read(entry["path"])))
                     nbytes = sum(t.length for t in template.tensors)
                     threads = self.session.threads_for(nbytes, entry["bucket"], entry["precision"])
