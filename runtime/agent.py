@@ -155,7 +155,7 @@ class EdgeAgent:
         with self._lock:
             ex = self.executor
             x, key, complexity, context_key = ex.encode(windows)
-            hashes = window_hashes(windows, self.orders)
+            hashes = window_hashes(windows, self.orders) if use_memory else None  # read and stored only with memory
             task = task_vector(recall.task)
             values = None
             if use_memory:
