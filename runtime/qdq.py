@@ -88,9 +88,9 @@ def integer_matmuls(template: Template, int8_activations: bool | None = None) ->
         int8_activations = int8_activations_native()
     shapes = {t.name: (t.onnx_type, t.shape) for t in template.tensors}
 
-    def scalar(name, types=(INT8, UINT8)):
+    def scalar(name, types=None):  # a per-tensor input (of one of ``types``, when given)
         t = shapes.get(name)
-        return t is not None and t[1] == () and (t[0] in types or types == ())
+        return t is not None and t[1] == () and (types is None or t[0] in types)
 
     model = memoryview(template.model)
     graph_raw = next((v for f, w, v, _ in fields(model) if f == MODEL_GRAPH and w == 2), None)
@@ -112,7 +112,7 @@ def integer_matmuls(template: Template, int8_activations: bool | None = None) ->
             continue
         (_, sa, za), (w, sw, zw) = a.inputs, b.inputs
         wt = shapes.get(w)
-        if not (scalar(sa, ()) and scalar(sw, ()) and scalar(za) and scalar(zw) and wt and len(wt[1]) == 2
+        if not (scalar(sa) and scalar(sw) and scalar(za, (INT8, UINT8)) and scalar(zw, (INT8, UINT8)) and wt and len(wt[1]) == 2
                 and wt[0] in (INT8, UINT8)):
             out.append(n)
             continue

@@ -61,7 +61,7 @@ def test_every_int8_matmul_runs_on_the_integer_kernel_with_the_experts_own_outpu
         ops = _ops(t.model)
         assert ops["MatMulIntegerToFloat"] == _ops(before.model)["MatMul"] > 0, path
         assert "MatMul" not in ops
-        activations = {t.onnx_type for t in before.tensors if t.name == "h_zero_point"}
+        activations = {x.onnx_type for x in before.tensors if x.name == "h_zero_point"}
         assert activations == ({3} if profile == "rpi5" else {2})  # ARM bundles: int8 activations; x86: uint8
         # int8 activations are re-zeroed to uint8 for x86's kernels, kept for ARM's; uint8 ones always kept
         assert (ops["Cast"] > 0) == (profile == "rpi5" and not int8_activations), path
