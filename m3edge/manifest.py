@@ -287,12 +287,16 @@ class ExpertUsage:
         return d
 
 
+SCALE_DTYPES = ("float16", "float32")  # how weight-only block scales are stored (export/quantize.py)
+
+
 @dataclass(frozen=True)
 class Precision:
     requested: str
     graphs: dict  # role -> precision
     notes: tuple[str, ...] = ()
-    # Weight-only precisions used: precision -> MatMulNBits settings {bits, block_size, symmetric, accuracy_level}
+    # Weight-only precisions used: precision -> MatMulNBits settings {bits, block_size, symmetric, accuracy_level,
+    # scale_dtype (optional: bundles before it stored float32 scales)}
     weight_only: dict | None = None
 
     @classmethod
@@ -311,11 +315,13 @@ class Precision:
             for p, settings in wo.items():
                 w = at["weight_only"][p]
                 w.str(p, PRECISIONS)
-                w.obj(settings, ("bits", "block_size", "symmetric", "accuracy_level"))
+                w.obj(settings, ("bits", "block_size", "symmetric", "accuracy_level"), ("scale_dtype",))
                 for k in ("bits", "block_size", "accuracy_level"):
                     w[k].int(settings[k])
                 if not isinstance(settings["symmetric"], bool):
                     w["symmetric"].fail("true or false", settings["symmetric"])
+                if "scale_dtype" in settings:
+                    w["scale_dtype"].str(settings["scale_dtype"], SCALE_DTYPES)
         return cls(at["requested"].str(d["requested"]), dict(graphs), tuple(notes), wo)
 
     def to_dict(self) -> dict:

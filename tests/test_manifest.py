@@ -50,6 +50,9 @@ EDITS = {
     "routing against config": (lambda m: m["routing"].update(top_k=1), r"routing\.top_k must be \d+, as model_config says"),
     "usage table shape": (lambda m: m["expert_usage"].update(next_token=[[1]]), r"expert_usage\.next_token must be a"),
     "unknown top-level key": (lambda m: m.update(extras=1), r"extras is not a manifest field"),
+    "weight-only scale storage": (lambda m: m["precision"].update(weight_only={"int4": {
+        "bits": 4, "block_size": 32, "symmetric": False, "accuracy_level": 4, "scale_dtype": "bfloat16"}}),
+        r"precision\.weight_only\.int4\.scale_dtype must be one of float16, float32, got 'bfloat16'"),
 }
 
 

@@ -4,7 +4,7 @@
                                       [--variants NAME,...] [--parity-tokens 2048]
 
 Each variant is a full ``export_bundle`` of the checkpoint for the target with per-role precisions and one
-MatMulNBits setting (block size, symmetric, accuracy_level) in place of the context's chosen one
+MatMulNBits setting (block size, symmetric, accuracy_level, scale storage) in place of the context's chosen one
 (export/quantize.py WEIGHT_ONLY), judged by the bundle's own end-to-end report against torch fp32; prints
 one JSON row per variant (gates, agreement, bits/byte, weight bytes) and writes them to ``OUT/results.json``.
 """
@@ -22,25 +22,35 @@ ROOT = Path(__file__).resolve().parents[2]  # the source tree
 DENSE = ("encoder", "alignment", "router", "head")
 
 
-def variant(precision: str, block: int, symmetric: bool, level: int, experts: str | None = None) -> dict:
+CHOSEN_SCALES = {4: "float16", 8: "float32"}  # bits -> how scales are stored (export/quantize.py WEIGHT_ONLY)
+
+
+def variant(precision: str, block: int, symmetric: bool, level: int, experts: str | None = None,
+            scales: dict | None = None) -> dict:
     roles = {r: precision for r in DENSE} | {"expert": experts or precision}
-    return {"roles": roles, "block_size": block, "symmetric": symmetric, "accuracy_level": level}
+    return {"roles": roles, "block_size": block, "symmetric": symmetric, "accuracy_level": level,
+            "scale_dtype": {str(b): d for b, d in (CHOSEN_SCALES | (scales or {})).items()}}
 
 
 VARIANTS = {
     "int4-b32-asym-al4": variant("int4", 32, False, 4),
+    "int4-b32-asym-al4-f32scales": variant("int4", 32, False, 4, scales={4: "float32"}),
     "int4-b32-asym-al0": variant("int4", 32, False, 0),
     "int4-b32-sym-al4": variant("int4", 32, True, 4),
     "int4-b16-asym-al4": variant("int4", 16, False, 4),
     "int4-b64-asym-al4": variant("int4", 64, False, 4),
     "int4-b128-asym-al4": variant("int4", 128, False, 4),
     "int8wo-b32-asym-al4": variant("int8-weight-only", 32, False, 4),
+    "int8wo-b32-asym-al4-f16scales": variant("int8-weight-only", 32, False, 4, scales={8: "float16"}),
     "int8wo-b32-sym-al4": variant("int8-weight-only", 32, True, 4),
     "int8wo-b128-asym-al4": variant("int8-weight-only", 128, False, 4),
     "int8wo-b32-asym-al0": variant("int8-weight-only", 32, False, 0),
     "int4-experts-int8wo-rest-b32-al4": variant("int8-weight-only", 32, False, 4, experts="int4"),
+    "int4-experts-int8wo-rest-b32-al4-f32scales": variant("int8-weight-only", 32, False, 4, experts="int4",
+                                                          scales={4: "float32"}),
     "int4-experts-int8-rest": {"roles": {r: "int8" for r in DENSE} | {"expert": "int4"}, "block_size": 32,
-                               "symmetric": False, "accuracy_level": 4},
+                               "symmetric": False, "accuracy_level": 4,
+                               "scale_dtype": {str(b): d for b, d in CHOSEN_SCALES.items()}},
 }
 
 
@@ -53,7 +63,8 @@ def run(name: str, v: dict, checkpoint: Path, target_name: str, out: Path, parit
     target = targets.Target.from_dict(base.to_dict() | {"precision": v["roles"]})
     ctx = q.context_of(target)
     for p, bits in q.WEIGHT_ONLY_BITS.items():
-        q.WEIGHT_ONLY[(p, ctx)] = q.WeightOnly(bits, v["block_size"], v["symmetric"], v["accuracy_level"])
+        q.WEIGHT_ONLY[(p, ctx)] = q.WeightOnly(bits, v["block_size"], v["symmetric"], v["accuracy_level"],
+                                                 v["scale_dtype"][str(bits)])
     agent, source = ckpt.build_agent(str(checkpoint))
     t0 = time.time()
     try:
@@ -64,7 +75,8 @@ def run(name: str, v: dict, checkpoint: Path, target_name: str, out: Path, parit
     e2e = report["end_to_end"]
     acc_path = out / name / "reports" / "accuracy.json"
     acc = json.loads(acc_path.read_text()) if acc_path.is_file() else {}
-    return {"variant": name, **{k: v[k] for k in ("roles", "block_size", "symmetric", "accuracy_level")},
+    return {"variant": name,
+            **{k: v[k] for k in ("roles", "block_size", "symmetric", "accuracy_level", "scale_dtype")},
             "passed": e2e["passed"], "bits_per_byte_increase": e2e["bits_per_byte_increase"],
             "top1_agreement": e2e["top1_agreement"], "routing_agreement": e2e["routing_agreement"],
             "weights_bytes": acc.get("weights_bytes"), "fp32_weights_bytes": acc.get("fp32_weights_bytes"),
