@@ -278,7 +278,12 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
     extra = candidate_rows(per_query, id_array, recent0)
     seg_rows, causal = (_segment_candidates(segment, qh, offset, mode) if segment is not None
                         else (np.zeros(0, np.int64), None))
-    e_w, f_w, s_w = extra.shape[1], m - recent0, len(seg_rows)
+    # A prompt's stored FIFO: its oldest rows fall out of the window of a query ``RECENT`` rows in, so columns no
+    # query of the chunk can read are not scored at all (12 of a 4 KB prompt's 16 chunks read none). Held decode
+    # rows (``after``) would skip a few dozen columns at most: they keep the whole FIFO.
+    q = segment.positions(offset, n) if segment is not None else None
+    fifo0 = recent0 if q is None or segment.after else max(recent0, m - max(0, RECENT - int(q.min())))
+    e_w, f_w, s_w = extra.shape[1], m - fifo0, len(seg_rows)
     score = np.empty((n, e_w + f_w + s_w), np.float32)
     if e_w:
         safe = np.maximum(extra, 0)
@@ -288,12 +293,12 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
             ok &= h == qh[:, :1]
         score[:, :e_w] = np.where(ok, s, -np.inf)
     if f_w:  # the FIFO: a slice of the columns (a view, not a copy), every query's candidates
-        s, _, b = _stored_scores(cols, slice(recent0, m), spatial_read, qu, qc, now, task)
+        s, _, b = _stored_scores(cols, slice(fifo0, m), spatial_read, qu, qc, now, task)
         fifo = score[:, e_w:e_w + f_w]
         fifo[:] = s
         fifo[:, b < 0] = -np.inf
-        if segment is not None:  # a segment row's FIFO holds the segment rows before it: fewer stored ones
-            for i, qi in enumerate(segment.positions(offset, n).tolist()):
+        if q is not None:  # a segment row's FIFO holds the segment rows before it: fewer stored ones
+            for i, qi in enumerate(q.tolist()):
                 fifo[i, :max(0, f_w - max(0, RECENT - qi))] = -np.inf
     if s_w:
         if factual:
@@ -313,7 +318,7 @@ def _retrieve_rows(storage, spatial_read, qu, qc, qh, r, d, now, mode, task, sce
     # Where each chosen column comes from: a stored row (own candidates or FIFO) or a segment row.
     is_seg = idx >= e_w + f_w
     row = np.where(idx < e_w, extra[np.arange(n)[:, None], np.minimum(idx, max(e_w - 1, 0))] if e_w else 0,
-                   recent0 + idx - e_w)
+                   fifo0 + idx - e_w)
     row = np.where(is_seg | ~valid, 0, row)
     srow = seg_rows[np.minimum(np.maximum(idx - e_w - f_w, 0), max(s_w - 1, 0))] if s_w else np.zeros_like(idx)
     stored_ok = valid & ~is_seg

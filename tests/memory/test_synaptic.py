@@ -95,3 +95,26 @@ def test_links_are_capped_and_a_full_store_forgets_a_batch_at_once():
     assert len(s) == 1000 - int(1000 * st.EVICT_FRACTION) and s.forgotten == 100 + int(1000 * st.EVICT_FRACTION)
     assert len(s._cols.ids) == len(s) == len(s.unit_keys())
     assert all(j in s.memories for m in s.memories.values() for j in m.associations)
+
+
+@pytest.mark.parametrize("victims", [[0], [4999], [3, 2047, 2048, 2049, 4096], list(range(0, 5000, 7)), []])
+def test_columns_remove_compacts_in_place_keeping_order_and_capacity(monkeypatch, victims):
+    """Columns.remove moves the kept rows down a block at a time inside the same buffers: every column keeps
+    its kept rows, in id order, at its old capacity, across block edges (blocks of 1,000 rows here)."""
+    monkeypatch.setattr(st, "COMPACT_ROWS", 1000)
+    rng = np.random.default_rng(3)
+    c = st.Columns()
+    ids = list(range(10, 5010))
+    data = {"value": rng.normal(size=(5000, 3)).astype(np.float32), "hashes": rng.integers(0, 99, (5000, 3)),
+            "created": rng.normal(size=5000)}
+    c.extend(ids[:1234], {k: v[:1234] for k, v in data.items()})
+    c.extend(ids[1234:], {k: v[1234:] for k, v in data.items()})
+    caps = {k: len(b) for k, b in c.cols.items()}
+    bufs = {k: b for k, b in c.cols.items()}
+    c.remove([ids[v] for v in victims])
+    keep = np.setdiff1d(np.arange(5000), victims)
+    assert c.n == len(keep) and c.ids == [ids[i] for i in keep] and c.id_array().tolist() == c.ids
+    for k, v in data.items():
+        assert np.array_equal(c.get(k), v[keep]), k
+        assert len(c.cols[k]) == caps[k] and c.cols[k] is bufs[k]  # the same buffers: nothing reallocated
+    assert c.row(ids[keep[-1]]) == len(keep) - 1
