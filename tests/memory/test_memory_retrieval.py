@@ -119,3 +119,32 @@ def test_a_segment_row_reads_only_the_rows_before_it_and_far_exact_matches():
     got = rv.retrieve(s, exact_read(s), keys[:50], ctx[:50], seg.hashes[:50], 8, 4, 0.0, segment=small)
     for r in range(50):  # causal: row r reads rows j < r only (their next bytes are their indices here)
         assert got.valid[r].sum() == min(r, 8) and (got.next_bytes[r][got.valid[r] > 0] < r).all()
+
+
+def test_a_long_segment_reads_the_stored_fifo_only_while_its_window_reaches_back():
+    """A prompt after stored memories: row p's window holds the last RECENT - p stored rows, none from row
+    RECENT on (chunks score only the stored columns one of their rows can read: one row per chunk, where each
+    row scores exactly its own, gives the same answer)."""
+    rng = np.random.default_rng(5)
+    s = SynapticStorage(clock=lambda: 0.0)
+    m = ix.RECENT + 200
+    sk = rng.normal(size=(m, 8)).astype(np.float32)
+    e = [{"context_key": unit(sk[i]), "next_byte": np.int64(i % 256), "hashes": np.array([1, 2, 3], np.int64) + 3 * i,
+          "type_id": np.int64(0)} for i in range(m)]  # hashes no segment row shares
+    store_experiences(s, sk, np.zeros((m, 4)), np.zeros(m), np.zeros(m), e)
+    n = ix.RECENT + 300
+    keys = unit(rng.normal(size=(n, 8)).astype(np.float32))
+    ctx = unit(rng.normal(size=(n, 8)).astype(np.float32))
+    hashes = rng.integers(10 ** 9, 2 * 10 ** 9, (n, 3))
+    seg = rv.Segment(keys, ctx, np.arange(n) % 256, hashes, rng.normal(size=(n, 4)).astype(np.float32))
+    got = rv.retrieve(s, exact_read(s), keys, ctx, hashes, 8, 4, 0.0, segment=seg)
+    one = rv.retrieve(s, exact_read(s), keys, ctx, hashes, 8, 4, 0.0, segment=seg, rows_per_chunk=1)
+    for f in ("ids", "next_bytes", "exact", "valid", "values"):
+        assert np.array_equal(getattr(got, f), getattr(one, f)), f
+    assert np.allclose(got.scores, one.scores, rtol=0, atol=1e-6)  # a one-row product rounds apart in the last bit
+    ids = s._cols.id_array()
+    assert (got.ids[0] >= 0).all()  # the first row reads stored rows only
+    for p in range(ix.RECENT):
+        assert set(got.ids[p][got.ids[p] >= 0].tolist()) <= set(ids[m - (ix.RECENT - p):].tolist()), p
+    assert (got.ids[ix.RECENT:] == -1).all()  # from row RECENT on, only segment rows
+    assert got.valid[ix.RECENT:].all()
