@@ -98,13 +98,17 @@ class Segment:
         """Each query's place in the segment: it may read the rows before it."""
         return np.full(n, len(self.next_bytes)) if self.after else offset + np.arange(n)
 
-    def sorted_hashes(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per hash order: (rows sorted by hash, stably, and the sorted hashes), built once per segment."""
+    def sorted_hashes(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per hash order, built once per segment: (rows sorted by hash, stably; the sorted hashes; and
+        rank(hash) * N + row, ascending, so one searchsorted finds where a hash's rows pass a given row)."""
         if self._sorted is None:
             self._sorted = []
+            n = len(self.hashes)
             for o in range(self.hashes.shape[1]):
                 idx = np.argsort(self.hashes[:, o], kind="stable")
-                self._sorted.append((idx, self.hashes[idx, o]))
+                keys = self.hashes[idx, o]
+                rank = np.concatenate([[0], np.cumsum(keys[1:] != keys[:-1])]) if n else np.zeros(0, np.int64)
+                self._sorted.append((idx, keys, rank * n + idx))
         return self._sorted
 
 
@@ -182,29 +186,30 @@ def _segment_candidates(segment: Segment, qh: np.ndarray, offset: int, mode: str
         # can lie beyond it. What the general path below gives, without its per-row dictionaries.
         return np.arange(len(segment.next_bytes)), np.ones((n, len(segment.next_bytes)), bool)
     # factual reads no window: only exact matches (added below)
-    cand: dict[int, None] = {} if mode == "factual" else dict.fromkeys(
-        range(max(0, int(q[0]) - RECENT), min(len(segment.next_bytes), int(q[-1]) + 1)))
+    window_rows = np.arange(0) if mode == "factual" else np.arange(max(0, int(q[0]) - RECENT),
+                                                                   min(len(segment.next_bytes), int(q[-1]) + 1))
     orders = [0] if mode == "factual" else ([1, 2] if mode == "experiential" else [0, 1, 2])
-    extra: list[list[int]] = [[] for _ in range(n)]
-    sorted_ = segment.sorted_hashes()
-    for o in orders:
-        idx, keys = sorted_[o]
+    beyond = q - (RECENT if mode != "factual" else 0)  # a query's hash matches lie before this row
+    owners, found = [], []
+    for o in orders:  # each query's matching rows before ``beyond``, the BUCKET latest: a slice of idx each
+        idx, keys, ranked = segment.sorted_hashes()[o]
         left = np.searchsorted(keys, qh[:, o], side="left")
-        right = np.searchsorted(keys, qh[:, o], side="right")
-        for i in range(n):
-            if right[i] == left[i]:
-                continue
-            rows = idx[left[i]:right[i]]  # ascending row order
-            rows = rows[:np.searchsorted(rows, q[i] - (RECENT if mode != "factual" else 0))][-BUCKET:]
-            extra[i] += rows.tolist()
-    for e in extra:
-        cand.update(dict.fromkeys(e))
-    seg_rows = np.fromiter(sorted(cand), dtype=np.int64, count=len(cand))
+        hit = np.flatnonzero(left < len(keys))
+        hit = hit[keys[left[hit]] == qh[hit, o]]
+        if not len(hit):
+            continue
+        rank = (ranked[left[hit]] - idx[left[hit]]) // len(keys)
+        end = np.searchsorted(ranked, rank * len(keys) + beyond[hit], side="left")
+        start = np.maximum(left[hit], end - BUCKET)
+        lens = np.maximum(end - start, 0)
+        owners.append(np.repeat(hit, lens))
+        found.append(idx[np.repeat(start - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())])
+    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+    rows = np.concatenate(found) if found else np.zeros(0, np.int64)
+    seg_rows = np.union1d(window_rows, rows)
     j = seg_rows[None, :]
     window = (j < q[:, None]) & (j >= q[:, None] - RECENT) if mode != "factual" else np.zeros((n, len(seg_rows)), bool)
-    pos = {r: c for c, r in enumerate(seg_rows.tolist())}
-    for i, e in enumerate(extra):
-        window[i, [pos[r] for r in e]] = True
+    window[owner, np.searchsorted(seg_rows, rows)] = True
     return seg_rows, window
 
 
