@@ -269,11 +269,12 @@ class JournaledStorage(SynapticStorage):
             self.pairs.update((mem.id, j) for j in others)  # (newer, older): the new id is the largest
         return mem
 
-    def reconsolidate(self, ids: list[int]) -> None:
-        super().reconsolidate(ids)
+    def reconsolidate_groups(self, groups: list[list[int]]) -> None:
+        super().reconsolidate_groups(groups)
         if self.journaling:
-            self.touched.update(ids)
-            self.pairs.update((i, j) for i in ids for j in ids if i > j)
+            for ids in groups:
+                self.touched.update(ids)
+                self.pairs.update((i, j) for i in ids for j in ids if i > j)
 
     def _drop(self, victims: list[int]) -> None:
         if self.journaling:
@@ -677,8 +678,7 @@ class MemoryStore:
         with self.transaction():
             # Checked inside: the transaction first reloads what other writers committed, and one of them
             # may have forgotten an id this handle still held.
-            for g in [self._check_ids(g) for g in groups]:
-                self.storage.reconsolidate(g)
+            self.storage.reconsolidate_groups([self._check_ids(g) for g in groups])
 
     def get(self, mid) -> Memory:
         return self.storage.memories[self._check_ids([mid])[0]]

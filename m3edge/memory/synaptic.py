@@ -263,19 +263,37 @@ class SynapticStorage:
 
     def reconsolidate(self, ids: list[int]) -> None:
         """A retrieval strengthens what it touched: priorities, access counts and co-retrieved links."""
+        self.reconsolidate_groups([ids])
+
+    def reconsolidate_groups(self, groups: list[list[int]]) -> None:
+        """``reconsolidate`` of each group (one retrieval's distinct ids) in order, at one time: a memory in c
+        groups gets ``reconsolidate_priority`` c times (the same float operations in the same order) and c more
+        accesses, and each group's co-retrieved links strengthen. The columns take one gather and scatter."""
+        flat = [i for g in groups for i in g]
+        if not flat:
+            return
         now = self.clock()
         c = self._cols
-        self._dirty.update(ids)
-        for i in ids:
+        ids, counts = np.unique(np.asarray(flat, dtype=np.int64), return_counts=True)
+        rows = np.searchsorted(c.id_array(), ids)
+        p = c.cols["priority"][rows]
+        for k in range(int(counts.max())):
+            more = counts > k
+            p[more] = np.minimum(1.0, p[more] * PRIORITY_GAIN)
+        c.cols["priority"][rows] = p
+        c.cols["access_count"][rows] += counts
+        c.cols["last_access"][rows] = now
+        for i, pi, ci in zip(ids.tolist(), p.tolist(), counts.tolist()):
             m = self.memories[i]
-            m.priority = reconsolidate_priority(m.priority)
-            m.access_count += 1
-            m.last_access = now
-            r = c.row(i)
-            c.cols["priority"][r], c.cols["access_count"][r], c.cols["last_access"][r] = m.priority, m.access_count, now
-            for j in ids:
-                if j != i and j in m.associations:
-                    m.associations[j] = reconsolidate_strength(m.associations[j])
+            m.priority, m.access_count, m.last_access = pi, m.access_count + ci, now
+        self._dirty.update(ids.tolist())
+        for g in groups:
+            if len(g) > 1:
+                for i in g:
+                    links = self.memories[i].associations
+                    for j in g:
+                        if j != i and j in links:
+                            links[j] = reconsolidate_strength(links[j])
 
     def forgetting_scores(self, now: float) -> np.ndarray:
         """``forgetting_score`` of every memory (rows in id order): the same float64 operations in the same

@@ -112,8 +112,7 @@ class MemoryMoEAgent(nn.Module):
         read = self.memory.read(enc.key, windows, mode, task, scene, seg)
         out = self.decode(enc, torch.from_numpy(read.context(self.cfg.memory_top_k)), t, reader_inputs(read))
         if reconsolidate:
-            for group in read.reconsolidation_groups(self.cfg.memory_top_k):
-                self.memory.storage.reconsolidate(group)
+            self.memory.storage.reconsolidate_groups(read.reconsolidation_groups(self.cfg.memory_top_k))
         return out
 
     @torch.no_grad()

@@ -118,3 +118,39 @@ def test_columns_remove_compacts_in_place_keeping_order_and_capacity(monkeypatch
         assert np.array_equal(c.get(k), v[keep]), k
         assert len(c.cols[k]) == caps[k] and c.cols[k] is bufs[k]  # the same buffers: nothing reallocated
     assert c.row(ids[keep[-1]]) == len(keep) - 1
+
+
+def test_reconsolidating_groups_at_once_equals_one_retrieval_after_another():
+    """reconsolidate_groups (an ingested prompt's retrievals at once) leaves priorities, access counts, links
+    and columns exactly as the seed's per-retrieval rule applied group by group."""
+    import copy
+
+    rng = np.random.default_rng(4)
+    s = SynapticStorage(capacity=1000, clock=Clock())
+    base = rng.normal(size=8).astype(np.float32)
+    keys = base + 0.3 * rng.normal(size=(200, 8)).astype(np.float32)
+    st.store_experiences(s, keys, np.zeros((200, 4)), rng.random(200), rng.random(200))
+    ids = sorted(s.memories)
+    groups = [sorted(rng.choice(ids[:40], size=int(rng.integers(1, 5)), replace=False).tolist()) for _ in range(300)]
+    groups += [[], [ids[0]]]
+    ref = copy.deepcopy(s)
+    ref.clock.t = s.clock.t = 2_000_000.0
+    for g in groups:  # the rule, one retrieval at a time
+        for i in g:
+            m = ref.memories[i]
+            m.priority = st.reconsolidate_priority(m.priority)
+            m.access_count += 1
+            m.last_access = ref.clock()
+            for j in g:
+                if j != i and j in m.associations:
+                    m.associations[j] = st.reconsolidate_strength(m.associations[j])
+    s.reconsolidate_groups(groups)
+    assert any(m.priority == 1.0 for m in s.memories.values())  # some reached the cap on the way
+    for i in ids:
+        a, b = ref.memories[i], s.memories[i]
+        assert (a.priority, a.access_count, a.last_access, a.associations) == \
+               (b.priority, b.access_count, b.last_access, b.associations), i
+    rows = np.searchsorted(s._cols.id_array(), ids)
+    assert s._cols.get("priority")[rows].tolist() == [ref.memories[i].priority for i in ids]
+    assert s._cols.get("access_count")[rows].tolist() == [ref.memories[i].access_count for i in ids]
+    assert set(ids[:40]) & {i for g in groups for i in g} <= s._dirty
