@@ -274,10 +274,13 @@ class SynapticStorage:
             return
         now = self.clock()
         c = self._cols
-        ids, counts = np.unique(np.asarray(flat, dtype=np.int64), return_counts=True)
+        if len(set(flat)) == len(flat):  # each id once (a decode step's one retrieval): no sort, one pass
+            ids, counts = np.asarray(flat, dtype=np.int64), np.ones(len(flat), dtype=np.int64)
+        else:
+            ids, counts = np.unique(np.asarray(flat, dtype=np.int64), return_counts=True)
         rows = np.searchsorted(c.id_array(), ids)
-        p = c.cols["priority"][rows]
-        for k in range(int(counts.max())):
+        p = np.minimum(1.0, c.cols["priority"][rows] * PRIORITY_GAIN)
+        for k in range(1, int(counts.max())):
             more = counts > k
             p[more] = np.minimum(1.0, p[more] * PRIORITY_GAIN)
         c.cols["priority"][rows] = p

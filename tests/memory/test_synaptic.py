@@ -132,7 +132,7 @@ def test_reconsolidating_groups_at_once_equals_one_retrieval_after_another():
     st.store_experiences(s, keys, np.zeros((200, 4)), rng.random(200), rng.random(200))
     ids = sorted(s.memories)
     groups = [sorted(rng.choice(ids[:40], size=int(rng.integers(1, 5)), replace=False).tolist()) for _ in range(300)]
-    groups += [[], [ids[0]]]
+    groups += [[], [ids[0]], [ids[1], ids[1]]]  # an id twice in a group counts twice, as the rule's loop does
     ref = copy.deepcopy(s)
     ref.clock.t = s.clock.t = 2_000_000.0
     for g in groups:  # the rule, one retrieval at a time
@@ -154,3 +154,11 @@ def test_reconsolidating_groups_at_once_equals_one_retrieval_after_another():
     assert s._cols.get("priority")[rows].tolist() == [ref.memories[i].priority for i in ids]
     assert s._cols.get("access_count")[rows].tolist() == [ref.memories[i].access_count for i in ids]
     assert set(ids[:40]) & {i for g in groups for i in g} <= s._dirty
+    # One retrieval of distinct ids (a decode step) takes the path without the sort: the same rule.
+    one = ids[50:53]
+    before = {i: (s.memories[i].priority, s.memories[i].access_count) for i in one}
+    s.reconsolidate(one)
+    for i in one:
+        assert s.memories[i].priority == st.reconsolidate_priority(before[i][0])
+        assert s.memories[i].access_count == before[i][1] + 1
+        assert s._cols.get("priority")[s._cols.row(i)] == s.memories[i].priority
