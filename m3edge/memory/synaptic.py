@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from m3edge.memory.index import RECENT, ContextIndex
-from m3edge.memory.topk import top_above
+from m3edge.memory.topk import top_above, topk_stable
 
 HEBBIAN_INIT = 0.5
 RECONSOLIDATE_GAIN, RECONSOLIDATE_STEP = 1.1, 0.05
@@ -317,8 +317,10 @@ class SynapticStorage:
 
     def victims(self, count: int) -> list[int]:
         scores = self.forgetting_scores(self.clock())
-        order = np.argsort(-scores, kind="stable")[:count]
-        return sorted(self._cols.id_array()[order].tolist())
+        if count <= 0 or not len(scores):
+            return []
+        _, order = topk_stable(scores[None], min(count, len(scores)))  # a stable sort's first ``count``, in O(n)
+        return sorted(self._cols.id_array()[order[0]].tolist())
 
     def victim(self) -> int:
         """The memory forgetting takes next: the highest forgetting score (ties: the older memory)."""
@@ -326,13 +328,12 @@ class SynapticStorage:
 
     def _drop(self, victims: list[int]) -> None:
         gone = set(victims)
+        mems = self.memories
         for v in victims:
-            for j in self.memories[v].associations:
+            for j in mems.pop(v).associations:
                 if j not in gone:
-                    self.memories[j].associations.pop(v, None)
-        for v in victims:
-            del self.memories[v]
-            self._dirty.discard(v)
+                    mems[j].associations.pop(v, None)
+        self._dirty.difference_update(gone)
         self._cols.remove(victims)
         self.forgotten += len(victims)
 
