@@ -178,7 +178,7 @@ def export_bundle(agent, source: dict, target, out: str | Path, data_dir: Path, 
     session = SessionConfig(threads=1)
     backend = backends.export(target.backend)
     calibration = backend.calibrator(target, opts) | {"graphs": {}, "fallback": []}
-    weight_only = {p: vars(q.weight_only_settings(p, target)) for p in sorted(set(precision.values()))
+    weight_only = {p: q.manifest_settings(q.weight_only_settings(p, target)) for p in sorted(set(precision.values()))
                    if p in q.WEIGHT_ONLY_BITS}
     with bfmt.staging(Path(out), force) as tmp:
         checks, entries, files, built_modules = [], [], {}, {}

@@ -228,6 +228,12 @@ def weight_only_settings(precision: str, target) -> WeightOnly:
     return WEIGHT_ONLY[(precision, context_of(target))]
 
 
+def manifest_settings(s: WeightOnly) -> dict:
+    """The settings as the manifest records them: ``scale_dtype`` only where it is not float32, the storage
+    every bundle had before it, so such bundles stay as they were (and readable by runtimes that predate it)."""
+    return {k: v for k, v in vars(s).items() if k != "scale_dtype" or v != "float32"}
+
+
 def gemms_as_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
     """Gemm(A, B, C) with a constant B becomes MatMul(A, B') + C, B' = B or its transpose (as onnxruntime's
     ``MatMulNBitsQuantizer`` only takes MatMul; torch exports every 2-D ``nn.Linear`` as Gemm). Gemms with

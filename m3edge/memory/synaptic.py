@@ -266,9 +266,10 @@ class SynapticStorage:
         self.reconsolidate_groups([ids])
 
     def reconsolidate_groups(self, groups: list[list[int]]) -> None:
-        """``reconsolidate`` of each group (one retrieval's distinct ids) in order, at one time: a memory in c
-        groups gets ``reconsolidate_priority`` c times (the same float operations in the same order) and c more
-        accesses, and each group's co-retrieved links strengthen. The columns take one gather and scatter."""
+        """``reconsolidate`` of each group (one retrieval's distinct ids) in order, at one time (one clock
+        reading for all): a memory in c groups gets ``reconsolidate_priority`` c times (the same float
+        operations in the same order) and c more accesses, and each group's co-retrieved links strengthen. The
+        columns take one gather and scatter. An id not held raises KeyError before anything changes."""
         flat = [i for g in groups for i in g]
         if not flat:
             return
@@ -279,6 +280,10 @@ class SynapticStorage:
         else:
             ids, counts = np.unique(np.asarray(flat, dtype=np.int64), return_counts=True)
         rows = np.searchsorted(c.id_array(), ids)
+        held = rows < c.n
+        held[held] = c.id_array()[rows[held]] == ids[held]
+        if not held.all():  # before any write: an unknown id would land on its neighbour's row
+            raise KeyError(int(ids[np.argmin(held)]))
         p = np.minimum(1.0, c.cols["priority"][rows] * PRIORITY_GAIN)
         for k in range(1, int(counts.max())):
             more = counts > k

@@ -140,7 +140,9 @@ def test_weight_only_export_runs_and_is_judged_by_its_own_gates(tmp_path, tiny_t
     m = bundle.open_bundle(out).manifest
     assert {g["precision"] for g in m["graphs"] if g["role"] != "reader"} == {precision}
     settings = m["precision"]["weight_only"][precision]
-    assert settings == vars(quantize.WEIGHT_ONLY[(precision, "x86")]) and settings["bits"] == bits
+    assert settings == quantize.manifest_settings(quantize.WEIGHT_ONLY[(precision, "x86")]) and settings["bits"] == bits
+    # float16 scales are recorded; float32, what every bundle stored before, leaves the manifest as it was
+    assert settings.get("scale_dtype") == ("float16" if bits == 4 else None)
     for role in ("expert", "encoder", "router", "head"):
         g = next(g for g in m["graphs"] if g["role"] == role)
         nodes = _ops(out / g["path"])
@@ -159,7 +161,7 @@ def test_weight_only_export_runs_and_is_judged_by_its_own_gates(tmp_path, tiny_t
             assert dims[n.input[1]] == [a["N"], -(-a["K"] // a["block_size"]), a["block_size"] * bits // 8]
             stored = types[cast_from[n.input[2]]] if n.input[2] in cast_from else types[n.input[2]]
             assert stored == {"float16": onnx.TensorProto.FLOAT16, "float32": onnx.TensorProto.FLOAT}[
-                settings["scale_dtype"]]  # int4's scales stored as float16, int8's as float32
+                settings.get("scale_dtype", "float32")]  # int4's scales stored as float16, int8's as float32
     parity = json.loads((out / "reports" / "parity.json").read_text())
     assert parity["gates"]["bpb_increase"] == 0.03 and parity["gates"]["top1_agreement"] == 0.95
     assert parity["end_to_end"]["gates"]["top1_agreement"] == 0.95
@@ -197,7 +199,7 @@ def test_weight_only_per_role_from_the_profile(tmp_path, tiny_checkpoint):
     assert {r: by_role[r]["precision"] for r in ("encoder", "router", "expert", "head")} == {
         "encoder": "fp32", "router": "int8-weight-only", "expert": "int4", "head": "fp32"}
     assert set(m["precision"]["weight_only"]) == {"int4", "int8-weight-only"}
-    assert m["precision"]["weight_only"]["int4"] == vars(quantize.WEIGHT_ONLY[("int4", "arm")])  # rpi5: ARM
+    assert m["precision"]["weight_only"]["int4"] == quantize.manifest_settings(quantize.WEIGHT_ONLY[("int4", "arm")])
     assert "MatMulNBits" not in {n.op_type for n in _ops(out / by_role["encoder"]["path"])}
     assert "MatMulNBits" in {n.op_type for n in _ops(out / by_role["expert"]["path"])}
 

@@ -162,3 +162,18 @@ def test_reconsolidating_groups_at_once_equals_one_retrieval_after_another():
         assert s.memories[i].priority == st.reconsolidate_priority(before[i][0])
         assert s.memories[i].access_count == before[i][1] + 1
         assert s._cols.get("priority")[s._cols.row(i)] == s.memories[i].priority
+
+
+def test_reconsolidating_an_unknown_id_changes_nothing():
+    s = SynapticStorage(capacity=100, clock=Clock())
+    for i in range(5):
+        s.store(vec(1, i, 0), vec(0, 0), 0.5)
+    s._drop([2])
+    before = (s._cols.get("priority").copy(), s._cols.get("access_count").copy(),
+              [(m.priority, m.access_count) for m in s.memories.values()])
+    with pytest.raises(KeyError):
+        s.reconsolidate_groups([[4], [2]])  # 2 was forgotten: its searchsorted row is memory 3's
+    assert np.array_equal(s._cols.get("priority"), before[0]) and np.array_equal(s._cols.get("access_count"), before[1])
+    assert [(m.priority, m.access_count) for m in s.memories.values()] == before[2]
+    with pytest.raises(KeyError):
+        s.reconsolidate([99])  # past the last row
