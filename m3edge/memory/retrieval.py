@@ -198,8 +198,8 @@ def _segment_candidates(segment: Segment, qh: np.ndarray, offset: int, mode: str
         hit = hit[keys[left[hit]] == qh[hit, o]]
         if not len(hit):
             continue
-        rank = (ranked[left[hit]] - idx[left[hit]]) // len(keys)
-        end = np.searchsorted(ranked, rank * len(keys) + beyond[hit], side="left")
+        base = ranked[left[hit]] - idx[left[hit]]  # rank(hash) * N of each query's hash
+        end = np.searchsorted(ranked, base + beyond[hit], side="left")
         start = np.maximum(left[hit], end - BUCKET)
         lens = np.maximum(end - start, 0)
         owners.append(np.repeat(hit, lens))

@@ -72,8 +72,9 @@ def reconsolidate_strength(s: float) -> float:
     return min(1.0, s * RECONSOLIDATE_GAIN + RECONSOLIDATE_STEP)
 
 
-def reconsolidate_priority(p: float) -> float:
-    return min(1.0, p * PRIORITY_GAIN)
+def reconsolidate_priority(p):
+    """A retrieval's priority update (a number or an array of them)."""
+    return np.minimum(1.0, p * PRIORITY_GAIN)
 
 
 @dataclass(slots=True)  # no per-record __dict__: 100,000 of them are walked by every full collection
@@ -284,10 +285,9 @@ class SynapticStorage:
         held[held] = c.id_array()[rows[held]] == ids[held]
         if not held.all():  # before any write: an unknown id would land on its neighbour's row
             raise KeyError(int(ids[np.argmin(held)]))
-        p = np.minimum(1.0, c.cols["priority"][rows] * PRIORITY_GAIN)
-        for k in range(1, int(counts.max())):
-            more = counts > k
-            p[more] = np.minimum(1.0, p[more] * PRIORITY_GAIN)
+        p = c.cols["priority"][rows]
+        for k in range(int(counts.max())):
+            p = np.where(counts > k, reconsolidate_priority(p), p)
         c.cols["priority"][rows] = p
         c.cols["access_count"][rows] += counts
         c.cols["last_access"][rows] = now
