@@ -22,14 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]  # the source tree
 DENSE = ("encoder", "alignment", "router", "head")
 
 
-CHOSEN_SCALES = {4: "float16", 8: "float32"}  # bits -> how scales are stored (export/quantize.py WEIGHT_ONLY)
-
-
 def variant(precision: str, block: int, symmetric: bool, level: int, experts: str | None = None,
             scales: dict | None = None) -> dict:
+    """``scales``: bits -> how scales are stored, where it differs from the context's chosen setting."""
     roles = {r: precision for r in DENSE} | {"expert": experts or precision}
     return {"roles": roles, "block_size": block, "symmetric": symmetric, "accuracy_level": level,
-            "scale_dtype": {str(b): d for b, d in (CHOSEN_SCALES | (scales or {})).items()}}
+            "scales": scales or {}}
 
 
 VARIANTS = {
@@ -49,8 +47,7 @@ VARIANTS = {
     "int4-experts-int8wo-rest-b32-al4-f32scales": variant("int8-weight-only", 32, False, 4, experts="int4",
                                                           scales={4: "float32"}),
     "int4-experts-int8-rest": {"roles": {r: "int8" for r in DENSE} | {"expert": "int4"}, "block_size": 32,
-                               "symmetric": False, "accuracy_level": 4,
-                               "scale_dtype": {str(b): d for b, d in CHOSEN_SCALES.items()}},
+                               "symmetric": False, "accuracy_level": 4, "scales": {}},
 }
 
 
@@ -62,9 +59,11 @@ def run(name: str, v: dict, checkpoint: Path, target_name: str, out: Path, parit
     base = targets.load(target_name)
     target = targets.Target.from_dict(base.to_dict() | {"precision": v["roles"]})
     ctx = q.context_of(target)
+    chosen = {p: q.WEIGHT_ONLY[(p, ctx)] for p in q.WEIGHT_ONLY_BITS}
+    scale_dtype = {str(bits): v["scales"].get(bits, chosen[p].scale_dtype) for p, bits in q.WEIGHT_ONLY_BITS.items()}
     for p, bits in q.WEIGHT_ONLY_BITS.items():
         q.WEIGHT_ONLY[(p, ctx)] = q.WeightOnly(bits, v["block_size"], v["symmetric"], v["accuracy_level"],
-                                                 v["scale_dtype"][str(bits)])
+                                                 scale_dtype[str(bits)])
     agent, source = ckpt.build_agent(str(checkpoint))
     t0 = time.time()
     try:
@@ -72,11 +71,13 @@ def run(name: str, v: dict, checkpoint: Path, target_name: str, out: Path, parit
                                opts=ExportOptions(parity_tokens=parity_tokens, allow_accuracy_drop=True))
     except ExportFailed as e:
         report = e.report
+    finally:  # the next variant (and anything else in this process) starts from the chosen settings
+        q.WEIGHT_ONLY.update({(p, ctx): s for p, s in chosen.items()})
     e2e = report["end_to_end"]
     acc_path = out / name / "reports" / "accuracy.json"
     acc = json.loads(acc_path.read_text()) if acc_path.is_file() else {}
     return {"variant": name,
-            **{k: v[k] for k in ("roles", "block_size", "symmetric", "accuracy_level", "scale_dtype")},
+            **{k: v[k] for k in ("roles", "block_size", "symmetric", "accuracy_level")}, "scale_dtype": scale_dtype,
             "passed": e2e["passed"], "bits_per_byte_increase": e2e["bits_per_byte_increase"],
             "top1_agreement": e2e["top1_agreement"], "routing_agreement": e2e["routing_agreement"],
             "weights_bytes": acc.get("weights_bytes"), "fp32_weights_bytes": acc.get("fp32_weights_bytes"),
