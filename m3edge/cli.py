@@ -91,11 +91,17 @@ def targets(as_json):
 @click.option("--init", "init_dir", type=click.Path(), help="Continue from this checkpoint's weights (its config "
                                                               "is used; a second training stage).")
 @click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--fact-every", default=2048, show_default=True, type=click.IntRange(0),
+              help="Memory steps read the text with one copy exercise per this many bytes (0: none).")
+@click.option("--memory-prob", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of steps that read memory; the others train the model without it.")
+@click.option("--only", default="", help="Train only these comma-separated modules of the agent (e.g. reader), "
+                                        "the rest frozen; every step then reads memory.")
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 @click.option("--json", "as_json", is_flag=True)
 @quiet_option
-def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_bytes, init_dir, lr, force, as_json,
-          quiet):
+def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_bytes, init_dir, lr, fact_every,
+          memory_prob, only, force, as_json, quiet):
     """Train the reference agent on bytes of real text; writes a checkpoint and training_report.json."""
     import torch
 
@@ -121,6 +127,7 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_b
     torch.set_num_threads(max(1, torch.get_num_threads()))
     init = str(Path(init_dir).resolve()) if init_dir else None
     tc = TrainConfig(steps=steps, batch=batch, seed=seed, eval_bytes=eval_bytes, init=init, lr=lr,
+                     fact_every=fact_every, memory_prob=memory_prob, only=tuple(n for n in only.split(",") if n),
                      warmup=min(100, steps // 10) if init else 100)
     bar = Progress("train", steps, "step", quiet)
 

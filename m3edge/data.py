@@ -39,32 +39,46 @@ def windows(data: np.ndarray, positions: np.ndarray, context: int) -> np.ndarray
 FACT_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
-def with_facts(text: np.ndarray, rng: np.random.Generator, every: int = 2048, gap: tuple[int, int] = (64, 900)) -> np.ndarray:
-    """``text`` with copy exercises spliced in at line ends: about one per ``every`` bytes, a line
-    ``<name> = '<code>'`` (a random identifier and a random 6-16 character code) stated once, then restated
-    ``gap`` bytes later. Real text rarely repeats a string the model cannot predict, so without these the
-    reader's gate learns that an exact context match never beats a confident model; with them it learns that
-    a match copying an unpredictable string is right (the recall goal of issue 16). Pure: same rng, same text."""
+PLAIN, STATED, RESTATED = 0, 1, 2  # with_facts' byte roles: the text's own, a code stated, a code restated
+
+
+def with_facts(text: np.ndarray, rng: np.random.Generator, every: int = 2048,
+               gap: tuple[int, int] = (64, 900)) -> tuple[np.ndarray, np.ndarray]:
+    """``text`` with copy exercises spliced in at line ends, and each byte's role (PLAIN, STATED, RESTATED).
+
+    About one exercise per ``every`` bytes: a line ``<name> = '<code>'`` (a random identifier and a random 6-16
+    character code) stated once, then restated ``gap`` bytes later. Real text rarely repeats a string the model
+    cannot predict, so without these the reader's gate learns that an exact context match never beats a
+    confident model; with them it learns that a match copying an unpredictable string is right (the recall goal
+    of issue 16). The roles let training keep the codes out of the losses they would only teach noise: a
+    stated code is unpredictable to anything, a restated one to the model without memory. Pure: same rng, same
+    text."""
     data = bytes(np.asarray(text, dtype=np.uint8))
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
     starts = np.sort(rng.choice(ends[ends < len(data) - gap[1]], size=max(1, len(data) // every), replace=False))
-    inserts: list[tuple[int, bytes]] = []
+    inserts: list[tuple[int, bytes, int, int]] = []  # (at, line, code's offset in line, code's length)
     for s in starts:
         name = bytes(rng.choice(list(b"abcdefghijklmnopqrstuvwxyz"), int(rng.integers(3, 9))).tolist())
         if rng.random() < 0.5:
             name += b"_" + bytes(rng.choice(list(b"abcdefghijklmnopqrstuvwxyz"), int(rng.integers(2, 7))).tolist())
         code = bytes(rng.choice(list(FACT_ALPHABET), int(rng.integers(6, 17))).tolist())
         q = b"'" if rng.random() < 0.5 else b'"'
-        line = b"    " * int(rng.integers(0, 3)) + name + b" = " + q + code + q + b"\n"
+        head = b"    " * int(rng.integers(0, 3)) + name + b" = " + q
+        line = head + code + q + b"\n"
         later = ends[np.searchsorted(ends, s + int(rng.integers(*gap))):][:1]
-        inserts += [(int(s), line)] + [(int(later[0]), line)] * len(later)
+        inserts += [(int(s), line, len(head), len(code))] + [(int(later[0]), line, len(head), len(code))] * len(later)
     inserts.sort(key=lambda t: t[0])
-    out, prev = [], 0
-    for at, line in inserts:
+    out, roles, prev, seen = [], [], 0, set()
+    for at, line, off, n in inserts:
+        role = np.zeros(len(line), dtype=np.uint8)
+        role[off:off + n] = RESTATED if line in seen else STATED
+        seen.add(line)
         out += [data[prev:at], line]
+        roles += [np.zeros(at - prev, dtype=np.uint8), role]
         prev = at
     out.append(data[prev:])
-    return np.frombuffer(b"".join(out), dtype=np.uint8)
+    roles.append(np.zeros(len(data) - prev, dtype=np.uint8))
+    return np.frombuffer(b"".join(out), dtype=np.uint8), np.concatenate(roles)
 
 
 @dataclass(frozen=True)

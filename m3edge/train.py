@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from m3edge.config import ModelConfig
-from m3edge.data import load_split, windows, with_facts
+from m3edge.data import PLAIN, STATED, load_split, windows, with_facts
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,25 @@ class TrainConfig:
     eval_bytes: int | None = None  # None: the whole eval split
     init: str | None = None  # start from this checkpoint's weights (a second stage), not a random init
     fact_every: int = 2048  # memory steps read text with a copy exercise per this many bytes (0: none); data.with_facts
+    only: tuple[str, ...] = ()  # train only these top-level modules (e.g. ("reader",)), the rest frozen; () = all
+
+
+def trainable(agent, only: tuple[str, ...]) -> list:
+    """The parameters to train: all, or those of the top-level modules named in ``only`` (the rest frozen, so a
+    stage that tunes the memory reader leaves the model without memory bit-identical)."""
+    names = {n for n, _ in agent.named_children()}
+    unknown = sorted(set(only) - names)
+    if unknown:
+        from m3edge.errors import BadInput
+
+        raise BadInput(f"--only: unknown module(s) {', '.join(unknown)}; the agent has {', '.join(sorted(names))}")
+    for name, module in agent.named_children():
+        module.requires_grad_(not only or name in only)
+    return [p for p in agent.parameters() if p.requires_grad]
+
+
+def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return (values * keep).sum() / keep.sum().clamp(min=1)
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -103,7 +122,8 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
     rng = np.random.default_rng(tc.seed)
     text = load_split(data_dir, "train")
     # Memory steps read the text with copy exercises spliced in (data.with_facts); memory-off steps the plain text.
-    mtext = with_facts(text, np.random.default_rng(tc.seed + 1), tc.fact_every) if tc.fact_every else text
+    mtext, roles = with_facts(text, np.random.default_rng(tc.seed + 1), tc.fact_every) if tc.fact_every \
+        else (text, np.zeros(len(text), dtype=np.uint8))
     if tc.init:
         from m3edge.checkpoint import load
 
@@ -113,7 +133,9 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
     else:
         agent = MemoryMoEAgent(cfg)
     agent.train()
-    opt = torch.optim.AdamW(agent.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    params = trainable(agent, tc.only)
+    observe = not tc.only or "alignment" in tc.only  # the co-occurrence counts belong to the alignment
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     S = tc.streams
     T = max(1, tc.batch // S)
     order = suffix_orders(cfg.context)[:1]
@@ -127,7 +149,8 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
     for step in range(tc.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
-        use_memory = rng.random() < tc.memory_prob
+        # With only memory-side modules trained, a memory-off step has nothing to teach: every step reads memory.
+        use_memory = rng.random() < tc.memory_prob or bool(tc.only)
         if not use_memory:  # the memory-off objective: independent positions, the most varied batch
             pos = rng.integers(0, len(text), tc.batch)
             target = torch.from_numpy(text[pos].astype(np.int64))
@@ -136,9 +159,9 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
             loss = ce + out.balance_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(agent.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            for r in out.routed:
+            for r in out.routed if observe else ():
                 agent.alignment.observe(r.index)
             _log(curve, step, tc, ce, ce_lm, False, out)
             if progress:
@@ -169,14 +192,17 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
         context, read = bank_read(agent, enc.key.reshape(S, T, -1), ctx.reshape(S, T, -1), qhash.reshape(S, T),
                                   bkey, bctx, bhash, bbyte, bx, mask)
         out = agent.decode(enc, context, None, read)
-        ce = F.cross_entropy(out.logits, target)
-        ce_lm = F.cross_entropy(out.lm_logits, target)
+        # A stated code is unpredictable to anything and a restated one to the head alone: the reader learns
+        # from the restatements, the head from the text's own bytes only (so copy exercises cost it nothing).
+        role = torch.from_numpy(roles[pos])
+        ce = masked_mean(F.cross_entropy(out.logits, target, reduction="none"), role != STATED)
+        ce_lm = masked_mean(F.cross_entropy(out.lm_logits, target, reduction="none"), role == PLAIN)
         loss = ce + ce_lm + out.balance_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(agent.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        for r in out.routed:
+        for r in out.routed if observe else ():
             agent.alignment.observe(r.index)
         with torch.no_grad():  # the bank: each stream's last RECENT experiences, detached
             new = {"key": enc.key, "ctx": ctx, "x": enc.x, "hash": qhash, "byte": target}

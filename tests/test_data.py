@@ -44,11 +44,12 @@ def test_bad_text_files(tmp_path):
 def test_with_facts_states_each_code_twice_with_a_gap_and_is_reproducible():
     import re
 
-    from m3edge.data import with_facts
+    from m3edge.data import PLAIN, RESTATED, STATED, with_facts
 
     text = load_split(DATA, "train")[:40_000]
-    a = with_facts(text, np.random.default_rng(3), every=2048)
-    assert np.array_equal(a, with_facts(text, np.random.default_rng(3), every=2048))
+    a, roles = with_facts(text, np.random.default_rng(3), every=2048)
+    b, roles_b = with_facts(text, np.random.default_rng(3), every=2048)
+    assert np.array_equal(a, b) and np.array_equal(roles, roles_b)
     s = bytes(a).decode("latin-1")
     facts = re.findall(r"^ *([a-z_]+) = (['\"])([A-Za-z0-9]{6,16})\2$", s, re.M)
     assert len(facts) >= 2 * (len(text) // 2048) * 0.8
@@ -58,6 +59,17 @@ def test_with_facts_states_each_code_twice_with_a_gap_and_is_reproducible():
     # nothing of the original text is lost: removing the inserted lines gives it back
     rest = re.sub(r"^ *[a-z_]+ = (['\"])[A-Za-z0-9]{6,16}\1\n", "", s, flags=re.M)
     assert rest.encode("latin-1") == bytes(text)
+    # the roles mark exactly the codes: each one's first statement STATED, its restatement RESTATED
+    assert len(roles) == len(a)
+    marked = "".join(ch if r != PLAIN else "\n" for ch, r in zip(s, roles)).split()
+    codes = [code for _, _, code in facts]
+    assert sorted(marked) == sorted(codes)
+    first = {}
+    for m in re.finditer(r"^ *[a-z_]+ = (['\"])([A-Za-z0-9]{6,16})\1$", s, re.M):
+        at = m.start(2)
+        want = RESTATED if m.group(0) in first else STATED
+        first.setdefault(m.group(0), at)
+        assert set(roles[at:at + len(m.group(2))].tolist()) == {want}
 
 
 def test_shipped_train_counts_are_the_train_splits(tmp_path):

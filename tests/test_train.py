@@ -1,6 +1,6 @@
 import torch
 
-from m3edge.train import TrainConfig, lr_at, train
+from m3edge.train import TrainConfig, lr_at, masked_mean, train
 
 from conftest import DATA
 
@@ -21,3 +21,9 @@ def test_lr_schedule_warms_up_then_decays():
     tc = TrainConfig(steps=1000, warmup=100, lr=1.0)
     assert lr_at(0, tc) == 0.01 and lr_at(99, tc) == 1.0
     assert abs(lr_at(999, tc) - 0.1) < 1e-3 and lr_at(500, tc) < lr_at(200, tc)
+
+
+def test_masked_mean_averages_the_kept_positions_only():
+    v = torch.tensor([1.0, 2.0, 3.0, 10.0])
+    assert masked_mean(v, torch.tensor([True, True, True, False])).item() == 2.0
+    assert masked_mean(v, torch.zeros(4, dtype=torch.bool)).item() == 0.0  # a batch with nothing kept: no NaN
