@@ -193,7 +193,7 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
                                   bkey, bctx, bhash, bbyte, bx, mask)
         out = agent.decode(enc, context, None, read)
         # A stated code is unpredictable to anything and a restated one to the head alone: the reader learns
-        # from the restatements, the head from the text's own bytes only (so copy exercises cost it nothing).
+        # from the restatements, the head from the text's own bytes only (it is not taught to expect codes).
         role = torch.from_numpy(roles[pos])
         ce = masked_mean(F.cross_entropy(out.logits, target, reduction="none"), role != STATED)
         ce_lm = masked_mean(F.cross_entropy(out.lm_logits, target, reduction="none"), role == PLAIN)
