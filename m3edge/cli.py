@@ -95,8 +95,8 @@ def targets(as_json):
               help="Memory steps read the text with one copy exercise per this many bytes (0: none).")
 @click.option("--memory-prob", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Share of steps that read memory; the others train the model without it.")
-@click.option("--only", default="", help="Train only these comma-separated modules of the agent (e.g. reader), "
-                                        "the rest frozen; every step then reads memory.")
+@click.option("--only", default=None, help="Train only these comma-separated modules of the agent (e.g. reader), "
+                                        "the rest frozen; with reader alone, every step reads memory.")
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
 @click.option("--json", "as_json", is_flag=True)
 @quiet_option
@@ -126,8 +126,11 @@ def train(preset_name, config_file, data_dir, output, steps, batch, seed, eval_b
         raise BadInput(f"{out_dir}: already exists (pass --force to replace it)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     init = str(Path(init_dir).resolve()) if init_dir else None
+    names = () if only is None else tuple(n.strip() for n in only.split(",") if n.strip())
+    if only is not None and not names:
+        raise BadInput("--only: name at least one module (e.g. reader)")
     tc = TrainConfig(steps=steps, batch=batch, seed=seed, eval_bytes=eval_bytes, init=init, lr=lr,
-                     fact_every=fact_every, memory_prob=memory_prob, only=tuple(n for n in only.split(",") if n),
+                     fact_every=fact_every, memory_prob=memory_prob, only=names,
                      warmup=min(100, steps // 10) if init else 100)
     bar = Progress("train", steps, "step", quiet)
 

@@ -39,23 +39,30 @@ def windows(data: np.ndarray, positions: np.ndarray, context: int) -> np.ndarray
 FACT_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
-PLAIN, STATED, RESTATED = 0, 1, 2  # with_facts' byte roles: the text's own, a code stated, a code restated
+# with_facts' byte roles: the text's own, a code stated, a code restated, the rest of an inserted line (its
+# indent, random name, quotes and newline)
+PLAIN, STATED, RESTATED, FRAME = 0, 1, 2, 3
 
 
 def with_facts(text: np.ndarray, rng: np.random.Generator, every: int = 2048,
                gap: tuple[int, int] = (64, 900)) -> tuple[np.ndarray, np.ndarray]:
-    """``text`` with copy exercises spliced in at line ends, and each byte's role (PLAIN, STATED, RESTATED).
+    """``text`` with copy exercises spliced in at line ends, and each byte's role (PLAIN, STATED, RESTATED, FRAME).
 
     About one exercise per ``every`` bytes: a line ``<name> = '<code>'`` (a random identifier and a random 6-16
     character code) stated once, then restated ``gap`` bytes later. Real text rarely repeats a string the model
     cannot predict, so without these the reader's gate learns that an exact context match never beats a
     confident model; with them it learns that a match copying an unpredictable string is right (the recall goal
-    of issue 16). The roles let training keep the codes out of the losses they would only teach noise: a
-    stated code is unpredictable to anything, a restated one to the model without memory. Pure: same rng, same
-    text."""
+    of issue 16). The roles let training keep the inserted lines out of the losses they would only teach noise:
+    a stated code is unpredictable to anything, a restated one to the model without memory, and a line's random
+    name is not the text's own. Pure: same rng, same text."""
     data = bytes(np.asarray(text, dtype=np.uint8))
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
-    starts = np.sort(rng.choice(ends[ends < len(data) - gap[1]], size=max(1, len(data) // every), replace=False))
+    candidates = ends[ends < len(data) - gap[1]]
+    want = max(1, len(data) // every)
+    if want > len(candidates):
+        raise BadInput(f"copy exercises every {every} bytes need {want} line ends to start at; the text has "
+                       f"{len(candidates)} (use a larger --fact-every)")
+    starts = np.sort(rng.choice(candidates, size=want, replace=False))
     inserts: list[tuple[int, bytes, int, int]] = []  # (at, line, code's offset in line, code's length)
     for s in starts:
         name = bytes(rng.choice(list(b"abcdefghijklmnopqrstuvwxyz"), int(rng.integers(3, 9))).tolist())
@@ -70,7 +77,7 @@ def with_facts(text: np.ndarray, rng: np.random.Generator, every: int = 2048,
     inserts.sort(key=lambda t: t[0])
     out, roles, prev, seen = [], [], 0, set()
     for at, line, off, n in inserts:
-        role = np.zeros(len(line), dtype=np.uint8)
+        role = np.full(len(line), FRAME, dtype=np.uint8)
         role[off:off + n] = RESTATED if line in seen else STATED
         seen.add(line)
         out += [data[prev:at], line]

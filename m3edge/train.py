@@ -42,6 +42,9 @@ class TrainConfig:
     only: tuple[str, ...] = ()  # train only these top-level modules (e.g. ("reader",)), the rest frozen; () = all
 
 
+MEMORY_ONLY = frozenset({"reader"})  # the agent's modules a memory-off step does not run (agent.decode)
+
+
 def trainable(agent, only: tuple[str, ...]) -> list:
     """The parameters to train: all, or those of the top-level modules named in ``only`` (the rest frozen, so a
     stage that tunes the memory reader leaves the model without memory bit-identical)."""
@@ -135,6 +138,7 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
     agent.train()
     params = trainable(agent, tc.only)
     observe = not tc.only or "alignment" in tc.only  # the co-occurrence counts belong to the alignment
+    memory_side = bool(tc.only) and set(tc.only) <= MEMORY_ONLY
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     S = tc.streams
     T = max(1, tc.batch // S)
@@ -149,8 +153,8 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
     for step in range(tc.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
-        # With only memory-side modules trained, a memory-off step has nothing to teach: every step reads memory.
-        use_memory = rng.random() < tc.memory_prob or bool(tc.only)
+        # Training only modules a memory-off step never runs, such a step has nothing to teach: all read memory.
+        use_memory = rng.random() < tc.memory_prob or memory_side
         if not use_memory:  # the memory-off objective: independent positions, the most varied batch
             pos = rng.integers(0, len(text), tc.batch)
             target = torch.from_numpy(text[pos].astype(np.int64))
@@ -192,8 +196,9 @@ def train(cfg: ModelConfig, data_dir, tc: TrainConfig, progress=None):
         context, read = bank_read(agent, enc.key.reshape(S, T, -1), ctx.reshape(S, T, -1), qhash.reshape(S, T),
                                   bkey, bctx, bhash, bbyte, bx, mask)
         out = agent.decode(enc, context, None, read)
-        # A stated code is unpredictable to anything and a restated one to the head alone: the reader learns
-        # from the restatements, the head from the text's own bytes only (it is not taught to expect codes).
+        # A stated code is unpredictable to anything and a restated one to the head alone: the reader's loss skips
+        # stated codes, the head's keeps the text's own bytes only. The reader's loss still reaches the head
+        # through the mix, so the exercises cost the model without memory a little (docs/memory.md, Training).
         role = torch.from_numpy(roles[pos])
         ce = masked_mean(F.cross_entropy(out.logits, target, reduction="none"), role != STATED)
         ce_lm = masked_mean(F.cross_entropy(out.lm_logits, target, reduction="none"), role == PLAIN)

@@ -62,6 +62,9 @@ def test_train_only_reader_leaves_the_model_without_memory_bit_identical(tmp_pat
     r = run_cli("train", "--init", first, "-o", tmp_path / "c", "--steps", "1", "--only", "reader,brain")
     assert r.returncode == 2 and "brain" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "c").exists()
+    for bad, says in ((("--only", ","), "name at least one module"), (("--fact-every", "3"), "larger --fact-every")):
+        r = run_cli("train", "--init", first, "-o", tmp_path / "d", "--steps", "1", *bad)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_usage_exits_2():

@@ -44,7 +44,7 @@ def test_bad_text_files(tmp_path):
 def test_with_facts_states_each_code_twice_with_a_gap_and_is_reproducible():
     import re
 
-    from m3edge.data import PLAIN, RESTATED, STATED, with_facts
+    from m3edge.data import FRAME, PLAIN, RESTATED, STATED, with_facts
 
     text = load_split(DATA, "train")[:40_000]
     a, roles = with_facts(text, np.random.default_rng(3), every=2048)
@@ -59,9 +59,14 @@ def test_with_facts_states_each_code_twice_with_a_gap_and_is_reproducible():
     # nothing of the original text is lost: removing the inserted lines gives it back
     rest = re.sub(r"^ *[a-z_]+ = (['\"])[A-Za-z0-9]{6,16}\1\n", "", s, flags=re.M)
     assert rest.encode("latin-1") == bytes(text)
-    # the roles mark exactly the codes: each one's first statement STATED, its restatement RESTATED
+    # the roles mark exactly the codes: each one's first statement STATED, its restatement RESTATED; the rest of
+    # an inserted line is FRAME, and the text's own bytes PLAIN
     assert len(roles) == len(a)
-    marked = "".join(ch if r != PLAIN else "\n" for ch, r in zip(s, roles)).split()
+    assert bytes(a[roles == PLAIN]) == bytes(text)
+    inserted = "".join(ch if r != PLAIN else "\0" for ch, r in zip(s, roles)).split("\0")
+    assert all(re.fullmatch(r" *[a-z_]+ = (['\"])[A-Za-z0-9]{6,16}\1\n", line) for line in inserted if line)
+    assert set(roles.tolist()) == {PLAIN, STATED, RESTATED, FRAME}
+    marked = "".join(ch if r in (STATED, RESTATED) else "\n" for ch, r in zip(s, roles)).split()
     codes = [code for _, _, code in facts]
     assert sorted(marked) == sorted(codes)
     first = {}
@@ -90,3 +95,11 @@ def test_shipped_train_counts_are_the_train_splits(tmp_path):
     own = tmp_path / "no-train"
     own.mkdir()
     assert np.array_equal(train_counts(own).bigram, fresh.bigram)
+
+
+def test_with_facts_too_dense_for_the_text_is_bad_input():
+    from m3edge.data import with_facts
+
+    text = load_split(DATA, "train")[:40_000]
+    with pytest.raises(BadInput, match="larger --fact-every"):
+        with_facts(text, np.random.default_rng(0), every=4)
