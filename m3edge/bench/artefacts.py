@@ -87,13 +87,25 @@ def _checkpoint(ctx: dict) -> Path:
     return out
 
 
+def _weights_sha(checkpoint_dir) -> str | None:
+    from m3edge import checkpoint
+
+    try:
+        return checkpoint.read_meta(checkpoint_dir)[1]["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _monolithic(ctx: dict) -> Path:
     out = ctx["dir"] / "monolithic" / "agent.onnx"
     parity_file = ctx["dir"] / "monolithic" / "parity.json"
-    if out.is_file() and parity_file.is_file() and parity_file.stat().st_mtime >= out.stat().st_mtime:
-        # exported and checked by an earlier run of this work dir (the checkpoint is random init by config)
+    if out.is_file() and parity_file.is_file() and parity_file.stat().st_mtime >= out.stat().st_mtime \
+            and _weights_sha(ctx["artefacts"]["checkpoint"]) == json.loads(parity_file.read_text()).get("weights_sha256"):
+        # exported and checked by an earlier run of this work dir, from these weights (a retrained reference
+        # gets a new graph)
         ctx["report"]["monolithic_parity"] = json.loads(parity_file.read_text())
         return out
+    out.unlink(missing_ok=True)
     ctx["build"] = _run_measured("m3edge.bench", "build", "monolithic", ctx["artefacts"]["checkpoint"], out,
                                  parity_file, ctx["data_dir"], ctx["plan"].parity_tokens)
     ctx["report"]["monolithic_parity"] = json.loads(parity_file.read_text())
@@ -117,7 +129,8 @@ def build_monolithic(checkpoint_dir: Path, out: Path, parity_file: Path, data_di
     agent = checkpoint.load(checkpoint_dir)
     if not out.is_file():
         export_monolithic(agent, out)
-    parity_file.write_text(json.dumps(parity(agent, out, load_split(data_dir, "eval"), n_tokens=tokens)))
+    report = parity(agent, out, load_split(data_dir, "eval"), n_tokens=tokens)
+    parity_file.write_text(json.dumps(report | {"weights_sha256": _weights_sha(checkpoint_dir)}))
 
 
 def main(argv: list[str]) -> int:
@@ -136,12 +149,13 @@ def main(argv: list[str]) -> int:
 def _current(bundle_dir: Path, checkpoint_dir) -> bool:
     """Whether a bundle left by an earlier run may be reused: built in this bundle format from these weights.
     Anything else is rebuilt, not measured as if it were this checkpoint's export."""
-    from m3edge import bundle, checkpoint
+    from m3edge import bundle
 
+    sha = _weights_sha(checkpoint_dir)
     try:
         m = json.loads((bundle_dir / bundle.MANIFEST).read_text())
-        return (m.get("schema_version") == bundle.SCHEMA_VERSION
-                and m["source"].get("weights_sha256") == checkpoint.read_meta(checkpoint_dir)[1]["weights_sha256"])
+        return sha is not None and m.get("schema_version") == bundle.SCHEMA_VERSION \
+            and m["source"].get("weights_sha256") == sha
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

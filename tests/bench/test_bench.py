@@ -158,6 +158,8 @@ def test_full_suite_structure_on_a_tiny_model(tiny_checkpoint, tmp_path):
                        "skipped": "not requested in this run's settings"}]  # a row that is not measured says why
     assert m["fp32_outputs_identical"] is True  # torch, monolithic and runtime decode the same bytes
     assert m["monolithic_parity"]["logits_max_abs_diff"] <= 1e-4
+    from m3edge import checkpoint  # the graph says which weights it was built from (a retrained one is rebuilt)
+    assert m["monolithic_parity"]["weights_sha256"] == checkpoint.read_meta(tiny_checkpoint)[1]["weights_sha256"]
     rt = next(r for r in m["rows"] if (r["engine"], r["precision"], r.get("batch")) == ("m3edge-runtime", "fp32", 1))
     assert rt["floor_ratio"] == pytest.approx(rt["floor_bytes_per_s"] / rt["bytes_per_s"])
     assert {t["target"] for t in m["target_floors"]} >= {"rpi5", "host-cpu"}
