@@ -330,7 +330,7 @@ def headline(res: dict, model: str = "seed") -> str:
     sizes = {a.row_precision: m.get("bundle_bytes", {}).get(a.key) for a in BUNDLES if a.engine == "m3edge-runtime"}
     lines = [f"`{model}` ({m['config'].get('d_model')} wide, {m['config'].get('n_layers')} MoE layers x "
              f"{m['config'].get('n_experts')} experts), greedy decoding at batch 1, {res['threads']} threads, measured "
-             f"{res['started'][:10]} (median of {res['settings']['runs']} processes):", "",
+             f"{(m.get('measured') or res)['started'][:10]} (median of {res['settings']['runs']} processes):", "",
              "| engine | precision | bytes/s | x torch eager | x runtime fp32 | from the all-weights floor | bundle |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

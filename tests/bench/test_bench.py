@@ -135,6 +135,11 @@ def test_report_regenerates_readme_tables_and_plots(tmp_path):
     assert "- **missed**: memory store: top-10 retrieval p50 <= 20 ms at 1,000 memories (reram)" in text
     assert report.main(args + ["--check"]) == 0  # in sync
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["batching.png", "cache.png", "engines.png"]
+    assert "measured 2026-01-01 (median of 3" in head
+    # a model kept from an earlier run (--merge) is dated by its own run, not by the file's last one
+    res["models"]["m"]["measured"] = {"started": "2025-12-31T23:00:00", "command": "earlier", "memory_bandwidth_gbps": 9.0}
+    (tmp_path / "r.json").write_text(json.dumps(res))
+    assert report.main(args) == 0 and "measured 2025-12-31 (median of 3" in front.read_text()
 
 
 def test_full_suite_structure_on_a_tiny_model(tiny_checkpoint, tmp_path):
