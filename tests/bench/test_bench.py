@@ -139,7 +139,7 @@ def test_report_regenerates_readme_tables_and_plots(tmp_path):
     # a model kept from an earlier run (--merge) is dated by its own run, not by the file's last one
     res["models"]["m"]["measured"] = {"started": "2025-12-31T23:00:00", "command": "earlier", "memory_bandwidth_gbps": 9.0}
     (tmp_path / "r.json").write_text(json.dumps(res))
-    assert report.main(args) == 0 and "measured 2025-12-31 (median of 3" in front.read_text()
+    assert report.main(args + ["--plots", ""]) == 0 and "measured 2025-12-31 (median of 3" in front.read_text()
 
 
 def test_full_suite_structure_on_a_tiny_model(tiny_checkpoint, tmp_path):
