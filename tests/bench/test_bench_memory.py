@@ -34,10 +34,12 @@ def test_goals_and_tables_come_from_the_results():
                                                   "rss_growth_mb": 1.0}]}}
     goals = {g["goal"]: g["met"] for g in mb.goals(res)}
     assert goals["online bits/byte with memory <= 0.85x without (eval)"]
+    assert not goals["bits/byte without memory (eval) <= 1.953"]  # 2.0: the model without memory got worse
     assert not goals["reram within 10 points of ideal at 4 kB (fp32-reram)"]
     assert not goals["decode with memory on at 100,000 memories >= 50% of memory off"]
     table = mb.markdown(res)
     assert "| fp32 | 100% / 0% |" in table and "**missed**" in table and "| 100,000 | 1000 | 400 | 40% |" in table
+    assert "| bits/byte without memory (eval) <= 1.953 | 2 | **missed** |" in table
     page = f"x\n{mb.BEGIN}\nold\n{mb.END}\ny"
     assert mb.splice(page, table) == f"x\n{mb.BEGIN}\n{table}{mb.END}\ny"
     with pytest.raises(ValueError, match="markers"):
