@@ -63,7 +63,7 @@ def with_facts(text: np.ndarray, rng: np.random.Generator, every: int = 2048,
         raise BadInput(f"copy exercises every {every} bytes need {want} line ends to start at; the text has "
                        f"{len(candidates)} (use a larger --fact-every)")
     starts = np.sort(rng.choice(candidates, size=want, replace=False))
-    inserts: list[tuple[int, bytes, int, int]] = []  # (at, line, code's offset in line, code's length)
+    inserts: list[tuple[int, bytes, int, int, int]] = []  # (at, line, code's offset, code's length, code's role)
     for s in starts:
         name = bytes(rng.choice(list(b"abcdefghijklmnopqrstuvwxyz"), int(rng.integers(3, 9))).tolist())
         if rng.random() < 0.5:
@@ -73,13 +73,13 @@ def with_facts(text: np.ndarray, rng: np.random.Generator, every: int = 2048,
         head = b"    " * int(rng.integers(0, 3)) + name + b" = " + q
         line = head + code + q + b"\n"
         later = ends[np.searchsorted(ends, s + int(rng.integers(*gap))):][:1]
-        inserts += [(int(s), line, len(head), len(code))] + [(int(later[0]), line, len(head), len(code))] * len(later)
+        inserts += [(int(s), line, len(head), len(code), STATED)]
+        inserts += [(int(later[0]), line, len(head), len(code), RESTATED)] * len(later)
     inserts.sort(key=lambda t: t[0])
-    out, roles, prev, seen = [], [], 0, set()
-    for at, line, off, n in inserts:
+    out, roles, prev = [], [], 0
+    for at, line, off, n, code_role in inserts:
         role = np.full(len(line), FRAME, dtype=np.uint8)
-        role[off:off + n] = RESTATED if line in seen else STATED
-        seen.add(line)
+        role[off:off + n] = code_role
         out += [data[prev:at], line]
         roles += [np.zeros(at - prev, dtype=np.uint8), role]
         prev = at

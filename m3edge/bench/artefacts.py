@@ -99,11 +99,12 @@ def _weights_sha(checkpoint_dir) -> str | None:
 def _monolithic(ctx: dict) -> Path:
     out = ctx["dir"] / "monolithic" / "agent.onnx"
     parity_file = ctx["dir"] / "monolithic" / "parity.json"
-    if out.is_file() and parity_file.is_file() and parity_file.stat().st_mtime >= out.stat().st_mtime \
-            and _weights_sha(ctx["artefacts"]["checkpoint"]) == json.loads(parity_file.read_text()).get("weights_sha256"):
+    done = json.loads(parity_file.read_text()) if out.is_file() and parity_file.is_file() \
+        and parity_file.stat().st_mtime >= out.stat().st_mtime else {}
+    if done and done.get("weights_sha256") == _weights_sha(ctx["artefacts"]["checkpoint"]):
         # exported and checked by an earlier run of this work dir, from these weights (a retrained reference
         # gets a new graph)
-        ctx["report"]["monolithic_parity"] = json.loads(parity_file.read_text())
+        ctx["report"]["monolithic_parity"] = done
         return out
     out.unlink(missing_ok=True)
     ctx["build"] = _run_measured("m3edge.bench", "build", "monolithic", ctx["artefacts"]["checkpoint"], out,
